@@ -1,0 +1,1 @@
+"""Lightning callbacks that attach precision emulation to an unmodified Trainer (``boundfinder.callbacks``)."""

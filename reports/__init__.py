@@ -1,0 +1,1 @@
+"""MLflow logging, plots and the HTML report (``boundfinder.reports``)."""

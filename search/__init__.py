@@ -1,0 +1,1 @@
+"""Sensitivity sweeps and Optuna studies over per-layer precision (``boundfinder.search``)."""
