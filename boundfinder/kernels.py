@@ -246,7 +246,7 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
     _, e = torch.frexp(amax)
     shared = torch.clamp(e - 1 - emax, min=-127, max=127).to(torch.float32)
     scale = torch.exp2(shared)
-    scaled = (blocks / scale).reshape(-1)
+    scaled = (blocks * torch.exp2(-shared)).reshape(-1)  # a power-of-two product is exact; a GPU division may not be
     rbits = random_bits(seed, scaled.numel(), blocks.device) if mode == 4 else None
     if fixed:
         q = round_fixed_bits(scaled, params, rbits, mode)
