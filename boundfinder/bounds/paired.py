@@ -196,19 +196,21 @@ def t_bounds(diff, alpha, pooled_floor=True):
 def bootstrap_bounds(diff, alpha, n_boot=2000, random_state=0):
     """(lower, upper) percentile bounds from a hierarchical bootstrap: seeds resampled, then items.
 
-    ``diff`` has shape (L, S, N). Each replicate draws S seeds with replacement and, once for all levels (the
-    pairing across levels is kept), N items with replacement; the replicate drop is the mean over the drawn
-    (seed, item) cells. With S = 1 this is the ordinary paired item bootstrap. With few seeds the seed stage
-    sees only S values, so it under-states between-seed variance by about ``(S - 1) / S`` (the study measures
-    the consequence).
+    ``diff`` has shape (L, S, N). Each replicate draws S seeds with replacement and item weights once for all
+    levels (the pairing across levels is kept); the replicate drop is the weighted mean over (seed, item)
+    cells. Items use Poisson(1) weights (the "Poisson bootstrap", equivalent to resampling N items for large
+    N and much faster than multinomial draws). With S = 1 this is the ordinary paired item bootstrap. With
+    few seeds the seed stage sees only S values, so it under-states between-seed variance by about
+    ``(S - 1) / S`` (the study measures the consequence).
     """
     diff = np.asarray(diff, dtype=float)
-    _n_levels, s, n = diff.shape
+    _, s, n = diff.shape
     rng = np.random.default_rng(random_state)
-    # Items: multinomial counts are the same as resampled indices and let one matrix product do the work.
-    w_items = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).T / n  # (N, B)
+    w_items = rng.poisson(1.0, size=(n, n_boot)).astype(float)  # (N, B)
+    w_items /= np.maximum(w_items.sum(axis=0, keepdims=True), 1.0)
     w_seeds = rng.multinomial(s, np.full(s, 1.0 / s), size=n_boot) / s  # (B, S)
-    per_seed = diff @ w_items  # (L, S, B)
+    # One 2-D product: numpy's batched (L, S, N) @ (N, B) is ~80x slower than the reshaped one.
+    per_seed = (diff.reshape(-1, n) @ w_items).reshape(diff.shape[0], s, n_boot)  # (L, S, B)
     reps = np.einsum("lsb,bs->lb", per_seed, w_seeds)
     lower = np.quantile(reps, alpha, axis=1)
     upper = np.quantile(reps, 1.0 - alpha, axis=1)
