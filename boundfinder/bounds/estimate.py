@@ -86,9 +86,10 @@ class BoundEstimate:
       study.
     * ``status``: ``ok`` (a bound inside the range), ``below_range`` (every tested level is safe: the true
       bound may be lower than ``bits``, test lower levels), ``above_range`` (the highest tested level is not
-      certified though the data could have certified a small drop), ``undetermined`` (not even a level with
-      zero observed drop could have been certified: ``min_detectable_drop`` > ``tolerance``; more items or
-      seeds are needed, not more levels).
+      certified: either its lower confidence bound exceeds the tolerance, or the data could have certified a
+      small drop), ``undetermined`` (nothing certified, the highest level is not confidently unsafe, and not
+      even a level with zero observed drop could have been certified: ``min_detectable_drop`` >
+      ``tolerance``; more items or seeds are needed, not more levels).
     * ``min_detectable_drop``: the smallest noise floor over the levels (see `LevelBound`).
     * ``curve``: the fitted accuracy-vs-bits curve (`CurveFit`), None when fitting was skipped or failed.
     """
@@ -447,7 +448,7 @@ def estimate_bound(
             f"{confidence:.0%} confidence; {bits_arr[fail]} bits is {why}: {unit} {drop[fail]:.4g}, "
             f"upper bound {upper[fail]:.4g} > tolerance {tolerance:g}"
         )
-    elif min_detectable > tolerance:
+    elif min_detectable > tolerance and not lower[top] > tolerance:
         out_bits, status = None, "undetermined"
         reason = (
             f"these data cannot certify a {unit} as small as the tolerance {tolerance:g}: the smallest "
@@ -456,8 +457,9 @@ def estimate_bound(
         )
     else:
         out_bits, status = None, "above_range"
+        how = "confidently unsafe" if lower[top] > tolerance else f"not safe at {confidence:.0%} confidence"
         reason = (
-            f"the highest tested level, {bits_arr[top]} bits, is not safe at {confidence:.0%} confidence: "
+            f"the highest tested level, {bits_arr[top]} bits, is {how}: "
             f"{unit} {drop[top]:.4g}, upper bound {upper[top]:.4g} > tolerance {tolerance:g}; test more bits"
         )
     if resolved == "curve" and (curve is None or not curve.converged):
