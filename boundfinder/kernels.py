@@ -1,0 +1,264 @@
+"""Fused rounding kernels: integer bit manipulation on float32 words, one pass over memory when compiled.
+
+Every kernel here is a plain function of torch ops. ``compiled(kernel)`` returns the torch.compile'd version
+(one fused loop on CPU, one Triton kernel on GPU); when compilation is unavailable the eager function runs
+instead, bit for bit the same, and one log line says so. Format parameters travel as a small int32 tensor so
+that one compiled kernel serves every format of a family (a sweep over bit widths compiles once).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable
+
+import torch
+
+from boundfinder.formats import FixedPointFormat, FloatFormat
+
+log = logging.getLogger("boundfinder")
+
+INT32_MIN = -(2**31)
+ABS_MASK = 0x7FFFFFFF
+EXP_INF = 0x7F800000
+RAND_BITS = 30  # stochastic rounding compares the fraction, truncated to 30 bits, with 30 random bits
+
+# Rounding modes as small ints (static arguments of the kernels).
+MODE = {"nearest": 0, "truncate": 1, "up": 2, "down": 3, "stochastic": 4}
+# What overflow becomes (static): 0 = infinity, 1 = NaN, 2 = saturate.
+OVERFLOW = {"inf": 0, "nan": 1, "saturate": 2}
+
+
+# -- random bits ------------------------------------------------------------------------------------------------
+def _srl(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int32 words (torch's >> is arithmetic)."""
+    return (x >> n) & ((1 << (32 - n)) - 1)
+
+
+def _wrap32(v: int) -> int:
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """30 uniform random bits per element from a counter-based hash of (seed, index).
+
+    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds), computed in wrapping int32
+    arithmetic, so the stream is identical on CPU and GPU, eager and compiled, and costs no memory pass
+    when fused into the rounding kernel.
+    """
+    idx = torch.arange(numel, device=device, dtype=torch.int32)
+    h = idx * _wrap32(0x9E3779B1) + seed
+    h = h ^ _srl(h, 16)
+    h = h * _wrap32(0x7FEB352D)
+    h = h ^ _srl(h, 15)
+    h = h * _wrap32(0x846CA68B)
+    h = h ^ _srl(h, 16)
+    return h & ((1 << RAND_BITS) - 1)
+
+
+# -- float formats ----------------------------------------------------------------------------------------------
+def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
+    """Pack what the float kernel needs into an int32 tensor (see ``round_float_bits`` for the fields)."""
+    man_sub = fmt.man_bits if fmt.subnormals else 0
+    emin32 = fmt.emin + 127  # float32 biased exponent of the format's smallest normal
+    max_word = int(torch.tensor(fmt.max_finite, dtype=torch.float32).view(torch.int32))
+    q_word = int(torch.tensor(math.ldexp(1.0, fmt.emin - man_sub), dtype=torch.float32).view(torch.int32))
+    d = 23 - fmt.man_bits
+    return torch.tensor([d, emin32, 23 - man_sub, max_word, q_word], dtype=torch.int32, device=device)
+
+
+def round_float(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int) -> torch.Tensor:
+    """``round_float_bits`` with its random bits drawn in-kernel from ``seed`` (stochastic mode only)."""
+    rbits = random_bits(seed, x.numel(), x.device) if mode == 4 else None
+    return round_float_bits(x, params, rbits, mode, overflow)
+
+
+def round_float_bits(
+    x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int, overflow: int
+) -> torch.Tensor:
+    """Round float32 ``x`` (1-D) to a FloatFormat described by ``params``; returns float32.
+
+    Normal range: drop ``d`` low bits of the magnitude word; a carry out of the fraction moves into the
+    exponent, which is exactly rounding up into the next binade. Below the format's smallest normal the
+    quantum is fixed, so the 24-bit significand is shifted right by ``s`` (which grows as the value shrinks)
+    and the result is rebuilt as an integer count of quanta times the quantum.
+    """
+    d, emin32, sub_base, max_word, q_word = params[0], params[1], params[2], params[3], params[4]
+    w = x.view(torch.int32)
+    sign = w & INT32_MIN
+    a = w & ABS_MASK
+    expf = a >> 23
+    neg = sign != 0
+    one = torch.ones((), dtype=torch.int32, device=x.device)
+
+    # -- normal range: operate on the magnitude word itself
+    mask = (one << d) - 1
+    if mode == 0:
+        inc = (mask >> 1) + ((a >> d) & 1)
+    elif mode == 1:
+        inc = torch.zeros_like(a)
+    elif mode == 2:
+        inc = torch.where(neg, 0, mask)
+    elif mode == 3:
+        inc = torch.where(neg, mask, 0)
+    else:
+        inc = rbits >> (RAND_BITS - d)
+    r_norm = (a + inc) & ~mask
+
+    # -- below the smallest normal: count quanta of size 2**(emin - man_sub)
+    sig = (a & 0x7FFFFF) | torch.where(expf > 0, 0x800000, 0)
+    s = (emin32 - torch.clamp(expf, min=1)) + sub_base
+    if mode == 4:
+        # Fractions longer than 30 bits are truncated to 30 bits first; the bias this adds is < 2**-30.
+        pre = torch.clamp(s - RAND_BITS, min=0, max=24)
+        sig = sig >> pre
+        s = torch.clamp(s - pre, min=0, max=RAND_BITS)
+        k = (sig + (rbits >> (RAND_BITS - s))) >> s
+    else:
+        s = torch.clamp(s, min=0, max=25)  # sig < 2**24: a shift of 25 already leaves 0 with every remainder kept
+        smask = (one << s) - 1
+        if mode == 0:
+            sinc = (smask >> 1) + ((sig >> s) & 1)
+        elif mode == 1:
+            sinc = torch.zeros_like(sig)
+        elif mode == 2:
+            sinc = torch.where(neg, 0, smask)
+        else:
+            sinc = torch.where(neg, smask, 0)
+        k = (sig + sinc) >> s
+    r_sub = (k.to(torch.float32) * q_word.view(torch.float32)).view(torch.int32)
+    r = torch.where(expf < emin32, r_sub, r_norm)
+
+    # -- overflow, infinities, NaN
+    isnan = a > EXP_INF
+    isinf = a == EXP_INF
+    toward_zero = torch.zeros_like(neg) if mode in (0, 4) else (
+        torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg))
+    over = (r > max_word) & ~isnan
+    if overflow == 0:
+        big = torch.where(toward_zero & ~isinf, max_word, EXP_INF)
+        r = torch.where(over & ~isinf, big, r)  # infinite inputs stay infinite
+    elif overflow == 1:
+        r = torch.where(over, torch.where(toward_zero & ~isinf, max_word, 0x7FC00000), r)
+    else:
+        r = torch.where(over, max_word, r)
+    r = torch.where(isnan, a, r)
+    return (r | sign).view(torch.float32)
+
+
+# -- fixed point ------------------------------------------------------------------------------------------------
+def fixed_params(fmt: FixedPointFormat, device: torch.device, frac_bits: int | None = None) -> torch.Tensor:
+    f = fmt.frac_bits if frac_bits is None else frac_bits
+    return torch.tensor([math.ldexp(1.0, f), math.ldexp(1.0, -f), fmt.qmin, fmt.qmax],
+                        dtype=torch.float32, device=device)
+
+
+def round_to_integer(y: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> torch.Tensor:
+    """Round float32 ``y`` to an integer-valued float32 with the given mode (ties to even for nearest)."""
+    if mode == 0:
+        return torch.round(y)
+    if mode == 1:
+        return torch.trunc(y)
+    if mode == 2:
+        return torch.ceil(y)
+    if mode == 3:
+        return torch.floor(y)
+    lo = torch.floor(y)
+    frac = (y - lo) * float(1 << RAND_BITS)  # exact: y - floor(y) is exact and a power-of-two scale is exact
+    up = (frac.to(torch.int32) + rbits) >= (1 << RAND_BITS)
+    return lo + up.to(y.dtype)
+
+
+def round_fixed(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int) -> torch.Tensor:
+    rbits = random_bits(seed, x.numel(), x.device) if mode == 4 else None
+    return round_fixed_bits(x, params, rbits, mode)
+
+
+def round_fixed_bits(x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> torch.Tensor:
+    scale, inv, qmin, qmax = params[0], params[1], params[2], params[3]
+    y = x * scale  # exact (power of two); overflow to inf saturates below
+    q = round_to_integer(torch.nan_to_num(y, nan=0.0, posinf=3e38, neginf=-3e38), rbits, mode)
+    q = torch.minimum(torch.maximum(q, qmin), qmax)
+    return torch.where(torch.isnan(x), x, q * inv)
+
+
+# -- compilation ------------------------------------------------------------------------------------------------
+_compile_failed: set[str] = set()
+
+
+def _compile_enabled() -> bool:
+    return os.environ.get("BOUNDFINDER_COMPILE", "1") != "0"
+
+
+@functools.cache
+def _compiled(kernel: Callable) -> Callable:
+    return torch.compile(kernel, dynamic=True, fullgraph=True)
+
+
+def run(kernel: Callable, x: torch.Tensor, *args) -> torch.Tensor:
+    """Run ``kernel(x, *args)`` compiled when possible; small tensors run eagerly (a compiled call's fixed cost
+    exceeds the work), and a failed compilation falls back to eager once, with one log line."""
+    name = kernel.__name__
+    if x.numel() < COMPILE_MIN_NUMEL or not _compile_enabled() or name in _compile_failed:
+        return kernel(x, *args)
+    try:
+        return _compiled(kernel)(x, *args)
+    except Exception as exc:
+        _compile_failed.add(name)
+        log.warning("boundfinder: torch.compile of %s failed (%s: %s); running the eager kernel, which gives "
+                    "identical results more slowly.", name, type(exc).__name__, str(exc).splitlines()[0][:200])
+        return kernel(x, *args)
+
+
+COMPILE_MIN_NUMEL = int(os.environ.get("BOUNDFINDER_COMPILE_MIN_NUMEL", 1 << 16))
+
+
+# -- integer affine ---------------------------------------------------------------------------------------------
+def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+                      seed: torch.Tensor, mode: int) -> torch.Tensor:
+    """``(clamp(round(x * (1/scale)) + zp, qmin, qmax) - zp) * scale`` in float32, the operation order of
+    ``torch.fake_quantize_per_tensor_affine`` (the zero point is added after rounding, so it is exact)."""
+    rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
+    inv = 1.0 / scale
+    q = round_to_integer(torch.nan_to_num(x * inv, nan=0.0, posinf=3e38, neginf=-3e38), rbits, mode) + zero_point
+    q = torch.clamp(q, qmin, qmax)
+    return torch.where(torch.isnan(x), x, (q - zero_point) * scale)
+
+
+# -- block (MX) -------------------------------------------------------------------------------------------------
+def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, emax: int,
+                fixed: bool) -> torch.Tensor:
+    """Quantize a (n_blocks, block_size) float32 tensor: shared power-of-two scale per row, then elements."""
+    amax = blocks.abs().amax(dim=1, keepdim=True)
+    _, e = torch.frexp(amax)
+    shared = torch.clamp(e - 1 - emax, min=-127, max=127).to(torch.float32)
+    scale = torch.exp2(shared)
+    scaled = (blocks / scale).reshape(-1)
+    rbits = random_bits(seed, scaled.numel(), blocks.device) if mode == 4 else None
+    if fixed:
+        q = round_fixed_bits(scaled, params, rbits, mode)
+    else:
+        q = round_float_bits(scaled, params, rbits, mode, OVERFLOW["saturate"])
+    out = q.view(blocks.shape) * scale
+    return torch.where(torch.isfinite(amax), out, float("nan"))
+
+
+# -- dynamic fixed point ----------------------------------------------------------------------------------------
+def dynamic_frac_bits(x: torch.Tensor, word_bits: int, overflow_rate: float) -> torch.Tensor:
+    """Largest fraction length for which at most ``overflow_rate`` of the elements exceed the range, from a
+    histogram of binary exponents (exact, one pass). Returns a 0-d int64 tensor on x's device."""
+    a = x.abs()
+    finite = torch.isfinite(a) & (a > 0)
+    _, e = torch.frexp(torch.where(finite, a, 1.0))
+    g = torch.where(finite, e - 1, -200) + 200  # floor(log2|x|), shifted to be >= 0; zeros land in bin 0
+    counts = torch.bincount(g.reshape(-1), minlength=400)
+    counts[0] = 0
+    at_or_above = counts.flip(0).cumsum(0).flip(0)  # at_or_above[t + 200] = #{|x| >= 2**t}
+    allowed = math.floor(overflow_rate * x.numel())
+    ok = at_or_above <= allowed
+    # smallest t whose count is within the allowance; all-zero tensors give t = -200 -> clamped below
+    t = torch.argmax(ok.to(torch.int8)) - 200
+    frac = (word_bits - 1) - t
+    return torch.clamp(frac, min=-126, max=126)

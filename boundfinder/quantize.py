@@ -1,0 +1,269 @@
+"""``quantize(x, fmt, rounding)``: round a tensor to a number format, returning a tensor of the same kind.
+
+>>> import torch
+>>> quantize(torch.tensor([1.9875]), "e8m7", "truncate")  # the original study's 16-bit filter
+tensor([1.9844])
+>>> quantize(torch.tensor([0.1, 300.0, 1e6]), "e4m3fn").tolist()
+[0.1015625, 288.0, nan]
+>>> quantize(torch.tensor([-10.0, 10.0, 30.0]), "uint8")  # scale 40/255 and zero point 64 from min/max
+tensor([-10.0392,  10.0392,  29.9608])
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from boundfinder import kernels
+from boundfinder.errors import FormatError
+from boundfinder.formats import (
+    ROUNDING_MODES,
+    BinaryFormat,
+    BlockFormat,
+    DynamicFixedPointFormat,
+    FixedPointFormat,
+    FloatFormat,
+    Format,
+    IntFormat,
+    check_rounding,
+    parse_format,
+)
+
+__all__ = ["affine_qparams", "fake_quantize_affine", "quantize", "quantize_ste"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_input(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise FormatError(f"quantize takes a torch.Tensor, but got {type(x).__name__}.")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise FormatError(f"quantize takes a float32, bfloat16 or float16 tensor, but got dtype={x.dtype}; "
+                          "convert integer data to float first.")
+
+
+def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    seed = torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64)
+    return seed.to(device=device, dtype=torch.int32)
+
+
+_NO_SEED: dict = {}
+
+
+def _no_seed(device: torch.device) -> torch.Tensor:
+    key = str(device)
+    if key not in _NO_SEED:
+        _NO_SEED[key] = torch.zeros((), dtype=torch.int32, device=device)
+    return _NO_SEED[key]
+
+
+@functools.lru_cache(maxsize=256)
+def _float_params(fmt: FloatFormat, device: str) -> torch.Tensor:
+    return kernels.float_params(fmt, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_params(fmt: FixedPointFormat, device: str) -> torch.Tensor:
+    return kernels.fixed_params(fmt, torch.device(device))
+
+
+def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Round every element of ``x`` to ``fmt``; returns a new tensor with x's shape, dtype and device.
+
+    ``rounding``: ``"nearest"`` (ties to even), ``"truncate"`` (toward zero; for ``e8m{M}`` this is the bitmask
+    AND of the float32 word), ``"up"`` (toward +inf), ``"down"`` (toward -inf), ``"stochastic"`` (round up
+    with probability equal to the fractional position between the two neighbours, resolved to 2**-30;
+    reproducible: the random bits come from a counter-based hash seeded from ``generator``, or from torch's
+    default generator, so ``torch.manual_seed`` fixes them, identically on CPU and GPU).
+
+    bfloat16 and float16 inputs are rounded through float32 (exact) and cast back; a format wider than the
+    input dtype is rounded once more by that cast. Not differentiable: use ``quantize_ste`` for training.
+    """
+    _check_input(x)
+    fmt = parse_format(fmt)
+    allowed = ("nearest", "stochastic") if isinstance(fmt, BinaryFormat) else ROUNDING_MODES
+    check_rounding(rounding, allowed)
+    mode = kernels.MODE[rounding]
+    dtype = x.dtype
+    with torch.no_grad():
+        x32 = x.detach().to(torch.float32).contiguous()
+        seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
+        out = _dispatch(x32, fmt, mode, seed)
+    return out.to(dtype)
+
+
+def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> torch.Tensor:
+    dev = str(x.device)
+    if isinstance(fmt, FloatFormat):
+        if fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals and fmt.overflow == "inf":
+            return x.clone()  # fp32 itself: nothing to round
+        params = _float_params(fmt, dev)
+        flat = x.reshape(-1)
+        return kernels.run(kernels.round_float, flat, params, seed, mode,
+                           kernels.OVERFLOW[fmt.overflow]).view(x.shape)
+    if isinstance(fmt, FixedPointFormat):
+        return kernels.run(kernels.round_fixed, x.reshape(-1), _fixed_params(fmt, dev), seed, mode).view(x.shape)
+    if isinstance(fmt, DynamicFixedPointFormat):
+        frac = kernels.dynamic_frac_bits(x, fmt.word_bits, fmt.overflow_rate).to(torch.float32)
+        base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
+        params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
+                              torch.tensor(float(base.qmin), device=x.device),
+                              torch.tensor(float(base.qmax), device=x.device)])
+        return kernels.run(kernels.round_fixed, x.reshape(-1), params, seed, mode).view(x.shape)
+    if isinstance(fmt, IntFormat):
+        lo, hi = _minmax(x, fmt.axis)
+        scale, zp = affine_qparams(lo, hi, fmt)
+        return _fake_quant(x, scale, zp, fmt, mode, seed)
+    if isinstance(fmt, BinaryFormat):
+        return _binarize(x, fmt, mode, seed)
+    if isinstance(fmt, BlockFormat):
+        return _block(x, fmt, mode, seed)
+    raise FormatError(f"no quantizer for format {fmt!r}.")
+
+
+# -- integer affine -------------------------------------------------------------------------------------------
+def _channel_view(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, int]:
+    if x.dim() == 0:
+        raise FormatError("per-channel quantization needs a tensor with at least one dimension, but got a scalar.")
+    if not -x.dim() <= axis < x.dim():
+        raise FormatError(f"channel axis must satisfy `-{x.dim()} <= axis < {x.dim()}` for a tensor of shape "
+                          f"{tuple(x.shape)}, but got axis={axis}.")
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1), axis % x.dim()
+
+
+def _minmax(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if axis is None:
+        return torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+    rows, _ = _channel_view(x, axis)
+    return torch.aminmax(rows, dim=1)
+
+
+def affine_qparams(min_val: torch.Tensor, max_val: torch.Tensor, fmt: IntFormat | str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero point (int32) from a calibrated range, as torch.ao's MinMaxObserver computes
+    them: the range is widened to include 0; symmetric formats use zero point 0 (signed) or 2**(bits-1).
+
+    >>> s, z = affine_qparams(torch.tensor(-10.0), torch.tensor(30.0), "uint8")
+    >>> round(float(s), 6), int(z)
+    (0.156863, 64)
+    """
+    fmt = parse_format(fmt)
+    if not isinstance(fmt, IntFormat):
+        raise FormatError(f"affine_qparams needs an IntFormat (e.g. 'int8', 'uint8'), but got {fmt}.")
+    min_val = torch.as_tensor(min_val, dtype=torch.float32)
+    max_val = torch.as_tensor(max_val, dtype=torch.float32, device=min_val.device)
+    lo = torch.minimum(min_val, torch.zeros_like(min_val))
+    hi = torch.maximum(max_val, torch.zeros_like(max_val))
+    eps = torch.finfo(torch.float32).eps
+    span = float(fmt.qmax - fmt.qmin)
+    if fmt.symmetric:
+        hi = torch.maximum(-lo, hi)
+        scale = torch.clamp(hi / (span / 2), min=eps)
+        zp_value = 0 if fmt.signed else 2 ** (fmt.bits - 1)
+        zp = torch.full_like(scale, zp_value, dtype=torch.int32)
+    else:
+        scale = torch.clamp((hi - lo) / span, min=eps)
+        zp = fmt.qmin - torch.round(lo / scale).to(torch.int32)
+        zp = torch.clamp(zp, fmt.qmin, fmt.qmax)
+    return scale, zp
+
+
+def fake_quantize_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, fmt: IntFormat | str,
+                         rounding: str = "nearest", *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Quantize-dequantize with given parameters; bit-exact with ``torch.fake_quantize_per_tensor_affine``
+    (0-d scale) and ``torch.fake_quantize_per_channel_affine`` (1-d scale along ``fmt.axis``) for nearest."""
+    _check_input(x)
+    fmt = parse_format(fmt)
+    if not isinstance(fmt, IntFormat):
+        raise FormatError(f"fake_quantize_affine needs an IntFormat, but got {fmt}.")
+    check_rounding(rounding)
+    seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
+    with torch.no_grad():
+        out = _fake_quant(x.detach().to(torch.float32).contiguous(), torch.as_tensor(scale, dtype=torch.float32),
+                          torch.as_tensor(zero_point), fmt, kernels.MODE[rounding], seed)
+    return out.to(x.dtype)
+
+
+def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: IntFormat, mode: int,
+                seed: torch.Tensor) -> torch.Tensor:
+    scale = scale.to(device=x.device, dtype=torch.float32)
+    zp = zp.to(device=x.device, dtype=torch.float32)
+    if fmt.axis is None or scale.dim() == 0:
+        return kernels.fake_quant_affine(x, scale, zp, fmt.qmin, fmt.qmax, seed, mode)
+    rows, axis = _channel_view(x, fmt.axis)
+    out = kernels.fake_quant_affine(rows, scale[:, None], zp[:, None], fmt.qmin, fmt.qmax, seed, mode)
+    moved = x.movedim(axis, 0).shape
+    return out.reshape(moved).movedim(0, axis).contiguous()
+
+
+# -- binary ---------------------------------------------------------------------------------------------------
+def _binarize(x: torch.Tensor, fmt: BinaryFormat, mode: int, seed: torch.Tensor) -> torch.Tensor:
+    if mode == kernels.MODE["stochastic"]:
+        rbits = kernels.random_bits(seed, x.numel(), x.device).view(x.shape)
+        p = torch.clamp((x + 1.0) * 0.5, 0.0, 1.0)
+        threshold = (p * float(1 << kernels.RAND_BITS)).to(torch.int64)
+        s = torch.where(rbits.to(torch.int64) < threshold, 1.0, -1.0)
+    else:
+        s = torch.where(x >= 0, 1.0, -1.0)  # sign(0) = +1, as BinaryNet
+    if fmt.scale == "mean":
+        if fmt.axis is None:
+            s = s * x.abs().mean()
+        else:
+            rows, axis = _channel_view(x, fmt.axis)
+            shape = [1] * x.dim()
+            shape[axis] = x.shape[axis]
+            s = s * rows.abs().mean(dim=1).view(shape)
+    return torch.where(torch.isnan(x), x, s)
+
+
+# -- block ----------------------------------------------------------------------------------------------------
+def _block(x: torch.Tensor, fmt: BlockFormat, mode: int, seed: torch.Tensor) -> torch.Tensor:
+    x1 = x.reshape(1) if x.dim() == 0 else x
+    if not -x1.dim() <= fmt.axis < x1.dim():
+        raise FormatError(f"block axis must satisfy `-{x1.dim()} <= axis < {x1.dim()}` for shape "
+                          f"{tuple(x1.shape)}, but got axis={fmt.axis}.")
+    moved = x1.movedim(fmt.axis, -1)
+    n = moved.shape[-1]
+    pad = (-n) % fmt.block_size
+    rows = torch.nn.functional.pad(moved, (0, pad)) if pad else moved
+    blocks = rows.reshape(-1, fmt.block_size)
+    elem = fmt.element
+    dev = str(x.device)
+    params = _float_params(elem, dev) if isinstance(elem, FloatFormat) else _fixed_params(elem, dev)
+    out = kernels.run(kernels.round_block, blocks.contiguous(), params, seed, mode, fmt.element_emax,
+                      isinstance(elem, FixedPointFormat))
+    out = out.reshape(rows.shape)[..., :n].movedim(-1, fmt.axis)
+    return out.reshape(x.shape).contiguous()
+
+
+# -- straight-through estimator ---------------------------------------------------------------------------------
+class _STE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fmt, rounding, generator):
+        ctx.binary = isinstance(fmt, BinaryFormat)
+        if ctx.binary:
+            ctx.save_for_backward(x)
+        return quantize(x, fmt, rounding, generator=generator)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.binary:
+            (x,) = ctx.saved_tensors
+            grad = grad * (x.abs() <= 1).to(grad.dtype)  # BinaryNet: cancel the gradient where |x| > 1
+        return grad, None, None, None
+
+
+def quantize_ste(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``quantize`` in the forward pass, identity in the backward (straight-through estimator).
+
+    For binary formats the backward is BinaryNet's clipped STE: the gradient is zeroed where |x| > 1.
+
+    >>> w = torch.tensor([0.3, -2.0], requires_grad=True)
+    >>> quantize_ste(w, "binary").sum().backward()
+    >>> w.grad.tolist()
+    [1.0, 0.0]
+    """
+    return _STE.apply(x, parse_format(fmt), rounding, generator)
