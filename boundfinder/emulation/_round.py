@@ -64,12 +64,9 @@ def _e8_word_rounder(man_bits: int, rounding: str) -> Rounder:
 
     def round_word(x: torch.Tensor) -> torch.Tensor:
         w = x.view(torch.int32)
-        if rounding == "nearest":
-            # add just under half an ulp, plus one when the kept lsb is odd: ties go to even; a carry out of the
-            # fraction increments the exponent, which is exactly rounding into the next binade (or to inf)
-            w = (w + ((w >> d) & 1) + half) & keep
-        else:
-            w = w & keep
+        # nearest: add just under half an ulp, plus one when the kept lsb is odd, so ties go to even; a carry out
+        # of the fraction increments the exponent, which is exactly rounding into the next binade (or to inf)
+        w = ((w + ((w >> d) & 1) + half) if rounding == "nearest" else w) & keep
         return torch.where(x.isnan(), x, w.view(torch.float32))
 
     return round_word

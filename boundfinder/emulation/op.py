@@ -140,7 +140,7 @@ def _conv_backward(grad, x, weight, geometry, output_mask, k, rounder):
     stride, padding, dilation, one_d = geometry
     if one_d:
         grad, x, weight = grad.unsqueeze(2), x.unsqueeze(2), weight.unsqueeze(2)
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     o, _, kh, kw = weight.shape
     g = grad.reshape(n, o, -1)  # (N, O, L)
     grad_input = grad_weight = grad_bias = None
