@@ -82,7 +82,7 @@ class _Side:
             return x
         key = self.key
         fwd = self.fwd
-        if key is not None and getattr(x, _MARK, None) == (key, x._version):
+        if key is not None and not x.is_inference() and getattr(x, _MARK, None) == (key, x._version):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
         if self.bwd is not None and x.requires_grad and torch.is_grad_enabled():
             out = _Boundary.apply(x, fwd, self.bwd)
@@ -90,7 +90,7 @@ class _Side:
             out = fwd(x)
         else:
             return x
-        if key is not None:
+        if key is not None and not out.is_inference():
             setattr(out, _MARK, (key, out._version))
         return out
 
