@@ -7,7 +7,9 @@ Lifecycle, shared by :class:`PrecisionEmulation` and :class:`PrecisionSchedule`:
 - ``op`` level: ``enter_ops`` / ``exit_ops`` bracket each batch (forward and backward); the optimizer update
   itself runs outside, because ``exit_ops`` is also called from ``on_before_optimizer_step``;
 - ``batch`` level in ``fit``: a post-step hook on every optimizer of the Trainer calls
-  ``after_optimizer_step`` after each ``optimizer.step()`` (also under manual optimization);
+  ``after_optimizer_step`` after each ``optimizer.step()`` (also under manual optimization); parameters are
+  also rounded once when the level is attached. In ``validate`` / ``test`` / ``predict`` the parameters are
+  rounded at attach and their real values put back at detach, so evaluation leaves the model unchanged;
 - ``detach`` (from ``teardown`` and ``on_exception``) exits the op context, removes the optimizer hooks and
   the emulation; it is idempotent.
 """
@@ -17,9 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from torch import nn
+
 from boundfinder.emulation import emulate
 from boundfinder.policy import PrecisionPolicy
-from torch import nn
 
 
 class EmulationDriver:
@@ -31,6 +35,7 @@ class EmulationDriver:
         self.handle: Any = None
         self._ops: Any = None  # the entered op-level context manager, if any
         self._step_hooks: list[Any] = []
+        self._saved: list[tuple[Any, Any]] = []  # (parameter, value before evaluation-time rounding)
 
     @property
     def attached(self) -> bool:
@@ -54,6 +59,9 @@ class EmulationDriver:
             if training and trainer is not None:
                 for optimizer in trainer.optimizers:
                     self._step_hooks.append(optimizer.register_step_post_hook(self._after_step))
+            if not training:
+                # Evaluation must not change the model: keep the real values and put them back in detach().
+                self._saved = [(p, p.detach().clone()) for p in model.parameters()]
             # The stored parameters are what a parameter server holds: on the grid from the start of training,
             # and for evaluation the model is evaluated with the parameters it would have stored.
             self.handle.round_parameters_now()
@@ -80,3 +88,8 @@ class EmulationDriver:
         if self.handle is not None:
             handle, self.handle = self.handle, None
             handle.remove()
+        if self._saved:
+            with torch.no_grad():
+                for param, value in self._saved:
+                    param.copy_(value)
+            self._saved = []

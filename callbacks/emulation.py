@@ -21,9 +21,10 @@ from boundfinder.callbacks._common import (
     trainer_stage,
 )
 from boundfinder.callbacks._driver import EmulationDriver
-from boundfinder.policy import PrecisionPolicy
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+
+from boundfinder.policy import PrecisionPolicy
 
 __all__ = ["PrecisionEmulation"]
 

@@ -21,11 +21,11 @@ from boundfinder.callbacks._common import (
     trainer_stage,
 )
 from boundfinder.callbacks._driver import EmulationDriver
-from boundfinder.policy import PrecisionPolicy
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from boundfinder.errors import PolicyError
+from boundfinder.policy import PrecisionPolicy
 
 __all__ = ["UNITS", "PrecisionSchedule"]
 

@@ -8,12 +8,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from boundfinder.callbacks._common import STAGES, check_rounding, check_stages, log, spec_repr, trainer_stage
-from boundfinder.policy import PrecisionPolicy, Rule
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from boundfinder.errors import PolicyError
 from boundfinder.formats import BinaryFormat, Format, IntFormat, parse_format
+from boundfinder.policy import PrecisionPolicy, Rule
 from boundfinder.quantize import affine_qparams, fake_quantize_affine, quantize_ste
 
 __all__ = ["QuantizationAware"]
