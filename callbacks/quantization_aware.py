@@ -26,11 +26,11 @@ def _check_format(name: str, value: Any, binary_ok: bool) -> Format | None:
     if value is None:
         return None
     fmt = parse_format(value)  # raises FormatError with the list of names
-    if isinstance(fmt, IntFormat) or (binary_ok and isinstance(fmt, BinaryFormat) and fmt.scale == "none"):
+    if isinstance(fmt, IntFormat) or (binary_ok and isinstance(fmt, BinaryFormat)):
         return fmt
     allowed = "an integer format (int8, uint8, int4, int8_sym, int8_ch0, ...)"
     if binary_ok:
-        allowed += " or 'binary'"
+        allowed += " or a binary format ('binary', 'binary_mean')"
     raise PolicyError(
         f"`{name}` must be {allowed} or None, but got {name}={value!r} ({type(fmt).__name__}). "
         "HINT: float, fixed-point and block formats are emulated by PrecisionEmulation."
@@ -174,10 +174,9 @@ class QuantizationAware(Callback):
             for role, fmt in (("weight", self.weights), ("input", self.activations), ("grad_output", self.gradients))
             if fmt is not None
         }
-        if layers is None:
-            rules = tuple(Rule(module_type=t, formats=formats) for t in QUANTIZED_TYPES)
-        else:
-            rules = tuple(Rule(pattern=p, formats=formats) for p in layers)
+        # Without patterns one rule selects every layer; _select keeps the Linear/Conv ones.
+        patterns = (None,) if layers is None else layers
+        rules = tuple(Rule(pattern=p, formats=formats) for p in patterns)
         self._policy = PrecisionPolicy(rules=rules, rounding=rounding)
         self._observers: dict[str, list[torch.Tensor]] = {}  # layer name -> [min, max] of its inputs
         self._pending: dict[str, list[float]] | None = None  # observers loaded before the hooks exist
@@ -200,7 +199,9 @@ class QuantizationAware(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"observers": {name: [float(v) for v in mm] for name, mm in self._observers.items()}}
+        observers = dict(self._pending or {})  # restored from a checkpoint but not yet on the model
+        observers.update({name: [float(v) for v in mm] for name, mm in self._observers.items()})
+        return {"observers": observers}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         observers = state_dict.get("observers", {})
