@@ -317,3 +317,53 @@ def test_crash_cleans_up_and_resume_continues_under_the_policy(tmp_path, level):
     else:
         assert spy.checks["logits"] and all(spy.checks["logits"])
     assert no_hooks_left(resumed)
+
+
+# -- more Trainer set-ups -------------------------------------------------------------------------------------
+def test_batch_level_rounds_after_manual_optimization_steps():
+    from lightning.pytorch.demos.boring_classes import ManualOptimBoringModel
+
+    model = ManualOptimBoringModel()  # calls optimizer.step() itself: the post-step hook still fires
+    t = trainer(max_steps=3, limit_val_batches=0, callbacks=[PrecisionEmulation("e4m3fn", level="batch")])
+    t.fit(model)
+    assert all(on_grid(p, "e4m3fn") for p in model.parameters())
+    assert no_hooks_left(model)
+
+
+def test_op_level_with_chunked_accumulation_trains():
+    model = LogisticRegression()
+    init = model.classifier.weight.detach().clone()
+    cb = PrecisionEmulation("bf16", level="op", accumulate_chunk=8)
+    trainer(max_steps=2, limit_val_batches=0, callbacks=[cb]).fit(model, digits(batch_size=16))
+    assert not torch.equal(init, model.classifier.weight)
+    assert no_hooks_left(model)
+
+
+def test_stochastic_rounding_is_reproducible_with_a_seed():
+    def run(seed):
+        torch.manual_seed(0)
+        model = LogisticRegression()
+        cb = PrecisionEmulation("e5m2", level="batch", rounding="stochastic", seed=seed)
+        trainer(max_steps=3, limit_val_batches=0, callbacks=[cb]).fit(model, digits())
+        return model.classifier.weight.detach().clone()
+
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert on_grid(a, "e5m2")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("level", LEVELS)
+def test_rounding_runs_on_the_models_gpu(level):
+    model = MODELS["lenet"]()
+    outputs = []
+    handle = model.register_forward_hook(lambda m, a, out: outputs.append(out.detach()))
+    cb = PrecisionEmulation("e5m2", level=level)
+    t = trainer(accelerator="gpu", max_steps=2, limit_val_batches=0, callbacks=[cb])
+    t.fit(model, digits())
+    handle.remove()
+    assert outputs and all(o.is_cuda for o in outputs)
+    if level == "batch":
+        assert all(p.is_cuda and on_grid(p, "e5m2") for p in model.parameters())
+    else:
+        assert all(on_grid(o, "e5m2") for o in outputs)
