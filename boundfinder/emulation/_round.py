@@ -5,19 +5,22 @@ about 40 eager ops (~100 us on CPU) dominates the layer's own work. For the most
 equivalent that costs a few ops, each verified bit for bit against ``quantize`` in tests/emulation/test_round.py:
 
 - ``fp32`` (and any float format equal to float32): identity, no op at all;
-- ``nearest`` with fp16 / bf16 / e5m2 / e4m3fn on float32 tensors: a cast to the torch dtype and back (the
-  hardware conversion is round-to-nearest-even); e4m3fn additionally maps magnitudes above 464 (the tie between
-  448 and the first overflow step rounds to even, 448) to NaN, because torch's float8 cast saturates where the
-  OCP format (and ``quantize``) overflows to NaN;
+- ``nearest`` with fp16 / bf16 / e5m2 on float32 tensors: a cast to the torch dtype and back (the conversion is
+  round-to-nearest-even with IEEE overflow). Not e4m3fn: torch's float8_e4m3fn cast saturates where the OCP
+  format (and ``quantize``) overflows to NaN, and its conversion back to float32 is slow on CPU;
+- ``nearest`` with ``fn`` formats whose overflow is NaN (e4m3fn): divide by the element's quantum (a power of
+  two built from the exponent bits), round half to even, multiply back; about ten float ops;
 - ``nearest`` / ``truncate`` with ``e8m{M}`` (float32's exponent range, IEEE overflow): one integer rounding of
   the float32 word. Subnormals need no special case because the format's subnormal quantum is the float32 word's
-  bit ``23 - M``; NaN words are restored explicitly because rounding a NaN payload can carry it into infinity.
+  bit ``23 - M``; NaN inputs get their quiet bit set because rounding a NaN payload can carry it into infinity
+  (so a NaN stays NaN, its payload bits may differ from ``quantize``'s).
 
 Everything else calls ``quantize``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,8 +38,6 @@ _CASTS = {
     FloatFormat(exp_bits=8, man_bits=7): torch.bfloat16,
     FloatFormat(exp_bits=5, man_bits=2): torch.float8_e5m2,
 }
-_E4M3FN = parse_format("e4m3fn")
-_E4M3FN_OVERFLOW = 464.0  # midpoint of 448 (max finite) and 480; ties go to 448 (even), above becomes NaN
 
 
 def is_identity(fmt: Format) -> bool:
@@ -58,18 +59,54 @@ def is_elementwise_idempotent(fmt: Format, rounding: str) -> bool:
 
 def _e8_word_rounder(man_bits: int, rounding: str) -> Rounder:
     d = 23 - man_bits
-    mask = (1 << d) - 1
-    keep = ~mask
-    half = (1 << (d - 1)) - 1 if d > 0 else 0
+    keep = ~((1 << d) - 1)
+    half = (1 << (d - 1)) - 1
 
     def round_word(x: torch.Tensor) -> torch.Tensor:
+        # Two temporaries, updated in place: on CPU each fresh large temporary costs page faults comparable to
+        # the arithmetic itself.
         w = x.view(torch.int32)
-        # nearest: add just under half an ulp, plus one when the kept lsb is odd, so ties go to even; a carry out
-        # of the fraction increments the exponent, which is exactly rounding into the next binade (or to inf)
-        w = ((w + ((w >> d) & 1) + half) if rounding == "nearest" else w) & keep
-        return torch.where(x.isnan(), x, w.view(torch.float32))
+        if rounding == "nearest":
+            # add just under half an ulp, plus one when the kept lsb is odd, so ties go to even; a carry out of
+            # the fraction increments the exponent: exactly rounding into the next binade (or to infinity)
+            r = w >> d
+            r.bitwise_and_(1).add_(half).add_(w).bitwise_and_(keep)
+        else:
+            r = w & keep
+        # Rounding a NaN payload may carry it into infinity or past the sign bit: OR a quiet NaN word into NaN
+        # inputs. The mask is
+        # all-ones where the magnitude word exceeds infinity's (the add overflows into the sign bit); integer
+        # ops, because comparisons producing bool tensors cost several float ops each on CPU.
+        m = w & 0x7FFFFFFF
+        m.add_(0x007FFFFF).bitwise_right_shift_(31).bitwise_and_(0x7FC00000)
+        return r.bitwise_or_(m).view(torch.float32)
 
     return round_word
+
+
+def _fn_float_rounder(fmt: FloatFormat) -> Rounder:
+    """Round to nearest for formats without infinities whose overflow is NaN (e4m3fn), in float arithmetic."""
+    min_normal_word = int(torch.tensor(fmt.min_normal, dtype=torch.float32).view(torch.int32))
+    shift = fmt.man_bits << 23
+    max_finite = fmt.max_finite
+    c = math.ldexp(1.0, fmt.emax - fmt.man_bits - 1)  # half an ulp at the top binade
+    sqrt_c = math.sqrt(c)
+
+    def round_float(x: torch.Tensor) -> torch.Tensor:
+        # quantum = 2**(exponent of x, at least emin) * 2**-man_bits, built as a float32 word; x / quantum is
+        # exact (power of two), round_ rounds half to even, and the product is exact again. Infinite inputs
+        # give inf / inf = NaN, which is the format's overflow value. Two temporaries, updated in place.
+        qw = x.view(torch.int32) & 0x7F800000
+        q = qw.clamp_(min=min_normal_word).sub_(shift).view(torch.float32)
+        y = torch.div(x, q).round_().mul_(q)
+        # Overflow to NaN without a bool tensor (masks cost several float ops each on CPU): with
+        # t = min(max - |y|, 0), which is 0 in range and at most -ulp beyond, sqrt(t + c) - sqrt(c) is exactly 0 in
+        # range and NaN beyond (c = ulp / 2; sqrt of 0 is avoided, it takes a slow path); y - 0 keeps zero signs.
+        torch.abs(y, out=q)
+        q.neg_().add_(max_finite).clamp_(max=0.0).add_(c).sqrt_().sub_(sqrt_c)
+        return y.sub_(q)
+
+    return round_float
 
 
 def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.Generator | None = None) -> Rounder:
@@ -95,12 +132,15 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         def fast(x: torch.Tensor) -> torch.Tensor:
             return x.to(dtype).to(torch.float32)
 
-    elif rounding == "nearest" and fmt == _E4M3FN:
-
-        def fast(x: torch.Tensor) -> torch.Tensor:
-            y = x.to(torch.float8_e4m3fn).to(torch.float32)
-            return torch.where(x.abs() > _E4M3FN_OVERFLOW, float("nan"), y)
-
+    elif (
+        rounding == "nearest"
+        and isinstance(fmt, FloatFormat)
+        and fmt.encoding == "fn"
+        and fmt.overflow == "nan"
+        and fmt.subnormals
+        and fmt.man_bits >= 1
+    ):
+        fast = _fn_float_rounder(fmt)
     elif (
         rounding in ("nearest", "truncate")
         and isinstance(fmt, FloatFormat)

@@ -67,32 +67,65 @@ class _WeightSTE(torch.autograd.Function):
 
 
 class _Side:
-    """Forward and backward rounding of one side (inputs or outputs) of a layer."""
+    """Forward and backward rounding of one side (inputs or outputs) of a layer.
 
-    __slots__ = ("bwd", "fwd", "key", "skip_key")
+    ``key``: the mark put on results that are on the forward grid (None: never marked, never skipped).
+    ``hook_grad``: round the gradient with a tensor hook on the tensor itself instead of an autograd function;
+    used for outputs, where the hook sees exactly the gradient with respect to the layer's output.
+    """
 
-    def __init__(self, fwd: Rounder | None, bwd: Rounder | None, key: Any, bwd_key: Any) -> None:
+    __slots__ = ("bwd", "fwd", "hook_grad", "key")
+
+    def __init__(self, fwd: Rounder | None, bwd: Rounder | None, key: Any, hook_grad: bool) -> None:
         self.fwd = fwd
         self.bwd = bwd
-        self.key = key  # mark put on forward results (None: results are not idempotent, never skipped)
-        self.skip_key = bwd_key
+        self.key = key
+        self.hook_grad = hook_grad
 
     def apply(self, x: Any) -> Any:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return x
         key = self.key
         fwd = self.fwd
-        if key is not None and not x.is_inference() and getattr(x, _MARK, None) == (key, x._version):
+        # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter.
+        if (fwd is not None and key is not None and not x.is_inference()
+                and getattr(x, _MARK, None) == (key, x._version)):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
-        if self.bwd is not None and x.requires_grad and torch.is_grad_enabled():
-            out = _Boundary.apply(x, fwd, self.bwd)
-        elif fwd is not None:
-            out = fwd(x)
+        needs_grad = self.bwd is not None and x.requires_grad and torch.is_grad_enabled()
+        if fwd is not None:
+            out = _Boundary.apply(x, fwd, self.bwd) if needs_grad else fwd(x)
+        elif not needs_grad:
+            out = x
+        elif self.hook_grad:
+            x.register_hook(self.bwd)
+            out = x
         else:
-            return x
+            out = _Boundary.apply(x, None, self.bwd)
         if key is not None and not out.is_inference():
             setattr(out, _MARK, (key, out._version))
         return out
+
+
+# Layers whose output is on the grid of an element-wise format whenever their input is (they select, reorder
+# or zero elements), and whose input gradient is on the grid whenever their output gradient is. Rounding
+# those again would be a no-op, so it is skipped (max pooling only without overlapping windows, where the
+# backward scatters each output gradient to one input without sums).
+_GRID_PRESERVING = (nn.ReLU, nn.Flatten, nn.Unflatten, nn.Identity)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+def _preserves_grid(module: nn.Module) -> tuple[bool, bool]:
+    """(forward preserves the grid, backward preserves the grid)."""
+    if isinstance(module, _GRID_PRESERVING):
+        return True, True
+    if isinstance(module, _POOLS):
+        n = int(type(module).__name__[-2])
+        as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * n  # noqa: E731
+        kernel, stride, dilation = (as_tuple(module.kernel_size), as_tuple(module.stride or module.kernel_size),
+                                    as_tuple(module.dilation))
+        disjoint = all(d == 1 for d in dilation) and all(k <= s for k, s in zip(kernel, stride, strict=True))
+        return True, disjoint
+    return False, False
 
 
 def _mark_backward(rounder: Rounder, key: Any) -> Rounder:
@@ -147,14 +180,18 @@ class LayerEmulator:
             return None
         return (fmt, self.rounding)
 
-    def _side(self, formats: dict[str, Format], fwd_role: str, bwd_role: str) -> _Side | None:
-        fwd, bwd = self._rounder(formats.get(fwd_role)), self._rounder(formats.get(bwd_role))
-        if fwd is None and bwd is None:
+    def _side(self, formats: dict[str, Format], fwd_role: str, bwd_role: str, *, output: bool,
+              skip_fwd: bool = False, skip_bwd: bool = False) -> _Side | None:
+        """``skip_fwd`` / ``skip_bwd``: the layer keeps that pass on the grid by itself (see _preserves_grid)."""
+        fwd_fmt, bwd_fmt = formats.get(fwd_role), formats.get(bwd_role)
+        fwd = None if skip_fwd else self._rounder(fwd_fmt)
+        bwd = None if skip_bwd else self._rounder(bwd_fmt)
+        key = self._key(fwd_fmt) if (fwd is not None or skip_fwd) else None
+        if fwd is None and bwd is None and key is None:
             return None
-        bwd_key = self._key(formats.get(bwd_role)) if bwd is not None else None
         if bwd is not None:
-            bwd = _mark_backward(bwd, bwd_key)
-        return _Side(fwd, bwd, self._key(formats.get(fwd_role)) if fwd is not None else None, bwd_key)
+            bwd = _mark_backward(bwd, self._key(bwd_fmt))
+        return _Side(fwd, bwd, key, hook_grad=output)
 
     def _install(self, name: str, module: nn.Module, formats: dict[str, Format]) -> None:
         params: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
@@ -166,8 +203,12 @@ class LayerEmulator:
             grad_rounder = self._rounder(formats.get("weight_grad"))
             if grad_rounder is not None and param.requires_grad:
                 self._handles.append(param.register_post_accumulate_grad_hook(_grad_hook(grad_rounder)))
-        inputs = self._side(formats, "input", "grad_input")
-        outputs = self._side(formats, "activation", "grad_output")
+        fwd_keeps, bwd_keeps = _preserves_grid(module)
+        same_fwd = formats.get("input") == formats.get("activation") and self._key(formats.get("input"))
+        same_bwd = formats.get("grad_output") == formats.get("grad_input") and self._key(formats.get("grad_input"))
+        inputs = self._side(formats, "input", "grad_input", output=False, skip_bwd=bool(bwd_keeps and same_bwd))
+        outputs = self._side(formats, "activation", "grad_output", output=True,
+                             skip_fwd=bool(fwd_keeps and same_fwd))
         if not params and inputs is None and outputs is None and "weight_grad" not in formats:
             return
         self.installed[name] = tuple(formats)
