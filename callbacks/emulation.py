@@ -82,7 +82,6 @@ class PrecisionEmulation(Callback):
         # Built now so that a bad format, role or pattern syntax fails at construction, not mid-fit.
         self.policy = PrecisionPolicy.from_spec(self._spec, rounding=rounding)
         self._driver = EmulationDriver(level, accumulate_chunk=accumulate_chunk)
-        self._resolved_for: int | None = None
 
     # -- identity and state -------------------------------------------------------------------------------
     @property

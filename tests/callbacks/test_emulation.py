@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -367,3 +368,13 @@ def test_rounding_runs_on_the_models_gpu(level):
         assert all(p.is_cuda and on_grid(p, "e5m2") for p in model.parameters())
     else:
         assert all(on_grid(o, "e5m2") for o in outputs)
+
+
+def test_loading_a_checkpoint_written_under_another_policy_warns():
+    old = PrecisionEmulation("e5m2", level="batch").state_dict()
+    cb = PrecisionEmulation("bf16", level="batch")
+    with pytest.warns(UserWarning, match="resuming under"):
+        cb.load_state_dict(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same policy: silent
+        cb.load_state_dict(cb.state_dict())

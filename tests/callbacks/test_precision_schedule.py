@@ -178,3 +178,11 @@ def test_crash_then_resume_mid_schedule_with_the_right_precision(tmp_path, level
     assert [(s, m["precision_phase"]) for s, m in logger.calls if "precision_phase" in m] == [(6, 2.0)]
     assert cb.history == [(3, 1), (6, 2)]
     assert no_hooks_left(resumed)
+
+
+def test_loading_a_checkpoint_of_another_schedule_warns_and_follows_this_one():
+    other = PrecisionSchedule({0: "bf16", 10: "e5m2"}).state_dict()
+    cb = PrecisionSchedule({0: "bf16", 4: "e5m2"})
+    with pytest.warns(UserWarning, match="differs from this one"):
+        cb.load_state_dict(other)
+    assert cb.phase_at(5) == 1
