@@ -47,6 +47,8 @@ class PrecisionEmulation(Callback):
         accumulate_chunk: ``op`` level only: split matmul/conv reductions into chunks of this many terms and
             round the accumulator after each chunk (1 = after every multiply-add).
         seed: seed for a generator on the model's device used by stochastic rounding (None: unseeded).
+        roles: the tensor roles a plain format applies to (e.g. ``("weight", "bias")``); None: every role.
+            Role dicts in the spec name their roles themselves.
 
     Arguments are checked here; the policy is checked against the model in ``setup`` (an unknown layer pattern
     raises :class:`~boundfinder.errors.PolicyError` listing the layers that exist). Hooks are attached when the
@@ -70,24 +72,30 @@ class PrecisionEmulation(Callback):
         stages: Iterable[str] = STAGES,
         accumulate_chunk: int | None = None,
         seed: int | None = None,
+        roles: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
         self.level = check_choice("level", level, LEVELS)
         self.rounding = check_rounding(rounding)
         self.stages = check_stages(stages)
         self.seed = check_seed(seed)
+        self.roles = None if roles is None else ((roles,) if isinstance(roles, str) else tuple(roles))
         check_chunk(accumulate_chunk, level)
         self.accumulate_chunk = accumulate_chunk
         self._spec = own_copy(policy_or_format)
         # Built now so that a bad format, role or pattern syntax fails at construction, not mid-fit.
-        self.policy = PrecisionPolicy.from_spec(self._spec, rounding=rounding)
+        self.policy = PrecisionPolicy.from_spec(self._spec, rounding=rounding, roles=self.roles)
         self._driver = EmulationDriver(level, accumulate_chunk=accumulate_chunk)
 
     # -- identity and state -------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            policy=spec_repr(self._spec), level=self.level, rounding=self.rounding, stages=self.stages
+            policy=spec_repr(self._spec),
+            level=self.level,
+            rounding=self.rounding,
+            stages=self.stages,
+            roles=self.roles,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class PrecisionSchedule(Callback):
         unit: ``"step"``: a switch point ``s`` applies from the optimizer step that takes ``global_step`` from
             ``s`` to ``s + 1`` on (its forward, backward and, at ``batch`` level, its update), whatever the
             gradient accumulation; ``"epoch"``: from the start of epoch ``s``.
-        level, rounding, stages, accumulate_chunk, seed: as for
+        level, rounding, stages, accumulate_chunk, seed, roles: as for
             :class:`~boundfinder.callbacks.PrecisionEmulation`. ``validate``/``test``/``predict`` use the phase
             of the Trainer's current position (e.g. the checkpoint's step when ``ckpt_path`` is given).
 
@@ -76,6 +76,7 @@ class PrecisionSchedule(Callback):
         stages: Iterable[str] = STAGES,
         accumulate_chunk: int | None = None,
         seed: int | None = None,
+        roles: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(schedule, Mapping) or not schedule:
@@ -93,13 +94,15 @@ class PrecisionSchedule(Callback):
         self.rounding = check_rounding(rounding)
         self.stages = check_stages(stages)
         self.seed = check_seed(seed)
+        self.roles = None if roles is None else ((roles,) if isinstance(roles, str) else tuple(roles))
         self.accumulate_chunk = check_chunk(accumulate_chunk, level)
         items = sorted(schedule.items())
         self.switch_points: tuple[int, ...] = tuple(point for point, _ in items)
         self._specs = tuple(own_copy(spec) for _, spec in items)
         # Built now: a bad format or role in any phase fails at construction, not when its step comes.
         self.policies: tuple[PrecisionPolicy | None, ...] = tuple(
-            None if spec is None else PrecisionPolicy.from_spec(spec, rounding=rounding) for spec in self._specs
+            None if spec is None else PrecisionPolicy.from_spec(spec, rounding=rounding, roles=self.roles)
+            for spec in self._specs
         )
         self._driver = EmulationDriver(level, accumulate_chunk=accumulate_chunk)
         self._phase: int | None = None  # phase currently applied; None: nothing applied yet in this run
@@ -125,7 +128,12 @@ class PrecisionSchedule(Callback):
     def state_key(self) -> str:
         schedule = {p: spec_repr(s) for p, s in zip(self.switch_points, self._specs, strict=True)}
         return self._generate_state_key(
-            schedule=schedule, unit=self.unit, level=self.level, rounding=self.rounding, stages=self.stages
+            schedule=schedule,
+            unit=self.unit,
+            level=self.level,
+            rounding=self.rounding,
+            stages=self.stages,
+            roles=self.roles,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -92,6 +92,18 @@ def test_batch_level_e8m3_leaves_every_parameter_and_state_representable(name):
     assert no_hooks_left(model)
 
 
+def test_roles_limit_a_plain_format_to_some_tensors():
+    model = LogisticRegression(lr=0.1, momentum=0.9)
+    cb = PrecisionEmulation("e8m3", level="batch", roles=("weight", "bias"))
+    t = trainer(max_steps=3, limit_val_batches=0, callbacks=[cb])
+    t.fit(model, digits())
+    assert all(on_grid(p, "e8m3") for p in model.parameters())
+    buffers = [s["momentum_buffer"] for s in t.optimizers[0].state.values()]
+    assert buffers and not all(on_grid(b, "e8m3") for b in buffers)  # optimizer_state was not named
+    with pytest.raises(PolicyError, match="roles"):
+        PrecisionEmulation("e8m3", roles=("weights",))
+
+
 class _GridSpy(Callback):
     """Checks, during training, that what crosses layer boundaries is on the grid of ``fmt``:
 
