@@ -110,21 +110,21 @@ def test_conflicting_rules_say_which():
 
 
 def test_invalid_role_and_invalid_format_for_role():
-    with pytest.raises(PolicyError, match="unknown tensor role 'weights'.*valid roles are weight, bias"):
+    with pytest.raises(PolicyError, match=r"unknown tensor role 'weights'.*valid roles are weight, bias"):
         PrecisionPolicy.from_spec({"fc1": {"weights": "e5m2"}})
-    with pytest.raises(PolicyError, match="binary.*not valid for role 'grad_output'"):
+    with pytest.raises(PolicyError, match=r"binary.*not valid for role 'grad_output'"):
         PrecisionPolicy.from_spec({"fc1": {"grad_output": "binary"}})
-    with pytest.raises(PolicyError, match="binary.*not valid for role 'grad_output'.*roles="):
+    with pytest.raises(PolicyError, match=r"binary.*not valid for role 'grad_output'.*roles="):
         PrecisionPolicy.from_spec("binary")  # every role includes gradients
     PrecisionPolicy.from_spec("binary", roles=("weight", "activation")).resolve(net())
-    with pytest.raises(PolicyError, match="invalid format 'e9m99'"):
+    with pytest.raises(PolicyError, match=r"invalid format 'e9m99'"):
         PrecisionPolicy.from_spec("e9m99")
-    with pytest.raises(PolicyError, match="roles must be a non-empty subset"):
+    with pytest.raises(PolicyError, match=r"roles must be a non-empty subset"):
         PrecisionPolicy.from_spec("e5m2", roles=("weight", "gradient"))
 
 
 def test_no_matching_layer_and_malformed_inputs():
-    with pytest.raises(PolicyError, match="selects no layer.*fc1 \\(Linear\\)"):
+    with pytest.raises(PolicyError, match=r"selects no layer.*fc1 \(Linear\)"):
         PrecisionPolicy(rules=(Rule(module_type=nn.LSTM, formats={"weight": "e5m2"}),)).resolve(net())
     model = nn.Linear(3, 2)
     PrecisionPolicy.from_spec("int8_ch1", roles=("weight",)).resolve(model)  # the weight has axis 1...
