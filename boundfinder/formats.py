@@ -185,6 +185,7 @@ class FixedPointFormat(Format):
 
     Values are ``k * 2**-frac_bits`` for integers k in [-2**(W-1), 2**(W-1) - 1] (signed) or [0, 2**W - 1];
     out-of-range values saturate. ``word_bits`` is at most 24 so that every value is exact in float32.
+    There is no negative zero: the sign of a zero result is unspecified.
     """
 
     word_bits: int

@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import types
 from collections.abc import Callable
 
 import torch
@@ -108,7 +109,7 @@ def round_float_bits(
     r_norm = (a + inc) & ~mask
 
     # -- below the smallest normal: count quanta of size 2**(emin - man_sub)
-    sig = (a & 0x7FFFFF) | torch.where(expf > 0, 0x800000, 0)
+    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)  # keep int32: a where() of two ints is int64
     s = (emin32 - torch.clamp(expf, min=1)) + sub_base
     if mode == 4:
         # Fractions longer than 30 bits are truncated to 30 bits first; the bias this adds is < 2**-30.
@@ -193,31 +194,41 @@ def _compile_enabled() -> bool:
 
 
 @functools.cache
-def _compiled(kernel: Callable) -> Callable:
-    return torch.compile(kernel, dynamic=True, fullgraph=True)
+def _compiled(kernel: Callable, static: tuple) -> Callable:
+    # One compiled function per (kernel, static arguments): each has its own small set of graphs, so a run
+    # through every mode and overflow policy never reaches dynamo's recompile limit.
+    def bound(x, *tensors):
+        return kernel(x, *tensors, *static)
+
+    # dynamo keys its graph cache (and its recompile limit) on the code object: give each binding its own.
+    name = f"{kernel.__name__}_{'_'.join(str(int(v)) for v in static)}".replace("-", "m")
+    code = bound.__code__.replace(co_name=name, co_qualname=name)
+    bound = types.FunctionType(code, bound.__globals__, name, None, bound.__closure__)
+    return torch.compile(bound, dynamic=True, fullgraph=True)
 
 
-def run(kernel: Callable, x: torch.Tensor, *args) -> torch.Tensor:
-    """Run ``kernel(x, *args)`` compiled when possible; small tensors run eagerly (a compiled call's fixed cost
-    exceeds the work), and a failed compilation falls back to eager once, with one log line."""
+def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple) -> torch.Tensor:
+    """Run ``kernel(x, *tensors, *static)`` compiled when possible. Small tensors run eagerly (a compiled
+    call's fixed cost exceeds their work); a failed compilation falls back to the identical eager kernel,
+    once per kernel, with one log line."""
     name = kernel.__name__
     if x.numel() < COMPILE_MIN_NUMEL or not _compile_enabled() or name in _compile_failed:
-        return kernel(x, *args)
+        return kernel(x, *tensors, *static)
     try:
-        return _compiled(kernel)(x, *args)
-    except Exception as exc:
+        return _compiled(kernel, static)(x, *tensors)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means: use the identical eager kernel
         _compile_failed.add(name)
         log.warning("boundfinder: torch.compile of %s failed (%s: %s); running the eager kernel, which gives "
                     "identical results more slowly.", name, type(exc).__name__, str(exc).splitlines()[0][:200])
-        return kernel(x, *args)
+        return kernel(x, *tensors, *static)
 
 
 COMPILE_MIN_NUMEL = int(os.environ.get("BOUNDFINDER_COMPILE_MIN_NUMEL", 1 << 16))
 
 
 # -- integer affine ---------------------------------------------------------------------------------------------
-def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
-                      seed: torch.Tensor, mode: int) -> torch.Tensor:
+def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, seed: torch.Tensor,
+                      qmin: int, qmax: int, mode: int) -> torch.Tensor:
     """``(clamp(round(x * (1/scale)) + zp, qmin, qmax) - zp) * scale`` in float32, the operation order of
     ``torch.fake_quantize_per_tensor_affine`` (the zero point is added after rounding, so it is exact)."""
     rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None

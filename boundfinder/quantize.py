@@ -101,17 +101,17 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
             return x.clone()  # fp32 itself: nothing to round
         params = _float_params(fmt, dev)
         flat = x.reshape(-1)
-        return kernels.run(kernels.round_float, flat, params, seed, mode,
-                           kernels.OVERFLOW[fmt.overflow]).view(x.shape)
+        return kernels.run(kernels.round_float, flat, (params, seed),
+                           (mode, kernels.OVERFLOW[fmt.overflow])).view(x.shape)
     if isinstance(fmt, FixedPointFormat):
-        return kernels.run(kernels.round_fixed, x.reshape(-1), _fixed_params(fmt, dev), seed, mode).view(x.shape)
+        return kernels.run(kernels.round_fixed, x.reshape(-1), (_fixed_params(fmt, dev), seed), (mode,)).view(x.shape)
     if isinstance(fmt, DynamicFixedPointFormat):
         frac = kernels.dynamic_frac_bits(x, fmt.word_bits, fmt.overflow_rate).to(torch.float32)
         base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
                               torch.tensor(float(base.qmin), device=x.device),
                               torch.tensor(float(base.qmax), device=x.device)])
-        return kernels.run(kernels.round_fixed, x.reshape(-1), params, seed, mode).view(x.shape)
+        return kernels.run(kernels.round_fixed, x.reshape(-1), (params, seed), (mode,)).view(x.shape)
     if isinstance(fmt, IntFormat):
         lo, hi = _minmax(x, fmt.axis)
         scale, zp = affine_qparams(lo, hi, fmt)
@@ -191,9 +191,10 @@ def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: Int
     scale = scale.to(device=x.device, dtype=torch.float32)
     zp = zp.to(device=x.device, dtype=torch.float32)
     if fmt.axis is None or scale.dim() == 0:
-        return kernels.fake_quant_affine(x, scale, zp, fmt.qmin, fmt.qmax, seed, mode)
+        return kernels.run(kernels.fake_quant_affine, x, (scale, zp, seed), (fmt.qmin, fmt.qmax, mode))
     rows, axis = _channel_view(x, fmt.axis)
-    out = kernels.fake_quant_affine(rows, scale[:, None], zp[:, None], fmt.qmin, fmt.qmax, seed, mode)
+    out = kernels.run(kernels.fake_quant_affine, rows, (scale[:, None], zp[:, None], seed),
+                      (fmt.qmin, fmt.qmax, mode))
     moved = x.movedim(axis, 0).shape
     return out.reshape(moved).movedim(0, axis).contiguous()
 
@@ -232,8 +233,8 @@ def _block(x: torch.Tensor, fmt: BlockFormat, mode: int, seed: torch.Tensor) -> 
     elem = fmt.element
     dev = str(x.device)
     params = _float_params(elem, dev) if isinstance(elem, FloatFormat) else _fixed_params(elem, dev)
-    out = kernels.run(kernels.round_block, blocks.contiguous(), params, seed, mode, fmt.element_emax,
-                      isinstance(elem, FixedPointFormat))
+    out = kernels.run(kernels.round_block, blocks.contiguous(), (params, seed),
+                      (mode, fmt.element_emax, isinstance(elem, FixedPointFormat)))
     out = out.reshape(rows.shape)[..., :n].movedim(-1, fmt.axis)
     return out.reshape(x.shape).contiguous()
 

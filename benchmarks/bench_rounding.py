@@ -1,0 +1,126 @@
+"""Rounding throughput as a ratio to ``clone()`` measured in the same run (CPU, and CUDA when present).
+
+    python benchmarks/bench_rounding.py                 # 2**24 float32 elements, CPU (+ GPU if available)
+    python benchmarks/bench_rounding.py --log2n 28 --device cuda
+
+Each row times one call of ``quantize`` (or an anchor emulator) on the same tensor; GB/s counts one read and
+one write of the float32 data, as for clone(). Times are medians of ``--repeats`` runs after warm-up, and the
+clone() reference is re-measured between rows so that a noisy neighbour moves both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from boundfinder import quantize
+
+ROWS = [
+    ("float e4m3fn", "e4m3fn", ["nearest", "truncate", "stochastic", "up"]),
+    ("float e5m10 (fp16)", "fp16", ["nearest", "truncate", "stochastic"]),
+    ("float e8m7 (bf16)", "bf16", ["nearest", "truncate", "stochastic"]),
+    ("float e3m2fn (subnormal-heavy)", "e3m2fn", ["nearest", "stochastic"]),
+    ("fixed16.8", "fixed16.8", ["nearest", "truncate", "stochastic"]),
+    ("dynamic fixed dfixed8", "dfixed8", ["nearest"]),
+    ("int8 affine (min/max)", "int8", ["nearest", "stochastic"]),
+    ("int8 per-channel", "int8_ch0", ["nearest"]),
+    ("binary_mean", "binary_mean", ["nearest"]),
+    ("mxfp8_e4m3 (block 32)", "mxfp8_e4m3", ["nearest", "stochastic"]),
+    ("mxfp4_e2m1 (block 32)", "mxfp4_e2m1", ["nearest"]),
+]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def anchors(x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:
+    """QPyTorch and pychop on the same data when they are installed (the `anchors` extra)."""
+    out = []
+    try:
+        from qtorch.quant import float_quantize
+
+        out += [("qtorch e4m3 nearest", lambda: float_quantize(x, exp=4, man=3, rounding="nearest")),
+                ("qtorch e4m3 stochastic", lambda: float_quantize(x, exp=4, man=3, rounding="stochastic"))]
+    except Exception as exc:  # noqa: BLE001 - an anchor that cannot load is reported, not fatal
+        print(f"# qtorch unavailable: {type(exc).__name__}: {exc}")
+    try:
+        import pychop
+
+        pychop.backend("torch")
+        chop_n = pychop.Chop(exp_bits=4, sig_bits=3, rmode=1)
+        chop_s = pychop.Chop(exp_bits=4, sig_bits=3, rmode=5)
+        out += [("pychop e4m3 nearest", lambda: chop_n(x)), ("pychop e4m3 stochastic", lambda: chop_s(x))]
+    except Exception as exc:  # noqa: BLE001
+        print(f"# pychop unavailable: {type(exc).__name__}: {exc}")
+    return out
+
+
+def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> list[tuple[str, float, float]]:
+    n = 1 << log2n
+    x = torch.randn(n, device=device) * 3
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    nbytes = 2 * x.numel() * x.element_size()
+    rows = []
+
+    def clone_time() -> float:
+        return median_time(lambda: x.clone(), device, repeats)
+
+    cases: list[tuple[str, Callable[[], object]]] = []
+    for label, fmt, modes in ROWS:
+        for mode in modes:
+            xx = x.view(1 << 10, -1) if fmt.endswith("_ch0") else x
+            cases.append((f"{label} {mode}", lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode)))
+    if with_anchors and device.type == "cpu":
+        cases += anchors(x)
+    for label, fn in cases:
+        t_clone = clone_time()
+        t = median_time(fn, device, repeats)
+        rows.append((label, nbytes / t / 1e9, t_clone / t))
+    t_clone = clone_time()
+    rows.insert(0, ("clone()", nbytes / t_clone / 1e9, 1.0))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log2n", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    ap.add_argument("--no-anchors", action="store_true")
+    args = ap.parse_args()
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    for device in devices:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        print(f"\n## {device.type}: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+              f"n = 2**{args.log2n} float32, median of {args.repeats}\n")
+        print("| case | GB/s | ratio to clone() |")
+        print("|---|---:|---:|")
+        for label, gbs, ratio in run(device, args.log2n, args.repeats, not args.no_anchors):
+            print(f"| {label} | {gbs:.2f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

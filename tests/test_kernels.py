@@ -1,0 +1,59 @@
+"""The compiled fast path gives the same bits as the eager kernel, and falls back to it with one log line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from boundfinder import kernels as K
+from boundfinder import quantize
+from tests.oracles import bits_equal
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    def run_eager(fn):
+        monkeypatch.setattr(K, "COMPILE_MIN_NUMEL", 1 << 62)
+        try:
+            return fn()
+        finally:
+            monkeypatch.setattr(K, "COMPILE_MIN_NUMEL", 1 << 16)
+    return run_eager
+
+
+def _random_words(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(-(2**31), 2**31 - 1, (n,), generator=g, dtype=torch.int32).view(torch.float32)
+    normal = torch.randn(n, generator=g) * 4
+    return torch.where(torch.rand(n, generator=g) < 0.5, words, normal)
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "e5m2_sat", "e2m1fn", "fixed8.4", "int8", "mxfp4_e2m1", "e3m4_nosub"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic", "down"])
+def test_compiled_matches_eager_bit_for_bit(name, rounding, eager):
+    x = _random_words(1 << 17, seed=len(name))
+    torch.manual_seed(0)
+    fast = quantize(x, name, rounding)
+    torch.manual_seed(0)
+    slow = eager(lambda: quantize(x, name, rounding))
+    assert not K._compile_failed
+    assert bits_equal(fast, slow)
+
+
+def test_failed_compilation_falls_back_once_with_a_log_line(monkeypatch, caplog):
+    calls = []
+
+    def broken(kernel, static):
+        calls.append(kernel)
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(K, "_compiled", broken)
+    monkeypatch.setattr(K, "_compile_failed", set())
+    x = torch.randn(1 << 17)
+    with caplog.at_level(logging.WARNING, logger="boundfinder"):
+        a = quantize(x, "e4m3fn")
+        b = quantize(x, "e4m3fn")
+    assert len(calls) == 1 and len([r for r in caplog.records if "eager kernel" in r.message]) == 1
+    assert bits_equal(a, b)

@@ -1,0 +1,197 @@
+"""Fixed point, dynamic fixed point, integer affine, binary and MX block formats against independent oracles."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import gfloat
+import numpy as np
+import pytest
+import torch
+from gfloat.formats import all_block_formats
+
+from boundfinder import (
+    FixedPointFormat,
+    FormatError,
+    affine_qparams,
+    fake_quantize_affine,
+    parse_format,
+    quantize,
+    quantize_ste,
+    reference,
+)
+from boundfinder import kernels as K
+from tests.oracles import bits_equal, mismatches
+
+MODES = ["nearest", "truncate", "up", "down"]
+
+
+def _fixed_inputs(fmt: FixedPointFormat, seed=0) -> np.ndarray:
+    q = fmt.quantum
+    grid = np.arange(fmt.qmin - 2, fmt.qmax + 3, dtype=np.float64)
+    k = grid if grid.size < 5000 else np.random.default_rng(seed).choice(grid, 5000)
+    mids = (k + 0.5) * q
+    m32 = mids.astype(np.float32)
+    vals = np.concatenate([k * q, mids, np.nextafter(m32, np.float32(np.inf)), np.nextafter(m32, np.float32(-np.inf)),
+                           [0.0, -0.0, np.inf, -np.inf, 1e30]])
+    rnd = np.random.default_rng(seed).normal(0, fmt.max_finite / 2, 3000)
+    return np.concatenate([vals, rnd, [np.nan]]).astype(np.float32)
+
+
+def _exact_fixed(x: float, fmt: FixedPointFormat, rounding: str) -> float:
+    """Exact rational arithmetic: the nearest / directed grid point, then saturation."""
+    if np.isnan(x):
+        return float("nan")
+    if np.isinf(x):
+        return fmt.max_finite if x > 0 else fmt.qmin * fmt.quantum
+    y = Fraction(float(x)) / Fraction(fmt.quantum)
+    lo = y.numerator // y.denominator
+    frac = y - lo
+    if rounding == "nearest":
+        k = lo + (frac > Fraction(1, 2) or (frac == Fraction(1, 2) and lo % 2 == 1))
+    elif rounding == "truncate":
+        k = lo if y >= 0 else -((-y.numerator) // y.denominator)
+    elif rounding == "up":
+        k = lo + (frac > 0)
+    else:
+        k = lo
+    k = min(max(k, fmt.qmin), fmt.qmax)
+    return float(Fraction(k) * Fraction(fmt.quantum))
+
+
+@pytest.mark.parametrize("name", ["fixed16.8", "fixed8.4", "fixed8.0", "ufixed8.8", "fixed12.-2", "fixed24.20"])
+@pytest.mark.parametrize("rounding", MODES)
+def test_fixed_point_matches_exact_rational_arithmetic(name, rounding):
+    fmt = parse_format(name)
+    x = _fixed_inputs(fmt)
+    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
+    want = np.array([_exact_fixed(v, fmt, rounding) for v in x], dtype=np.float32)
+    ok = (np.abs(got) == np.abs(want)) | (np.isnan(got) & np.isnan(want))  # sign of zero: see the reference
+    assert ok.all(), mismatches(got, want, x)
+    # fixed point has no signed zero (and compiled kernels may not keep one): compare with zeros made positive
+    assert bits_equal(got + 0.0, reference.round_fixed(x, fmt, rounding) + 0.0)
+
+
+def test_fixed_point_stochastic_matches_reference_given_bits():
+    fmt = parse_format("fixed8.4")
+    x = _fixed_inputs(fmt)
+    rbits = np.random.default_rng(0).integers(0, 2**30, x.size)
+    t = torch.from_numpy(x)
+    got = K.round_fixed_bits(t, K.fixed_params(fmt, t.device), torch.from_numpy(rbits.astype(np.int32)), 4)
+    assert bits_equal(got.numpy() + 0.0, reference.round_fixed(x, fmt, "stochastic", rbits) + 0.0)
+
+
+def test_dynamic_fixed_point_follows_the_overflow_rate():
+    x = torch.randn(100_000) * 3.0
+    fmt = parse_format("dfixed8")  # overflow_rate 1e-4: at most 10 of 100000 elements may saturate
+    frac = int(K.dynamic_frac_bits(x, 8, 1e-4))
+    y = quantize(x, fmt)
+    assert bits_equal(y, quantize(x, FixedPointFormat(word_bits=8, frac_bits=frac)))
+    limit = 2.0 ** (7 - frac)
+    assert (x.abs() >= limit).sum() <= 10  # the rule holds ...
+    assert (x.abs() >= limit / 2).sum() > 10  # ... and one more fraction bit would break it
+    # scale follows the tensor: ten times larger data, about log2(10) fewer fraction bits
+    assert int(K.dynamic_frac_bits(x * 10, 8, 1e-4)) in (frac - 4, frac - 3)
+
+
+@pytest.mark.parametrize("name", ["int8", "uint8", "int8_sym", "uint8_sym", "int4", "uint4"])
+def test_int_affine_matches_torch_fake_quantize_per_tensor(name):
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    fmt = parse_format(name)
+    x = torch.cat([torch.randn(20000) * 3 + 1, torch.tensor([0.0, -0.0])])
+    dtype = torch.qint8 if fmt.signed else torch.quint8
+    scheme = torch.per_tensor_symmetric if fmt.symmetric else torch.per_tensor_affine
+    # 8-bit: torch's default ranges (a custom range would move uint8's symmetric zero point from 128 to 127)
+    qrange = {} if fmt.bits == 8 else {"quant_min": fmt.qmin, "quant_max": fmt.qmax}
+    obs = MinMaxObserver(dtype=dtype, qscheme=scheme, **qrange)
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    my_scale, my_zp = affine_qparams(x.min(), x.max(), fmt)
+    assert torch.equal(my_scale, scale.reshape(())) and int(my_zp) == int(zp)
+    want = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), fmt.qmin, fmt.qmax)
+    assert bits_equal(quantize(x, fmt), want)
+    assert bits_equal(fake_quantize_affine(x, my_scale, my_zp, fmt), want)
+
+
+@pytest.mark.parametrize("name", ["int8_ch0", "uint8_ch1", "int8_sym_ch0"])
+def test_int_affine_matches_torch_fake_quantize_per_channel(name):
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    fmt = parse_format(name)
+    x = torch.randn(16, 24, 3) * torch.linspace(0.1, 5, 16)[:, None, None]
+    dtype = torch.qint8 if fmt.signed else torch.quint8
+    scheme = torch.per_channel_symmetric if fmt.symmetric else torch.per_channel_affine
+    obs = PerChannelMinMaxObserver(ch_axis=fmt.axis, dtype=dtype, qscheme=scheme)
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    want = torch.fake_quantize_per_channel_affine(x, scale, zp.to(torch.int32), fmt.axis, fmt.qmin, fmt.qmax)
+    assert bits_equal(quantize(x, fmt), want)
+
+
+def test_int_affine_seed_table_example():
+    # The study's uint8 table: code 0 <-> -10.0, code 255 <-> 30.0. Zero must be exact, so the zero point is
+    # round(10 / (40/255)) = 64 and the end points move by less than one step (40/255).
+    x = torch.tensor([-10.0, 0.0, 10.0, 30.0])
+    scale, zp = affine_qparams(x.min(), x.max(), "uint8")
+    assert int(zp) == 64 and abs(float(scale) - 40 / 255) < 1e-7
+    y = quantize(x, "uint8")
+    assert y[1] == 0.0 and (y - x).abs().max() < 40 / 255
+
+
+def test_binary_sign_scale_and_stochastic():
+    x = torch.tensor([0.3, -0.2, 0.0, -0.0, 2.0, float("nan")])
+    assert quantize(x, "binary")[:5].tolist() == [1.0, -1.0, 1.0, 1.0, 1.0]
+    assert torch.isnan(quantize(x, "binary")[5])
+    w = torch.randn(8, 5)
+    y = quantize(w, "binary_mean_ch0")
+    assert torch.allclose(y.abs(), w.abs().mean(dim=1, keepdim=True).expand_as(w))
+    # stochastic: P(+1) = clip((x + 1) / 2, 0, 1)
+    v = torch.full((200_000,), 0.5)
+    p = (quantize(v, "binary", "stochastic") > 0).float().mean().item()
+    assert abs(p - 0.75) < 0.005  # 5 sigma of a binomial proportion with n=2e5 is 0.0048
+    with pytest.raises(FormatError, match="rounding must be one of"):
+        quantize(v, "binary", "truncate")
+
+
+def test_binary_ste_clips_gradient():
+    w = torch.tensor([0.5, -1.5, 1.0], requires_grad=True)
+    quantize_ste(w, "binary").sum().backward()
+    assert w.grad.tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("block_fi", all_block_formats, ids=lambda b: b.name)
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+def test_mx_block_formats_match_gfloat(block_fi, rounding):
+    fmt = parse_format(block_fi.name)
+    rng = np.random.default_rng(0)
+    blocks = rng.normal(0, 1, (60, 32)) * np.exp2(rng.integers(-20, 20, (60, 1)))
+    blocks[0] = 0.0
+    blocks[1, :5] = [448.0, 1e-3, -2.5, 0.0, -0.0]
+    x = blocks.astype(np.float32)
+    rnd = {"nearest": gfloat.RoundMode.TiesToEven, "truncate": gfloat.RoundMode.TowardZero}[rounding]
+    want = np.stack([gfloat.quantize_block(block_fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
+                     for row in x]).astype(np.float32)
+    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
+    assert bits_equal(np.abs(got), np.abs(want)), mismatches(got, want, x)
+
+
+def test_block_axis_padding_and_nonfinite_blocks():
+    x = torch.randn(3, 40)
+    x[2, 35] = float("inf")
+    y = quantize(x, "mxfp8_e4m3")
+    assert y.shape == x.shape
+    assert torch.isnan(y[2, 32:]).all() and torch.isfinite(y[2, :32]).all()  # the second block of row 2
+    yt = quantize(x.t().contiguous(), parse_format("mxfp8_e4m3_ax0"))
+    assert bits_equal(yt.t(), y)
+
+
+@pytest.mark.parametrize("bad", [torch.arange(5), torch.ones(3, dtype=torch.float64), [1.0, 2.0]])
+def test_non_float_input_is_rejected(bad):
+    with pytest.raises(FormatError, match=r"float32, bfloat16 or float16|takes a torch\.Tensor"):
+        quantize(bad, "e4m3fn")
+
+
+def test_unknown_rounding_mode_lists_valid_ones():
+    with pytest.raises(FormatError, match=r"rounding must be one of \('nearest', 'truncate'"):
+        quantize(torch.ones(3), "e4m3fn", "nearest_away")

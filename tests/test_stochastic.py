@@ -1,0 +1,61 @@
+"""Stochastic rounding: unbiased, P(round up) equal to the fractional position, reproducible from a seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from boundfinder import kernels as K
+from boundfinder import quantize
+
+N = 400_000  # draws per check; a binomial proportion's standard error is then <= 0.0008
+
+
+@pytest.mark.parametrize(
+    ("name", "lo", "hi"),
+    [("e4m3fn", 1.0, 1.125), ("e5m2", -3.0, -2.5), ("bf16", 1.0, 1.0078125), ("fixed8.4", 0.25, 0.3125),
+     ("e4m3fn", 0.0, 2.0**-9), ("e2m1fn", 4.0, 6.0)],
+)
+@pytest.mark.parametrize("position", [0.25, 0.5, 0.9])
+def test_probability_of_rounding_up_equals_fractional_position(name, lo, hi, position):
+    x = lo + position * (hi - lo)
+    y = quantize(torch.full((N,), x), name, "stochastic")
+    assert set(torch.unique(y).tolist()) <= {lo, hi}
+    p_far = (y == hi).double().mean().item()
+    # 5 standard errors: a false alarm rate of ~1e-6 per check
+    assert abs(p_far - position) < 5 * math.sqrt(position * (1 - position) / N)
+
+
+def test_mean_of_many_draws_is_unbiased():
+    x = torch.rand(2000) * 10
+    draws = torch.stack([quantize(x, "e4m3fn", "stochastic") for _ in range(400)])
+    err = (draws.double().mean(0) - x.double()).abs()
+    # each draw's error is within one quantum q (<= 0.5 here); the mean of 400 draws has sd <= q/2/20
+    q = 2.0 ** (torch.clamp(torch.floor(torch.log2(x.double())), min=-6) - 3)  # e4m3fn: emin -6, 3 bits
+    assert (err <= 5 * q / 40).all()
+
+
+def test_same_seed_same_result_and_generators_are_respected():
+    x = torch.randn(10_000)
+    torch.manual_seed(7)
+    a = quantize(x, "e5m2", "stochastic")
+    torch.manual_seed(7)
+    b = quantize(x, "e5m2", "stochastic")
+    assert torch.equal(a, b)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(quantize(x, "e5m2", "stochastic", generator=g1), quantize(x, "e5m2", "stochastic", generator=g2))
+    assert not torch.equal(quantize(x, "e5m2", "stochastic", generator=g1), quantize(x, "e5m2", "stochastic",
+                                                                                      generator=g1))
+
+
+def test_random_bits_are_uniform_and_decorrelated():
+    r = K.random_bits(torch.tensor(12345, dtype=torch.int32), 1 << 20, torch.device("cpu")).double()
+    u = r / 2**30
+    assert abs(u.mean().item() - 0.5) < 5 * math.sqrt(1 / 12 / u.numel())
+    assert abs(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].item()) < 5 / math.sqrt(u.numel())
+    counts = torch.histc(u, bins=64, min=0, max=1)
+    expected = u.numel() / 64
+    chi2 = (((counts - expected) ** 2) / expected).sum().item()
+    assert chi2 < 120  # 63 degrees of freedom: P(chi2 > 120) < 1e-5
