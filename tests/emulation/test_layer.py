@@ -198,3 +198,20 @@ def test_remove_inside_forward_restores_parameters():
     with pytest.raises(RuntimeError, match="stop"):
         model(torch.ones(1, 3))
     assert model.weight is weight
+
+
+def test_forward_rounding_alone_passes_gradients_straight_through(batch, zoo):
+    x, y = batch
+    model = zoo.mlp()
+    reference = copy.deepcopy(model)
+    policy = PrecisionPolicy.from_spec("e4m3fn", roles=("activation",))
+    with emulate(model, policy, level="layer"):
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+    assert on_grid(out, "e4m3fn")
+    # the reference computes the same rounded activations by hand; its backward is the identity through them
+    q = lambda t: t + (quantize(t, "e4m3fn") - t).detach()  # noqa: E731
+    h = q(reference[1](q(reference[0](x))))
+    F.cross_entropy(q(reference[3](q(reference[2](h)))), y).backward()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
