@@ -46,7 +46,7 @@ def make_mlp() -> nn.Module:
 def built_in_models() -> dict[str, nn.Module] | None:
     """The LightningModules of boundfinder.models when they exist (same architectures), else None."""
     try:
-        from boundfinder import models  # noqa: PLC0415
+        from boundfinder import models
     except ImportError:
         return None
     try:
@@ -57,7 +57,7 @@ def built_in_models() -> dict[str, nn.Module] | None:
 
 
 def digits(batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.data[:batch_size], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
@@ -70,8 +70,8 @@ class QtorchLayer:
     gradients backward) and weights rounded with qtorch's float_quantize around the forward."""
 
     def __init__(self, model: nn.Module, exp: int, man: int) -> None:
-        from qtorch import FloatingPoint  # noqa: PLC0415
-        from qtorch.quant import Quantizer, float_quantize  # noqa: PLC0415
+        from qtorch import FloatingPoint
+        from qtorch.quant import Quantizer, float_quantize
 
         fmt = FloatingPoint(exp=exp, man=man)
         self.quant = Quantizer(forward_number=fmt, backward_number=fmt, forward_rounding="nearest",

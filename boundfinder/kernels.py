@@ -109,7 +109,7 @@ def round_float_bits(
     r_norm = (a + inc) & ~mask
 
     # -- below the smallest normal: count quanta of size 2**(emin - man_sub)
-    sig = (a & 0x7FFFFF) | torch.where(expf > 0, 0x800000, 0)
+    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)  # keep int32: a where() of two ints is int64
     s = (emin32 - torch.clamp(expf, min=1)) + sub_base
     if mode == 4:
         # Fractions longer than 30 bits are truncated to 30 bits first; the bias this adds is < 2**-30.

@@ -73,7 +73,7 @@ def _format_for_role(role: str, value: Any, where: str) -> Format:
         raise PolicyError(
             f"{where}: format {fmt} is not valid for role {role!r}: binary formats keep only the sign, which "
             f"is usable for weights, biases, inputs and activations only (BinaryNet keeps "
-            f"{', '.join(_ROLES_REJECTING_BINARY)} real-valued)."
+            f"{', '.join(_ROLES_REJECTING_BINARY)} real-valued). Pass roles=(...) or a {{role: format}} dict."
         )
     return fmt
 
@@ -102,8 +102,9 @@ class Rule:
     formats: Mapping[str, Format] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.pattern is not None and (not isinstance(self.pattern, str) or not self.pattern):
-            raise PolicyError(f"Rule.pattern must be a non-empty string or None, got {self.pattern!r}.")
+        if self.pattern is not None and not isinstance(self.pattern, str):
+            # "" is the root module's name: a model that is a single layer (an nn.Linear) is selected by it
+            raise PolicyError(f"Rule.pattern must be a string or None, got {self.pattern!r}.")
         if self.module_type is not None and not (
             (isinstance(self.module_type, type) and issubclass(self.module_type, nn.Module))
             or (isinstance(self.module_type, str) and self.module_type)
@@ -339,15 +340,20 @@ class PrecisionPolicy:
                     source[(name, role)] = rule
         if not plan:  # only reachable with an empty model; kept for a clear message
             raise PolicyError(f"the policy selects no layer of {type(model).__name__}.")
-        # Block formats scale blocks along a tensor axis; a 0-d parameter has none.
+        # Per-channel and block formats work along a tensor axis, which the parameter must have (a block format
+        # treats a 0-d tensor as 1-d). Parameter-shaped roles are checked here; activations only at run time.
         for name, roles in plan.items():
             for pname, param in layers[name].named_parameters(recurse=False):
-                role = parameter_role(pname)
-                if isinstance(roles.get(role), BlockFormat) and param.dim() == 0:
-                    raise PolicyError(
-                        f"layer {name!r}: block format {roles[role]} for role {role!r} needs a tensor with a "
-                        f"block axis, but parameter {pname!r} is a 0-d scalar."
-                    )
+                for role in (parameter_role(pname), "weight_grad", "optimizer_state"):
+                    fmt = roles.get(role)
+                    axis = getattr(fmt, "axis", None)
+                    dim = max(param.dim(), 1) if isinstance(fmt, BlockFormat) else param.dim()
+                    if axis is not None and not -dim <= axis < dim:
+                        raise PolicyError(
+                            f"layer {name!r}: format {fmt} for role {role!r} works along axis {axis}, but "
+                            f"parameter {pname!r} has shape {tuple(param.shape)}; `-{dim} <= axis < {dim}` must "
+                            "hold. Give this layer a per-tensor format."
+                        )
         return plan
 
 

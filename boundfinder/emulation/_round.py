@@ -123,7 +123,7 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         return _identity
 
     def slow(x: torch.Tensor) -> torch.Tensor:
-        return quantize(x, fmt, rounding, generator=generator)
+        return _own(quantize(x, fmt, rounding, generator=generator))
 
     fast: Rounder | None = None
     if rounding == "nearest" and fmt in _CASTS:
@@ -167,3 +167,15 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _own(y: torch.Tensor) -> torch.Tensor:
+    """``y`` as a tensor that is not a view (same storage, no copy).
+
+    quantize may return a reshaped view of its flat result; autograd forbids in-place changes to a view created
+    inside a custom Function (ReLU(inplace=True) after a rounded output), so the emulation's functions must
+    return tensors that own their storage.
+    """
+    if y._base is None:
+        return y
+    return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.size(), y.stride())

@@ -91,10 +91,11 @@ class _Side:
         if (fwd is not None and key is not None and not x.is_inference()
                 and getattr(x, _MARK, None) == (key, x._version)):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
-        needs_grad = self.bwd is not None and x.requires_grad and torch.is_grad_enabled()
+        grad = x.requires_grad and torch.is_grad_enabled()
         if fwd is not None:
-            out = _Boundary.apply(x, fwd, self.bwd) if needs_grad else fwd(x)
-        elif not needs_grad:
+            # straight through: the gradient passes unchanged, or rounded when the side has a gradient role
+            out = _Boundary.apply(x, fwd, self.bwd) if grad else fwd(x)
+        elif not grad or self.bwd is None:
             out = x
         elif self.hook_grad:
             x.register_hook(self.bwd)

@@ -52,3 +52,11 @@ def train(model: nn.Module, data, steps: int = 3, em=None, optimizer_cls=torch.o
             em.after_optimizer_step(opt)
         losses.append(loss.item())
     return losses, opt
+
+
+@pytest.fixture
+def zoo():
+    """The model factories and the training helper (tests import nothing from conftest: importlib mode)."""
+    import types
+
+    return types.SimpleNamespace(logistic=make_logistic, lenet=make_lenet, mlp=make_mlp, train=train)
