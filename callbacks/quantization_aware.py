@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from boundfinder.callbacks._common import STAGES, check_rounding, check_stages, log, spec_repr, trainer_stage
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from boundfinder.errors import PolicyError
@@ -181,6 +182,8 @@ class QuantizationAware(Callback):
         self._observers: dict[str, list[torch.Tensor]] = {}  # layer name -> [min, max] of its inputs
         self._pending: dict[str, list[float]] | None = None  # observers loaded before the hooks exist
         self._hooks: list[Any] = []
+        self._called: set[str] = set()  # layers whose forward ran since attach (see _check_called)
+        self._checked = False
         self._layers: dict[str, nn.Module] = {}
 
     @classmethod
@@ -276,6 +279,7 @@ class QuantizationAware(Callback):
 
     def _pre_hook(self, name: str, quantize_input: bool):
         def hook(module: nn.Module, args: tuple) -> tuple | None:
+            self._called.add(name)
             if quantize_input and args and torch.is_tensor(args[0]) and args[0].is_floating_point():
                 x = args[0]
                 minmax = None
@@ -307,12 +311,41 @@ class QuantizationAware(Callback):
             for module in self._layers.values():
                 module._parameters["weight"].clamp_(-1.0, 1.0)
 
+    def _check_called(self) -> None:
+        """After the first batch: name the selected layers whose forward never ran. A parent module may use
+        a child's weight directly (``nn.MultiheadAttention`` passes ``out_proj.weight`` to a functional call),
+        so that layer's hooks never fire and it is not quantized; say so once rather than fail silently."""
+        if self._checked or not self._layers:
+            return
+        self._checked = True
+        missed = [name for name in self._layers if name not in self._called]
+        if missed:
+            rank_zero_warn(
+                f"QuantizationAware: the forward of {missed} did not run in the first batch, so these layers "
+                "are not quantized (a parent module may use their weights directly, as nn.MultiheadAttention "
+                "does with out_proj). Exclude them with `layers=` patterns to silence this."
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check_called()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check_called()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check_called()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check_called()
+
     def _detach(self) -> None:
         while self._hooks:
             self._hooks.pop().remove()
         for module in self._layers.values():
             module.__dict__.pop("weight", None)  # a forward that raised left its shadow behind
         self._layers = {}
+        self._called = set()
+        self._checked = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._attach(trainer, pl_module)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 from boundfinder.callbacks import QuantizationAware
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.demos import LightningTransformer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch.ao.quantization import MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
 from boundfinder.errors import FormatError, PolicyError
 from boundfinder.models import MLP, LeNet, LogisticRegression
-from tests.callbacks.helpers import CrashAt, digits, no_hooks_left, trainer
+from tests.callbacks.helpers import CrashAt, digits, no_hooks_left, token_loader, trainer
 
 
 def small_lenet(**kw):
@@ -197,6 +199,21 @@ def test_boring_model_runs_unmodified_for_every_entry_point(factory):
     t.test(model, verbose=False)
     assert len(t.predict(model)) == 2
     assert no_hooks_left(model)
+
+
+def test_lightning_demo_transformer_trains_and_layers_bypassing_their_forward_are_named(monkeypatch):
+    model = LightningTransformer(vocab_size=50)
+    monkeypatch.setattr(model, "prepare_data", lambda: None)  # it would download WikiText-2
+    t = trainer(max_steps=2, callbacks=[QuantizationAware()])
+    # nn.MultiheadAttention uses out_proj.weight in a functional call: those Linear layers never run forward.
+    with pytest.warns(UserWarning, match=r"self_attn\.out_proj.*not quantized"):
+        t.fit(model, train_dataloaders=token_loader())
+    assert t.global_step == 2 and no_hooks_left(model)
+    # Excluding them with patterns silences the warning.
+    qat = QuantizationAware(layers=["*linear*", "model.decoder"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="QuantizationAware")
+        trainer(max_steps=1, callbacks=[qat]).fit(model, train_dataloaders=token_loader())
 
 
 # -- errors against the model ---------------------------------------------------------------------------------
