@@ -141,6 +141,11 @@ class QuantizationAware(Callback):
         self.weights = _check_format("weights", weights, binary_ok=True)
         self.activations = _check_format("activations", activations, binary_ok=True)
         self.gradients = _check_format("gradients", gradients, binary_ok=False)
+        if getattr(self.activations, "axis", None) is not None:
+            raise PolicyError(
+                f"`activations` are calibrated per tensor by a running observer, but got the per-channel format "
+                f"{self.activations}; use e.g. 'uint8' or 'int8'."
+            )
         if self.weights is None and self.activations is None and self.gradients is None:
             raise PolicyError(
                 "QuantizationAware needs at least one of `weights`, `activations`, `gradients`, but all are None."

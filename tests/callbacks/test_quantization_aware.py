@@ -31,6 +31,7 @@ def small_lenet(**kw):
         ({"gradients": "binary"}, PolicyError, "`gradients` must be an integer format"),
         ({"weights": None, "activations": None, "gradients": None}, PolicyError, "at least one"),
         ({"weights": "int99"}, FormatError, "bits"),
+        ({"activations": "int8_ch1"}, PolicyError, "per tensor"),
         ({"layers": ()}, PolicyError, "layers"),
         ({"layers": ["fc*", 3]}, PolicyError, "layers"),
         ({"averaging_constant": 0.0}, PolicyError, "averaging_constant"),
