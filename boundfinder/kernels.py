@@ -72,14 +72,14 @@ def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
 
 def round_float(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int) -> torch.Tensor:
     """``round_float_bits`` with its random bits drawn in-kernel from ``seed`` (stochastic mode only)."""
-    rbits = random_bits(seed, x.numel(), x.device) if mode == 4 else None
+    rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
     return round_float_bits(x, params, rbits, mode, overflow)
 
 
 def round_float_bits(
     x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int, overflow: int
 ) -> torch.Tensor:
-    """Round float32 ``x`` (1-D) to a FloatFormat described by ``params``; returns float32.
+    """Round float32 ``x`` (any shape) to a FloatFormat described by ``params``; returns float32.
 
     Normal range: drop ``d`` low bits of the magnitude word; a carry out of the fraction moves into the
     exponent, which is exactly rounding up into the next binade. Below the format's smallest normal the
@@ -173,7 +173,7 @@ def round_to_integer(y: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> 
 
 
 def round_fixed(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int) -> torch.Tensor:
-    rbits = random_bits(seed, x.numel(), x.device) if mode == 4 else None
+    rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
     return round_fixed_bits(x, params, rbits, mode)
 
 
@@ -246,7 +246,7 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
     _, e = torch.frexp(amax)
     shared = torch.clamp(e - 1 - emax, min=-127, max=127).to(torch.float32)
     scale = torch.exp2(shared)
-    scaled = (blocks / scale).reshape(-1)
+    scaled = (blocks * torch.exp2(-shared)).reshape(-1)  # a power-of-two product is exact; a GPU division may not be
     rbits = random_bits(seed, scaled.numel(), blocks.device) if mode == 4 else None
     if fixed:
         q = round_fixed_bits(scaled, params, rbits, mode)
