@@ -43,17 +43,13 @@ def make_mlp() -> nn.Module:
     )
 
 
-def built_in_models() -> dict[str, nn.Module] | None:
-    """The LightningModules of boundfinder.models when they exist (same architectures), else None."""
+def model_factories() -> tuple[dict, str]:
+    """boundfinder.models' LightningModules when present (same architectures), else plain equivalents."""
     try:
-        from boundfinder import models
+        from boundfinder.models import MLP, LeNet
     except ImportError:
-        return None
-    try:
-        return {"lenet": models.LeNet(), "mlp": models.MLP()}
-    except Exception as exc:  # different constructor signature: say so and use the plain equivalents
-        print(f"# boundfinder.models present but not usable here ({exc}); using plain equivalents")
-        return None
+        return {"lenet": make_lenet, "mlp": make_mlp}, "plain nn.Module equivalents (boundfinder.models absent)"
+    return {"lenet": LeNet, "mlp": lambda: MLP(hidden=(128, 64))}, "boundfinder.models.LeNet / MLP(hidden=(128, 64))"
 
 
 def digits(batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +118,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, em=None, op: b
 
 def bench(device: torch.device, args) -> list[tuple[str, str, str, float, float]]:
     x, y = digits(args.batch_size, device)
-    factories = {"lenet": make_lenet, "mlp": make_mlp}
+    factories, _ = model_factories()
     rows = []
     for model_name, factory in factories.items():
         configs: dict[str, tuple] = {}
@@ -141,7 +137,7 @@ def bench(device: torch.device, args) -> list[tuple[str, str, str, float, float]
                     m = factory().to(device)
                     q = QtorchLayer(m, *{"e5m10": (5, 10), "e4m3fn": (4, 3)}[fmt])
                     configs[f"qtorch-layer/{fmt}"] = (make_step(m, x, y, after=q.round_weights), None)
-                except Exception as exc:  # not installed or its extension does not build
+                except (ImportError, RuntimeError, OSError) as exc:  # not installed, or its extension does not build
                     if fmt == "e5m10":
                         print(f"# qtorch not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
         samples: dict[str, list[float]] = {k: [] for k in configs}
@@ -179,7 +175,7 @@ def main() -> None:
         devices.append(torch.device("cuda"))
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, threads={args.threads}, batch={args.batch_size}, "
-          f"{args.rounds}x{args.steps} steps per configuration")
+          f"{args.rounds}x{args.steps} steps per configuration; models: {model_factories()[1]}")
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(f"\n## {name}\n")

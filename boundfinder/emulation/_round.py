@@ -153,6 +153,7 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         fast = _e8_word_rounder(fmt.man_bits, rounding)
 
     if fast is None:
+        slow.elementwise = is_elementwise_idempotent(fmt, rounding)  # type: ignore[attr-defined]
         return slow
 
     def rounder(x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +163,7 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
             return fast(x)
         return slow(x)
 
+    rounder.elementwise = True  # type: ignore[attr-defined]  # every fast path is element-wise
     return rounder
 
 

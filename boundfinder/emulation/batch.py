@@ -52,7 +52,8 @@ class BatchEmulator:
                 if id(param) in seen:  # a parameter shared by two layers is rounded once, by the first
                     continue
                 seen.add(id(param))
-                r = rounder(formats.get(parameter_role(pname)))
+                fmt = formats.get(parameter_role(pname))
+                r = rounder(fmt)
                 if r is not None:
                     self.parameters.append((param, r))
                 s = rounder(formats.get("optimizer_state"))
@@ -62,27 +63,25 @@ class BatchEmulator:
 
     def round_parameters(self) -> None:
         with torch.no_grad():
-            for param, r in self.parameters:
-                param.copy_(r(param))
+            _round_in_place(self.parameters)
 
     def round_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.state_rounders:
             return
+        todo: list[tuple[torch.Tensor, Rounder]] = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                entry = self.state_rounders.get(id(param))
+                state = optimizer.state.get(param)
+                if entry is None or not state:
+                    continue
+                todo.extend(
+                    (value, entry[1])
+                    for value in state.values()
+                    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == param.shape
+                )
         with torch.no_grad():
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    entry = self.state_rounders.get(id(param))
-                    state = optimizer.state.get(param)
-                    if entry is None or not state:
-                        continue
-                    r = entry[1]
-                    for value in state.values():
-                        if (
-                            isinstance(value, torch.Tensor)
-                            and value.is_floating_point()
-                            and value.shape == param.shape
-                        ):
-                            value.copy_(r(value))
+            _round_in_place(todo)
 
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None) -> None:
         self.round_parameters()
@@ -99,3 +98,24 @@ class BatchEmulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def _round_in_place(items: list[tuple[torch.Tensor, Rounder]]) -> None:
+    """Round each tensor in place with its rounder. Tensors sharing an element-wise rounder (float32, same
+    device) are rounded in one call on their concatenation: with small layers the per-call cost dominates."""
+    groups: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
+    rounders: dict[int, Rounder] = {}
+    for tensor, r in items:
+        if getattr(r, "elementwise", False) and tensor.dtype == torch.float32:
+            groups.setdefault((id(r), tensor.device), []).append(tensor)
+            rounders[id(r)] = r
+        else:
+            tensor.copy_(r(tensor))
+    for (rid, _), tensors in groups.items():
+        if len(tensors) == 1:
+            tensors[0].copy_(rounders[rid](tensors[0]))
+            continue
+        flat = rounders[rid](torch.cat([t.reshape(-1) for t in tensors]))
+        pieces = [piece.view(t.shape) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors,
+                                                          strict=True)]
+        torch._foreach_copy_(tensors, pieces)

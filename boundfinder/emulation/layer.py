@@ -16,6 +16,7 @@ costs two hook calls, however many roles it has):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,75 @@ class _WeightSTE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        return grad, None
+
+
+class _WeightGroup:
+    """All parameters rounded to one element-wise format (and whose gradients share one format): rounded in one
+    call on their concatenation, cached until a parameter changes (its version counter moves), the parameter
+    object is replaced, or a backward pass consumed the graph. Small layers make the per-call cost dominate,
+    so one call per format instead of one per parameter is most of the layer level's weight cost; under
+    ``no_grad`` (validation) the rounded weights are computed once and reused until the next optimizer step.
+    """
+
+    def __init__(self, rounder: Rounder, grad_rounder: Rounder | None) -> None:
+        self.rounder = rounder
+        self.grad_rounder = grad_rounder
+        self.params: list[torch.Tensor] = []
+        self.tensors: list[torch.Tensor] | None = None
+        self.versions: list[int] = []
+        self.with_graph = False
+        self.generation = 0
+
+    def add(self, param: torch.Tensor) -> int:
+        self.params.append(param)
+        return len(self.params) - 1
+
+    def get(self, index: int, param: torch.Tensor) -> torch.Tensor:
+        if param is not self.params[index]:  # the module got a new Parameter object
+            self.params[index] = param
+            self.tensors = None
+        if (
+            self.tensors is None
+            or param._version != self.versions[index]
+            or (not self.with_graph and torch.is_grad_enabled() and param.requires_grad)
+        ):
+            self._compute()
+        return self.tensors[index]
+
+    def _compute(self) -> None:
+        params = self.params
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        with torch.set_grad_enabled(grad):
+            flat = torch.cat([p.reshape(-1) for p in params]) if len(params) > 1 else params[0].reshape(-1)
+            self.generation += 1
+            rounded = _FusedSTE.apply(flat, self) if grad else self.rounder(flat)
+        pieces = rounded.split([p.numel() for p in params])
+        self.tensors = [piece.view(p.shape) for piece, p in zip(pieces, params, strict=True)]
+        self.versions = [p._version for p in params]
+        self.with_graph = grad
+
+    def clear(self) -> None:
+        self.tensors = None
+
+
+class _FusedSTE(torch.autograd.Function):
+    """Round a group's concatenated parameters; backward: the gradient straight through, rounded to the
+    group's ``weight_grad`` format when it has one."""
+
+    @staticmethod
+    def forward(ctx, flat, group):
+        ctx.group = group
+        ctx.generation = group.generation
+        return group.rounder(flat)
+
+    @staticmethod
+    def backward(ctx, grad):
+        group = ctx.group
+        if group.generation == ctx.generation:
+            group.tensors = None  # this graph is consumed: the next forward needs a fresh one
+        if grad is not None and group.grad_rounder is not None:
+            grad = group.grad_rounder(grad)
         return grad, None
 
 
@@ -159,6 +229,7 @@ class LayerEmulator:
         self._handles: list[Any] = []
         self._swapped: dict[int, tuple[nn.Module, dict[str, nn.Parameter]]] = {}
         self._rounders: dict[Format, Rounder] = {}
+        self._groups: dict[tuple[Format, Format | None], _WeightGroup] = {}
         self.rounding = rounding
         self.generator = generator
         self.installed: dict[str, tuple[str, ...]] = {}
@@ -196,12 +267,25 @@ class LayerEmulator:
 
     def _install(self, name: str, module: nn.Module, formats: dict[str, Format]) -> None:
         params: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+        grad_fmt = formats.get("weight_grad")
+        grad_rounder = self._rounder(grad_fmt)
         for pname, param in module.named_parameters(recurse=False):
             fmt = formats.get(parameter_role(pname))
             rounder = self._rounder(fmt)
+            if (
+                rounder is not None
+                and self._key(fmt) is not None
+                and (grad_rounder is None or self._key(grad_fmt) is not None)
+            ):
+                # element-wise formats: one fused rounding per (format, gradient format); the gradient is
+                # rounded on its way to the parameter, in the group's backward
+                group = self._groups.get((fmt, grad_fmt))
+                if group is None:
+                    group = self._groups[(fmt, grad_fmt)] = _WeightGroup(rounder, grad_rounder)
+                params.append((pname, functools.partial(group.get, group.add(param))))
+                continue
             if rounder is not None:
                 params.append((pname, self._weight_function(fmt, rounder)))
-            grad_rounder = self._rounder(formats.get("weight_grad"))
             if grad_rounder is not None and param.requires_grad:
                 self._handles.append(param.register_post_accumulate_grad_hook(_grad_hook(grad_rounder)))
         fwd_keeps, bwd_keeps = _preserves_grid(module)
@@ -281,6 +365,8 @@ class LayerEmulator:
         for module, originals in self._swapped.values():
             module._parameters.update(originals)
         self._swapped.clear()
+        for group in self._groups.values():
+            group.clear()
 
 
 def _output_hook(outputs: _Side):

@@ -215,3 +215,31 @@ def test_forward_rounding_alone_passes_gradients_straight_through(batch, zoo):
     F.cross_entropy(q(reference[3](q(reference[2](h)))), y).backward()
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_rounded_weights_follow_parameter_updates(zoo):
+    """The fused weight rounding is cached; in-place updates, new Parameter objects and finished backward
+    passes all make the next forward use the current weights."""
+    model = zoo.mlp()
+    x = torch.randn(4, 1, 8, 8)
+    em = emulate(model, PrecisionPolicy.from_spec("e5m2", roles=("weight", "bias")), level="layer")
+
+    def expected():
+        h = F.relu(F.linear(x.flatten(1), quantize(model[1].weight, "e5m2"), quantize(model[1].bias, "e5m2")))
+        return F.linear(h, quantize(model[3].weight, "e5m2"), quantize(model[3].bias, "e5m2"))
+
+    with torch.no_grad():
+        assert torch.equal(model(x), expected())
+        model[3].weight.mul_(3.0)  # an optimizer step: in place
+        assert torch.equal(model(x), expected())
+        model[1].bias = nn.Parameter(torch.ones(32))  # a new Parameter object
+        assert torch.equal(model(x), expected())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):  # with gradients: a fresh graph after each backward
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            assert torch.equal(model(x), expected())
+    assert model[1].bias.grad is not None
+    em.remove()
