@@ -1,0 +1,183 @@
+"""Rounders: ``make_rounder(fmt, rounding, generator)`` -> a function tensor -> rounded tensor.
+
+Emulation rounds many small tensors (a layer's bias, an 8x8 activation), where ``quantize``'s fixed cost of
+about 40 eager ops (~100 us on CPU) dominates the layer's own work. For the most used cases a rounder uses an
+equivalent that costs a few ops, each verified bit for bit against ``quantize`` in tests/emulation/test_round.py:
+
+- ``fp32`` (and any float format equal to float32): identity, no op at all;
+- ``nearest`` with fp16 / bf16 / e5m2 on float32 tensors: a cast to the torch dtype and back (the conversion is
+  round-to-nearest-even with IEEE overflow). Not e4m3fn: torch's float8_e4m3fn cast saturates where the OCP
+  format (and ``quantize``) overflows to NaN, and its conversion back to float32 is slow on CPU;
+- ``nearest`` with ``fn`` formats whose overflow is NaN (e4m3fn): divide by the element's quantum (a power of
+  two built from the exponent bits), round half to even, multiply back; about ten float ops;
+- ``nearest`` / ``truncate`` with ``e8m{M}`` (float32's exponent range, IEEE overflow): one integer rounding of
+  the float32 word. Subnormals need no special case because the format's subnormal quantum is the float32 word's
+  bit ``23 - M``; NaN inputs get their quiet bit set because rounding a NaN payload can carry it into infinity
+  (so a NaN stays NaN, its payload bits may differ from ``quantize``'s).
+
+Everything else calls ``quantize``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from boundfinder.formats import FloatFormat, Format, parse_format
+from boundfinder.quantize import quantize
+
+__all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "make_rounder"]
+
+Rounder = Callable[[torch.Tensor], torch.Tensor]
+
+_FP32 = FloatFormat(exp_bits=8, man_bits=23)
+_CASTS = {
+    FloatFormat(exp_bits=5, man_bits=10): torch.float16,
+    FloatFormat(exp_bits=8, man_bits=7): torch.bfloat16,
+    FloatFormat(exp_bits=5, man_bits=2): torch.float8_e5m2,
+}
+
+
+def is_identity(fmt: Format) -> bool:
+    """Whether rounding float32 to ``fmt`` never changes a value (fp32 itself), whatever the rounding mode."""
+    return fmt == _FP32
+
+
+def is_elementwise_idempotent(fmt: Format, rounding: str) -> bool:
+    """Whether rounding an already rounded tensor again is a no-op, so a second rounding can be skipped.
+
+    True for element-wise float and fixed-point formats with deterministic rounding; not for formats whose
+    scale depends on the whole tensor (int affine, dynamic fixed point, block, binary with a mean scale), nor for
+    stochastic rounding (which would draw again; on the grid it is a no-op too, but skipping is only a saving).
+    """
+    from boundfinder.formats import FixedPointFormat
+
+    return isinstance(fmt, (FloatFormat, FixedPointFormat)) and rounding != "stochastic"
+
+
+def _e8_word_rounder(man_bits: int, rounding: str) -> Rounder:
+    d = 23 - man_bits
+    keep = ~((1 << d) - 1)
+    half = (1 << (d - 1)) - 1
+
+    def round_word(x: torch.Tensor) -> torch.Tensor:
+        # Two temporaries, updated in place: on CPU each fresh large temporary costs page faults comparable to
+        # the arithmetic itself.
+        w = x.view(torch.int32)
+        if rounding == "nearest":
+            # add just under half an ulp, plus one when the kept lsb is odd, so ties go to even; a carry out of
+            # the fraction increments the exponent: exactly rounding into the next binade (or to infinity)
+            r = w >> d
+            r.bitwise_and_(1).add_(half).add_(w).bitwise_and_(keep)
+        else:
+            r = w & keep
+        # Rounding a NaN payload may carry it into infinity or past the sign bit: OR a quiet NaN word into NaN
+        # inputs. The mask is
+        # all-ones where the magnitude word exceeds infinity's (the add overflows into the sign bit); integer
+        # ops, because comparisons producing bool tensors cost several float ops each on CPU.
+        m = w & 0x7FFFFFFF
+        m.add_(0x007FFFFF).bitwise_right_shift_(31).bitwise_and_(0x7FC00000)
+        return r.bitwise_or_(m).view(torch.float32)
+
+    return round_word
+
+
+def _fn_float_rounder(fmt: FloatFormat) -> Rounder:
+    """Round to nearest for formats without infinities whose overflow is NaN (e4m3fn), in float arithmetic."""
+    min_normal_word = int(torch.tensor(fmt.min_normal, dtype=torch.float32).view(torch.int32))
+    shift = fmt.man_bits << 23
+    max_finite = fmt.max_finite
+    c = math.ldexp(1.0, fmt.emax - fmt.man_bits - 1)  # half an ulp at the top binade
+    sqrt_c = math.sqrt(c)
+
+    def round_float(x: torch.Tensor) -> torch.Tensor:
+        # quantum = 2**(exponent of x, at least emin) * 2**-man_bits, built as a float32 word; x / quantum is
+        # exact (power of two), round_ rounds half to even, and the product is exact again. Infinite inputs
+        # give inf / inf = NaN, which is the format's overflow value. Two temporaries, updated in place.
+        qw = x.view(torch.int32) & 0x7F800000
+        q = qw.clamp_(min=min_normal_word).sub_(shift).view(torch.float32)
+        y = torch.div(x, q).round_().mul_(q)
+        # Overflow to NaN without a bool tensor (masks cost several float ops each on CPU): with
+        # t = min(max - |y|, 0), which is 0 in range and at most -ulp beyond, sqrt(t + c) - sqrt(c) is exactly 0 in
+        # range and NaN beyond (c = ulp / 2; sqrt of 0 is avoided, it takes a slow path); y - 0 keeps zero signs.
+        torch.abs(y, out=q)
+        q.neg_().add_(max_finite).clamp_(max=0.0).add_(c).sqrt_().sub_(sqrt_c)
+        return y.sub_(q)
+
+    return round_float
+
+
+def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.Generator | None = None) -> Rounder:
+    """A function rounding a tensor to ``fmt`` with ``rounding``; equal to ``quantize`` bit for bit.
+
+    The result may be the input tensor itself (identity formats); callers must not modify it in place.
+
+    >>> r = make_rounder("e4m3fn")
+    >>> r(torch.tensor([0.1, 300.0, 1e6])).tolist()
+    [0.1015625, 288.0, nan]
+    """
+    fmt = parse_format(fmt)
+    if is_identity(fmt):
+        return _identity
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        return _own(quantize(x, fmt, rounding, generator=generator))
+
+    fast: Rounder | None = None
+    if rounding == "nearest" and fmt in _CASTS:
+        dtype = _CASTS[fmt]
+
+        def fast(x: torch.Tensor) -> torch.Tensor:
+            return x.to(dtype).to(torch.float32)
+
+    elif (
+        rounding == "nearest"
+        and isinstance(fmt, FloatFormat)
+        and fmt.encoding == "fn"
+        and fmt.overflow == "nan"
+        and fmt.subnormals
+        and fmt.man_bits >= 1
+    ):
+        fast = _fn_float_rounder(fmt)
+    elif (
+        rounding in ("nearest", "truncate")
+        and isinstance(fmt, FloatFormat)
+        and fmt.exp_bits == 8
+        and fmt.bias == 127
+        and fmt.encoding == "ieee"
+        and fmt.overflow == "inf"
+        and fmt.subnormals
+    ):
+        fast = _e8_word_rounder(fmt.man_bits, rounding)
+
+    if fast is None:
+        slow.elementwise = is_elementwise_idempotent(fmt, rounding)  # type: ignore[attr-defined]
+        return slow
+
+    def rounder(x: torch.Tensor) -> torch.Tensor:
+        # The fast paths are written for float32 data; other dtypes go through quantize, which rounds
+        # through float32 and casts back.
+        if x.dtype is torch.float32:
+            return fast(x)
+        return slow(x)
+
+    rounder.elementwise = True  # type: ignore[attr-defined]  # every fast path is element-wise
+    return rounder
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _own(y: torch.Tensor) -> torch.Tensor:
+    """``y`` as a tensor that is not a view (same storage, no copy).
+
+    quantize may return a reshaped view of its flat result; autograd forbids in-place changes to a view created
+    inside a custom Function (ReLU(inplace=True) after a rounded output), so the emulation's functions must
+    return tensors that own their storage.
+    """
+    if y._base is None:
+        return y
+    return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.size(), y.stride())

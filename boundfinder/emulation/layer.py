@@ -1,0 +1,387 @@
+"""Layer-level emulation: round what crosses each selected layer's boundary, forward and backward.
+
+Per selected layer, one forward pre-hook and one forward hook do everything (roles are fused so that a layer
+costs two hook calls, however many roles it has):
+
+- ``weight`` / ``bias``: for the duration of the layer's forward the parameter entry in ``module._parameters``
+  is swapped for its rounded value, computed through a straight-through estimator, so the gradient reaches the
+  real-valued parameter unchanged (BinaryNet's clipped STE for binary formats). A hook with ``always_call``
+  restores the parameter even when forward raises; ``state_dict`` and the optimizer never see the swap.
+- ``input`` + ``grad_input`` and ``activation`` + ``grad_output``: each floating-point tensor entering (leaving)
+  the layer passes through one autograd function that rounds it forward and rounds its gradient backward.
+  A tensor already rounded to the same element-wise format by the previous layer is not rounded again.
+- ``weight_grad``: ``Tensor.register_post_accumulate_grad_hook`` rounds ``param.grad`` in place after each
+  accumulation (so with gradient accumulation the running sum is kept in the format).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_map
+
+from boundfinder.formats import BinaryFormat, Format
+from boundfinder.policy import parameter_role
+from boundfinder.quantize import quantize_ste
+
+from ._round import Rounder, is_elementwise_idempotent, is_identity, make_rounder
+
+__all__ = ["LayerEmulator"]
+
+# Marks a tensor produced by a boundary rounding with (format key, tensor version), so the next layer can skip
+# rounding the same tensor again; an in-place change bumps the version and voids the mark.
+_MARK = "_boundfinder_rounded"
+
+
+class _Boundary(torch.autograd.Function):
+    """Round a tensor forward (``fwd``) and its gradient backward (``bwd``); either may be None."""
+
+    @staticmethod
+    def forward(ctx, x, fwd, bwd):
+        ctx.bwd = bwd
+        ctx.set_materialize_grads(False)
+        # A custom Function must not return its input as is (autograd would turn it into a view that a later
+        # in-place op, e.g. ReLU(inplace=True), may not modify), hence the clone when nothing is rounded forward.
+        return fwd(x) if fwd is not None else x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None or ctx.bwd is None:
+            return grad, None, None
+        return ctx.bwd(grad), None, None
+
+
+class _WeightSTE(torch.autograd.Function):
+    """Rounded parameter forward, identity backward (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, w, rounder):
+        return rounder(w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _WeightGroup:
+    """All parameters rounded to one element-wise format (and whose gradients share one format): rounded in one
+    call on their concatenation, cached until a parameter changes (its version counter moves), the parameter
+    object is replaced, or a backward pass consumed the graph. Small layers make the per-call cost dominate,
+    so one call per format instead of one per parameter is most of the layer level's weight cost; under
+    ``no_grad`` (validation) the rounded weights are computed once and reused until the next optimizer step.
+    """
+
+    def __init__(self, rounder: Rounder, grad_rounder: Rounder | None) -> None:
+        self.rounder = rounder
+        self.grad_rounder = grad_rounder
+        self.params: list[torch.Tensor] = []
+        self.tensors: list[torch.Tensor] | None = None
+        self.versions: list[int] = []
+        self.with_graph = False
+        self.generation = 0
+
+    def add(self, param: torch.Tensor) -> int:
+        self.params.append(param)
+        return len(self.params) - 1
+
+    def get(self, index: int, param: torch.Tensor) -> torch.Tensor:
+        if param is not self.params[index]:  # the module got a new Parameter object
+            self.params[index] = param
+            self.tensors = None
+        if (
+            self.tensors is None
+            or param._version != self.versions[index]
+            or (not self.with_graph and torch.is_grad_enabled() and param.requires_grad)
+        ):
+            self._compute()
+        return self.tensors[index]
+
+    def _compute(self) -> None:
+        params = self.params
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        with torch.set_grad_enabled(grad):
+            flat = torch.cat([p.reshape(-1) for p in params]) if len(params) > 1 else params[0].reshape(-1)
+            self.generation += 1
+            rounded = _FusedSTE.apply(flat, self) if grad else self.rounder(flat)
+        pieces = rounded.split([p.numel() for p in params])
+        self.tensors = [piece.view(p.shape) for piece, p in zip(pieces, params, strict=True)]
+        self.versions = [p._version for p in params]
+        self.with_graph = grad
+
+    def clear(self) -> None:
+        self.tensors = None
+
+
+class _FusedSTE(torch.autograd.Function):
+    """Round a group's concatenated parameters; backward: the gradient straight through, rounded to the
+    group's ``weight_grad`` format when it has one."""
+
+    @staticmethod
+    def forward(ctx, flat, group):
+        ctx.group = group
+        ctx.generation = group.generation
+        return group.rounder(flat)
+
+    @staticmethod
+    def backward(ctx, grad):
+        group = ctx.group
+        if group.generation == ctx.generation:
+            group.tensors = None  # this graph is consumed: the next forward needs a fresh one
+        if grad is not None and group.grad_rounder is not None:
+            grad = group.grad_rounder(grad)
+        return grad, None
+
+
+class _Side:
+    """Forward and backward rounding of one side (inputs or outputs) of a layer.
+
+    ``key``: the mark put on results that are on the forward grid (None: never marked, never skipped).
+    ``hook_grad``: round the gradient with a tensor hook on the tensor itself instead of an autograd function;
+    used for outputs, where the hook sees exactly the gradient with respect to the layer's output.
+    """
+
+    __slots__ = ("bwd", "fwd", "hook_grad", "key")
+
+    def __init__(self, fwd: Rounder | None, bwd: Rounder | None, key: Any, hook_grad: bool) -> None:
+        self.fwd = fwd
+        self.bwd = bwd
+        self.key = key
+        self.hook_grad = hook_grad
+
+    def apply(self, x: Any) -> Any:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        key = self.key
+        fwd = self.fwd
+        # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter.
+        if (fwd is not None and key is not None and not x.is_inference()
+                and getattr(x, _MARK, None) == (key, x._version)):
+            fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
+        grad = x.requires_grad and torch.is_grad_enabled()
+        if fwd is not None:
+            # straight through: the gradient passes unchanged, or rounded when the side has a gradient role
+            out = _Boundary.apply(x, fwd, self.bwd) if grad else fwd(x)
+        elif not grad or self.bwd is None:
+            out = x
+        elif self.hook_grad:
+            x.register_hook(self.bwd)
+            out = x
+        else:
+            out = _Boundary.apply(x, None, self.bwd)
+        if key is not None and not out.is_inference():
+            setattr(out, _MARK, (key, out._version))
+        return out
+
+
+# Layers whose output is on the grid of an element-wise format whenever their input is (they select, reorder
+# or zero elements), and whose input gradient is on the grid whenever their output gradient is. Rounding
+# those again would be a no-op, so it is skipped (max pooling only without overlapping windows, where the
+# backward scatters each output gradient to one input without sums).
+_GRID_PRESERVING = (nn.ReLU, nn.Flatten, nn.Unflatten, nn.Identity)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+def _preserves_grid(module: nn.Module) -> tuple[bool, bool]:
+    """(forward preserves the grid, backward preserves the grid)."""
+    if isinstance(module, _GRID_PRESERVING):
+        return True, True
+    if isinstance(module, _POOLS):
+        n = int(type(module).__name__[-2])
+        as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * n  # noqa: E731
+        kernel, stride, dilation = (as_tuple(module.kernel_size), as_tuple(module.stride or module.kernel_size),
+                                    as_tuple(module.dilation))
+        disjoint = all(d == 1 for d in dilation) and all(k <= s for k, s in zip(kernel, stride, strict=True))
+        return True, disjoint
+    return False, False
+
+
+def _mark_backward(rounder: Rounder, key: Any) -> Rounder:
+    """Wrap a gradient rounder so it skips gradients already rounded to ``key`` and marks its results."""
+    if key is None:
+        return rounder
+
+    def round_grad(g: torch.Tensor) -> torch.Tensor:
+        if getattr(g, _MARK, None) == (key, g._version):
+            return g
+        out = rounder(g)
+        setattr(out, _MARK, (key, out._version))
+        return out
+
+    return round_grad
+
+
+class LayerEmulator:
+    """Installs the layer-level hooks for a resolved plan; ``remove()`` takes every one of them away."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: dict[str, dict[str, Format]],
+        rounding: str,
+        generator: torch.Generator | None,
+        *,
+        roles: tuple[str, ...] | None = None,
+    ) -> None:
+        self._handles: list[Any] = []
+        self._swapped: dict[int, tuple[nn.Module, dict[str, nn.Parameter]]] = {}
+        self._rounders: dict[Format, Rounder] = {}
+        self._groups: dict[tuple[Format, Format | None], _WeightGroup] = {}
+        self.rounding = rounding
+        self.generator = generator
+        self.installed: dict[str, tuple[str, ...]] = {}
+        modules = dict(model.named_modules())
+        for name, formats in plan.items():
+            if roles is not None:
+                formats = {r: f for r, f in formats.items() if r in roles}
+            self._install(name, modules[name], formats)
+
+    # -- construction -----------------------------------------------------------------------------------------
+    def _rounder(self, fmt: Format | None) -> Rounder | None:
+        if fmt is None or is_identity(fmt):
+            return None
+        if fmt not in self._rounders:
+            self._rounders[fmt] = make_rounder(fmt, self.rounding, self.generator)
+        return self._rounders[fmt]
+
+    def _key(self, fmt: Format | None) -> Any:
+        if fmt is None or not is_elementwise_idempotent(fmt, self.rounding):
+            return None
+        return (fmt, self.rounding)
+
+    def _side(self, formats: dict[str, Format], fwd_role: str, bwd_role: str, *, output: bool,
+              skip_fwd: bool = False, skip_bwd: bool = False) -> _Side | None:
+        """``skip_fwd`` / ``skip_bwd``: the layer keeps that pass on the grid by itself (see _preserves_grid)."""
+        fwd_fmt, bwd_fmt = formats.get(fwd_role), formats.get(bwd_role)
+        fwd = None if skip_fwd else self._rounder(fwd_fmt)
+        bwd = None if skip_bwd else self._rounder(bwd_fmt)
+        key = self._key(fwd_fmt) if (fwd is not None or skip_fwd) else None
+        if fwd is None and bwd is None and key is None:
+            return None
+        if bwd is not None:
+            bwd = _mark_backward(bwd, self._key(bwd_fmt))
+        return _Side(fwd, bwd, key, hook_grad=output)
+
+    def _install(self, name: str, module: nn.Module, formats: dict[str, Format]) -> None:
+        params: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+        grad_fmt = formats.get("weight_grad")
+        grad_rounder = self._rounder(grad_fmt)
+        for pname, param in module.named_parameters(recurse=False):
+            fmt = formats.get(parameter_role(pname))
+            rounder = self._rounder(fmt)
+            if (
+                rounder is not None
+                and self._key(fmt) is not None
+                and (grad_rounder is None or self._key(grad_fmt) is not None)
+            ):
+                # element-wise formats: one fused rounding per (format, gradient format); the gradient is
+                # rounded on its way to the parameter, in the group's backward
+                group = self._groups.get((fmt, grad_fmt))
+                if group is None:
+                    group = self._groups[(fmt, grad_fmt)] = _WeightGroup(rounder, grad_rounder)
+                params.append((pname, functools.partial(group.get, group.add(param))))
+                continue
+            if rounder is not None:
+                params.append((pname, self._weight_function(fmt, rounder)))
+            if grad_rounder is not None and param.requires_grad:
+                self._handles.append(param.register_post_accumulate_grad_hook(_grad_hook(grad_rounder)))
+        fwd_keeps, bwd_keeps = _preserves_grid(module)
+        same_fwd = formats.get("input") == formats.get("activation") and self._key(formats.get("input"))
+        same_bwd = formats.get("grad_output") == formats.get("grad_input") and self._key(formats.get("grad_input"))
+        inputs = self._side(formats, "input", "grad_input", output=False, skip_bwd=bool(bwd_keeps and same_bwd))
+        outputs = self._side(formats, "activation", "grad_output", output=True,
+                             skip_fwd=bool(fwd_keeps and same_fwd))
+        if not params and inputs is None and outputs is None and "weight_grad" not in formats:
+            return
+        self.installed[name] = tuple(formats)
+        if params or inputs is not None:
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(params, inputs), with_kwargs=True))
+        if params:
+            self._handles.append(module.register_forward_hook(self._restore_hook(), always_call=True))
+        if outputs is not None:
+            self._handles.append(module.register_forward_hook(_output_hook(outputs)))
+
+    def _weight_function(self, fmt: Format, rounder: Rounder) -> Callable[[torch.Tensor], torch.Tensor]:
+        if isinstance(fmt, BinaryFormat):
+            rounding, generator = self.rounding, self.generator
+
+            def binary(w: torch.Tensor) -> torch.Tensor:
+                # BinaryNet's clipped straight-through estimator lives in quantize_ste
+                if torch.is_grad_enabled() and w.requires_grad:
+                    return quantize_ste(w, fmt, rounding, generator=generator)
+                return rounder(w)
+
+            return binary
+
+        def ste(w: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and w.requires_grad:
+                return _WeightSTE.apply(w, rounder)
+            return rounder(w)
+
+        return ste
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+    def _pre_hook(self, params, inputs: _Side | None):
+        swapped = self._swapped
+
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+            if params and id(module) not in swapped:  # a re-entrant call keeps the outer swap
+                originals = {}
+                for pname, fn in params:
+                    p = module._parameters[pname]
+                    if p is None:
+                        continue
+                    originals[pname] = p
+                    module._parameters[pname] = fn(p)
+                swapped[id(module)] = (module, originals)
+            if inputs is not None:
+                args = tuple(tree_map(inputs.apply, a) if not isinstance(a, torch.Tensor) else inputs.apply(a)
+                             for a in args)
+                if kwargs:
+                    kwargs = tree_map(inputs.apply, kwargs)
+                return args, kwargs
+            return None
+
+        return pre_hook
+
+    def _restore_hook(self):
+        swapped = self._swapped
+
+        def restore(module: nn.Module, args: tuple, output: Any) -> None:
+            entry = swapped.pop(id(module), None)
+            if entry is not None:
+                module._parameters.update(entry[1])
+
+        return restore
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        # Only reachable if remove() runs inside a forward: put the real parameters back.
+        for module, originals in self._swapped.values():
+            module._parameters.update(originals)
+        self._swapped.clear()
+        for group in self._groups.values():
+            group.clear()
+
+
+def _output_hook(outputs: _Side):
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return outputs.apply(output)
+        return tree_map(outputs.apply, output)
+
+    return hook
+
+
+def _grad_hook(rounder: Rounder):
+    def hook(param: torch.Tensor) -> None:
+        if param.grad is not None:
+            with torch.no_grad():
+                param.grad.copy_(rounder(param.grad))
+
+    return hook

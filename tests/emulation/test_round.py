@@ -1,0 +1,42 @@
+"""The emulation's fast rounders equal quantize bit for bit (NaN payloads aside: NaN stays NaN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from boundfinder import quantize
+from boundfinder.emulation._round import make_rounder
+
+
+def _inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    words = torch.randint(-(2**31), 2**31 - 1, (1 << 13,), generator=g, dtype=torch.int64).to(torch.int32)
+    x = words.view(torch.float32)  # every exponent, every sign, subnormals, infinities and NaNs
+    corners = torch.tensor([
+        float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38,
+        448.0, 464.0, -464.0, 464.00003, 480.0, 2.0**-6, 2.0**-9, 1.5 * 2.0**-9, 2.5 * 2.0**-9,  # e4m3fn edges
+        65504.0, 65520.0, 65519.996, 2.0**-24, 2.0**-25, 1.5 * 2.0**-24,  # fp16 overflow and subnormal ties
+    ])  # fmt: skip
+    dense = torch.linspace(-600.0, 600.0, 10001)  # every e4m3fn midpoint region, many ties
+    # below quantize's compile threshold (65536 elements), so the reference runs eagerly
+    return torch.cat([x, x * 1e-30, x * 1e30, corners, dense, dense * 2.0**-12])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rounding"),
+    [("e4m3fn", "nearest"), ("e5m10", "nearest"), ("bf16", "nearest"), ("e5m2", "nearest"),
+     ("e8m3", "nearest"), ("e8m3", "truncate"), ("e8m0", "nearest"), ("e8m22", "nearest"),
+     ("fp32", "nearest"), ("e3m4", "nearest")],
+)  # fmt: skip
+def test_fast_rounder_matches_quantize(fmt, rounding):
+    x = _inputs()
+    expected = quantize(x, fmt, rounding)
+    got = make_rounder(fmt, rounding)(x)
+    same = (expected.view(torch.int32) == got.view(torch.int32)) | (expected.isnan() & got.isnan())
+    assert bool(same.all()), x[~same][:5]
+
+
+def test_non_float32_tensors_go_through_quantize():
+    x = torch.randn(100).to(torch.bfloat16)
+    assert torch.equal(make_rounder("e4m3fn")(x), quantize(x, "e4m3fn"))
