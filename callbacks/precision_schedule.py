@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
 from boundfinder.callbacks._common import (
     LEVELS,
     STAGES,
@@ -21,9 +24,6 @@ from boundfinder.callbacks._common import (
     trainer_stage,
 )
 from boundfinder.callbacks._driver import EmulationDriver
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-
 from boundfinder.errors import PolicyError
 from boundfinder.policy import PrecisionPolicy
 

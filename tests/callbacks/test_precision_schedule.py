@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from boundfinder.callbacks import PrecisionSchedule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from boundfinder.callbacks import PrecisionSchedule
 from boundfinder.errors import PolicyError
 from boundfinder.models import LogisticRegression
 from tests.callbacks.helpers import CrashAt, SpyLogger, digits, no_hooks_left, on_grid, trainer
