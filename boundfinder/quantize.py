@@ -101,7 +101,10 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         if fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals and fmt.overflow == "inf":
             return x.clone()  # fp32 itself: nothing to round
         params = _float_params(fmt, dev)
-        return kernels.run(kernels.round_float, x, (params, seed), (mode, kernels.OVERFLOW[fmt.overflow]))
+        # the kernel takes and returns the float32 words: reinterpreting inside a compiled kernel is slow on CPU
+        words = kernels.run(kernels.round_float, x.view(torch.int32), (params, seed),
+                            (mode, kernels.OVERFLOW[fmt.overflow]))
+        return words.view(torch.float32)
     if isinstance(fmt, FixedPointFormat):
         return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,))
     if isinstance(fmt, DynamicFixedPointFormat):
