@@ -194,3 +194,17 @@ def test_op_level_rejections(zoo):
     with pytest.raises(PolicyError, match="groups=1"):
         grouped(torch.ones(1, 2, 4, 4))
     em.remove()
+
+
+def test_grid_preserving_ops_still_round_inputs_that_are_not_on_the_grid():
+    """relu/max-pool skip their rounding only for inputs the mode itself rounded; raw data is rounded."""
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(3, 1, 8)
+    em = emulate(model, "e4m3fn", level="op")
+    spy = Spy()
+    with em.op_context(), spy:
+        model(x).sum().backward()
+    names = [name for name, _, _ in spy.seen]
+    assert any("relu" in n for n in names) and any("max_pool" in n for n in names)
+    assert all(on_grid(t, "e4m3fn") for _, t, _ in spy.seen)
+    em.remove()
