@@ -217,7 +217,7 @@ class RoundingMode(TorchDispatchMode):
         if kind == "functional":
             key = self.grid_key
             if key is not None and _keeps_grid(func, args) and all(
-                getattr(t, _MARK, None) == (key, t._version) for t in tree_flatten(args)[0] if _roundable(t)
+                _marked(t, key) for t in tree_flatten(args)[0] if _roundable(t)
             ):
                 return self._mark(out)
             if isinstance(out, torch.Tensor):
@@ -235,9 +235,15 @@ class RoundingMode(TorchDispatchMode):
         key = self.grid_key
         if key is not None:
             for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
-                if _roundable(t):
+                # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter,
+                # so an in-place change could not void a mark: they are never marked, and always rounded.
+                if _roundable(t) and not t.is_inference():
                     setattr(t, _MARK, (key, t._version))
         return out
+
+
+def _marked(t: torch.Tensor, key: Any) -> bool:
+    return not t.is_inference() and getattr(t, _MARK, None) == (key, t._version)
 
 
 _MARK = "_boundfinder_op_rounded"
