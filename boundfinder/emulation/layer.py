@@ -24,6 +24,7 @@ layer costs a few hook calls, however many roles it has):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -231,7 +232,11 @@ class LayerEmulator:
         generator: torch.Generator | None,
         *,
         roles: tuple[str, ...] | None = None,
+        outside_dispatch: bool = False,
     ) -> None:
+        """``outside_dispatch``: compute rounded weights with Python dispatch disabled (the op level: its mode
+        must not round the rounding's own ops)."""
+        self._outside_dispatch = outside_dispatch
         self._handles: list[Any] = []
         self._swapped: dict[int, tuple[nn.Module, dict[str, nn.Parameter]]] = {}
         self._rounders: dict[Format, Rounder] = {}
@@ -335,16 +340,18 @@ class LayerEmulator:
     # -- hooks ------------------------------------------------------------------------------------------------
     def _pre_hook(self, params, inputs: _Side | None):
         swapped = self._swapped
+        guard = torch._C._DisableTorchDispatch if self._outside_dispatch else contextlib.nullcontext
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
             if params and id(module) not in swapped:  # a re-entrant call keeps the outer swap
                 originals = {}
-                for pname, fn in params:
-                    p = module._parameters[pname]
-                    if p is None:
-                        continue
-                    originals[pname] = p
-                    module._parameters[pname] = fn(p)
+                with guard():
+                    for pname, fn in params:
+                        p = module._parameters[pname]
+                        if p is None:
+                            continue
+                        originals[pname] = p
+                        module._parameters[pname] = fn(p)
                 swapped[id(module)] = (module, originals)
             if inputs is not None:
                 args = tuple(tree_map(inputs.apply, a) if not isinstance(a, torch.Tensor) else inputs.apply(a)
