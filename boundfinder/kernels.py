@@ -61,43 +61,55 @@ def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.T
 
 # -- float formats ----------------------------------------------------------------------------------------------
 def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
-    """Pack what the float kernel needs into an int32 tensor (see ``round_float_bits`` for the fields)."""
+    """Pack what the float kernel needs into an int32 tensor (see ``round_float_words`` for the fields)."""
     man_sub = fmt.man_bits if fmt.subnormals else 0
     emin32 = fmt.emin + 127  # float32 biased exponent of the format's smallest normal
     max_word = int(torch.tensor(fmt.max_finite, dtype=torch.float32).view(torch.int32))
     q_word = int(torch.tensor(math.ldexp(1.0, fmt.emin - man_sub), dtype=torch.float32).view(torch.int32))
-    d = 23 - fmt.man_bits
-    return torch.tensor([d, emin32, 23 - man_sub, max_word, q_word], dtype=torch.int32, device=device)
+    return torch.tensor([23 - fmt.man_bits, emin32, 23 - man_sub, max_word, q_word], dtype=torch.int32,
+                        device=device)
 
 
-def round_float(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int) -> torch.Tensor:
-    """``round_float_bits`` with its random bits drawn in-kernel from ``seed`` (stochastic mode only)."""
-    rbits = random_bits(seed, x.numel(), x.device) if mode == 4 else None
-    return round_float_bits(x, params, rbits, mode, overflow)
+def round_float(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int) -> torch.Tensor:
+    """``round_float_words`` with its random bits drawn in-kernel from ``seed`` (stochastic mode only)."""
+    rbits = random_bits(seed, w.numel(), w.device).view(w.shape) if mode == 4 else None
+    return round_float_words(w, params, rbits, mode, overflow)
 
 
-def round_float_bits(
-    x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int, overflow: int
+def round_float_bits(x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int,
+                     overflow: int) -> torch.Tensor:
+    """``round_float_words`` on float32 values instead of their words."""
+    return round_float_words(x.view(torch.int32), params, rbits, mode, overflow).view(torch.float32)
+
+
+def round_float_words(
+    w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int, overflow: int
 ) -> torch.Tensor:
-    """Round float32 ``x`` (1-D) to a FloatFormat described by ``params``; returns float32.
+    """Round float32 words ``w`` (int32, any shape) to a FloatFormat described by ``params``; returns words.
 
-    Normal range: drop ``d`` low bits of the magnitude word; a carry out of the fraction moves into the
-    exponent, which is exactly rounding up into the next binade. Below the format's smallest normal the
-    quantum is fixed, so the 24-bit significand is shifted right by ``s`` (which grows as the value shrinks)
-    and the result is rebuilt as an integer count of quanta times the quantum.
+    Integer operations only (a float/int reinterpretation inside a compiled CPU kernel costs more than the
+    rounding). The magnitude word is rounded by dropping its low ``d`` bits, where ``d`` is 23 - man_bits in
+    the normal range and grows by one per binade below the format's smallest normal (the quantum is fixed
+    there). A carry out of the fraction moves into the exponent, which is exactly rounding up into the next
+    binade. Values under one quantum (``d >= 24``) round to 0 or to the smallest subnormal ``q``.
     """
-    d, emin32, sub_base, max_word, q_word = params[0], params[1], params[2], params[3], params[4]
-    w = x.view(torch.int32)
+    d, emin32, sub_d, max_word, q_word = params[0], params[1], params[2], params[3], params[4]
     sign = w & INT32_MIN
     a = w & ABS_MASK
     expf = a >> 23
     neg = sign != 0
-    one = torch.ones((), dtype=torch.int32, device=x.device)
+    one = torch.ones((), dtype=torch.int32, device=w.device)
 
-    # -- normal range: operate on the magnitude word itself
-    mask = (one << d) - 1
+    e1 = torch.clamp(expf, min=1)  # float32 subnormal words are linear with the spacing of exponent 1
+    below = expf < emin32
+    d_eff = torch.where(below, sub_d + (emin32 - e1), d)
+    dc = torch.clamp(d_eff, max=23)
+    mask = (one << dc) - 1
     if mode == 0:
-        inc = (mask >> 1) + ((a >> d) & 1)
+        # Ties to even. The kept part's last bit is bit dc of the word, except for one quantum below the
+        # smallest normal (dc == 23 there), where bit 23 is the exponent's and the count of quanta is 1: odd.
+        lsb = ((a >> dc) & 1) | (below & (dc == 23) & (expf > 0)).to(torch.int32)
+        inc = (mask >> 1) + lsb
     elif mode == 1:
         inc = torch.zeros_like(a)
     elif mode == 2:
@@ -105,32 +117,25 @@ def round_float_bits(
     elif mode == 3:
         inc = torch.where(neg, mask, 0)
     else:
-        inc = rbits >> (RAND_BITS - d)
-    r_norm = (a + inc) & ~mask
+        inc = rbits >> (RAND_BITS - dc)
+    r = (a + inc) & ~mask
 
-    # -- below the smallest normal: count quanta of size 2**(emin - man_sub)
-    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)  # keep int32: a where() of two ints is int64
-    s = (emin32 - torch.clamp(expf, min=1)) + sub_base
-    if mode == 4:
-        # Fractions longer than 30 bits are truncated to 30 bits first; the bias this adds is < 2**-30.
-        pre = torch.clamp(s - RAND_BITS, min=0, max=24)
-        sig = sig >> pre
-        s = torch.clamp(s - pre, min=0, max=RAND_BITS)
-        k = (sig + (rbits >> (RAND_BITS - s))) >> s
+    # Under one quantum: |x| / q = sig / 2**d_eff < 1 with sig the 24-bit significand.
+    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)
+    if mode == 0:
+        up = (d_eff == 24) & (sig > 0x800000)  # more than half a quantum; exactly half is a tie to even (0)
+    elif mode == 1:
+        up = torch.zeros_like(neg)
+    elif mode == 2:
+        up = ~neg & (a > 0)
+    elif mode == 3:
+        up = neg & (a > 0)
     else:
-        s = torch.clamp(s, min=0, max=25)  # sig < 2**24: a shift of 25 already leaves 0 with every remainder kept
-        smask = (one << s) - 1
-        if mode == 0:
-            sinc = (smask >> 1) + ((sig >> s) & 1)
-        elif mode == 1:
-            sinc = torch.zeros_like(sig)
-        elif mode == 2:
-            sinc = torch.where(neg, 0, smask)
-        else:
-            sinc = torch.where(neg, smask, 0)
-        k = (sig + sinc) >> s
-    r_sub = (k.to(torch.float32) * q_word.view(torch.float32)).view(torch.int32)
-    r = torch.where(expf < emin32, r_sub, r_norm)
+        # the fraction sig / 2**d_eff to 30 bits (truncated when longer: a bias below 2**-30), plus 30 random bits
+        sh = d_eff - RAND_BITS
+        frac = torch.where(sh <= 0, sig << torch.clamp(-sh, min=0, max=6), sig >> torch.clamp(sh, min=0, max=31))
+        up = (frac + rbits) >= (1 << RAND_BITS)
+    r = torch.where(d_eff >= 24, torch.where(up, q_word, 0), r)
 
     # -- overflow, infinities, NaN
     isnan = a > EXP_INF
@@ -146,7 +151,7 @@ def round_float_bits(
     else:
         r = torch.where(over, max_word, r)
     r = torch.where(isnan, a, r)
-    return (r | sign).view(torch.float32)
+    return r | sign
 
 
 # -- fixed point ------------------------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ def round_to_integer(y: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> 
 
 
 def round_fixed(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int) -> torch.Tensor:
-    rbits = random_bits(seed, x.numel(), x.device) if mode == 4 else None
+    rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
     return round_fixed_bits(x, params, rbits, mode)
 
 
@@ -246,7 +251,7 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
     _, e = torch.frexp(amax)
     shared = torch.clamp(e - 1 - emax, min=-127, max=127).to(torch.float32)
     scale = torch.exp2(shared)
-    scaled = (blocks / scale).reshape(-1)
+    scaled = (blocks * torch.exp2(-shared)).reshape(-1)  # a power-of-two product is exact; a GPU division may not be
     rbits = random_bits(seed, scaled.numel(), blocks.device) if mode == 4 else None
     if fixed:
         q = round_fixed_bits(scaled, params, rbits, mode)

@@ -91,7 +91,8 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
         x32 = x.detach().to(torch.float32).contiguous()
         seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
         out = _dispatch(x32, fmt, mode, seed)
-    return out.to(dtype)
+    # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
+    return out.to(dtype) if out._base is None else out.detach().to(dtype)
 
 
 def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> torch.Tensor:
@@ -100,18 +101,19 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         if fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals and fmt.overflow == "inf":
             return x.clone()  # fp32 itself: nothing to round
         params = _float_params(fmt, dev)
-        flat = x.reshape(-1)
-        return kernels.run(kernels.round_float, flat, (params, seed),
-                           (mode, kernels.OVERFLOW[fmt.overflow])).view(x.shape)
+        # the kernel takes and returns the float32 words: reinterpreting inside a compiled kernel is slow on CPU
+        words = kernels.run(kernels.round_float, x.view(torch.int32), (params, seed),
+                            (mode, kernels.OVERFLOW[fmt.overflow]))
+        return words.view(torch.float32)
     if isinstance(fmt, FixedPointFormat):
-        return kernels.run(kernels.round_fixed, x.reshape(-1), (_fixed_params(fmt, dev), seed), (mode,)).view(x.shape)
+        return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,))
     if isinstance(fmt, DynamicFixedPointFormat):
         frac = kernels.dynamic_frac_bits(x, fmt.word_bits, fmt.overflow_rate).to(torch.float32)
         base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
                               torch.tensor(float(base.qmin), device=x.device),
                               torch.tensor(float(base.qmax), device=x.device)])
-        return kernels.run(kernels.round_fixed, x.reshape(-1), (params, seed), (mode,)).view(x.shape)
+        return kernels.run(kernels.round_fixed, x, (params, seed), (mode,))
     if isinstance(fmt, IntFormat):
         lo, hi = _minmax(x, fmt.axis)
         scale, zp = affine_qparams(lo, hi, fmt)

@@ -135,3 +135,9 @@ def test_idempotent_and_representable_values_unchanged():
     for name in ["e4m3fn", "e5m2", "bf16", "e3m2fn", "e8m3"]:
         once = quantize(x, name)
         assert bits_equal(quantize(once, name), once)
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "fixed8.4", "int8_ch1", "mxfp4_e2m1", "binary_mean", "dfixed8"])
+def test_result_is_a_fresh_tensor_not_a_view(name):
+    y = quantize(torch.randn(4, 64), name)
+    assert y._base is None and not y._is_view()

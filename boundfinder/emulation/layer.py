@@ -166,7 +166,9 @@ class _Side:
             return x
         key = self.key
         fwd = self.fwd
-        if fwd is not None and key is not None and getattr(x, _MARK, None) == (key, x._version):
+        # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter.
+        if (fwd is not None and key is not None and not x.is_inference()
+                and getattr(x, _MARK, None) == (key, x._version)):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
         grad = x.requires_grad and torch.is_grad_enabled()
         if fwd is not None:
@@ -179,7 +181,7 @@ class _Side:
             out = x
         else:
             out = _Boundary.apply(x, None, self.bwd)
-        if key is not None:
+        if key is not None and not out.is_inference():
             setattr(out, _MARK, (key, out._version))
         return out
 

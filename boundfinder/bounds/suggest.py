@@ -1,0 +1,72 @@
+"""Where to measure next: bisection on the bracket in which the confidence bound crosses the tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from boundfinder.bounds.estimate import estimate_bound
+from boundfinder.errors import StatisticsError
+
+__all__ = ["suggest_next_bits"]
+
+
+def suggest_next_bits(
+    bits, correct, baseline, *, low, high, tolerance=0.01, relative=False, confidence=0.95, method="auto"
+):
+    """The next bit level to evaluate to pin the minimum safe bits with the fewest evaluations, or None.
+
+    The certified bound lies between the highest level that failed (not declared safe) and the lowest level
+    declared safe; the next level is the middle of that bracket (bisection on where the per-level upper
+    confidence bound crosses the tolerance), restricted to ``low <= b <= high``. With fewer than two levels
+    measured it asks for ``high`` then ``low``. It returns None when the bracket is closed (adjacent levels),
+    the range is exhausted, or the estimate is ``undetermined`` (more levels cannot help; more items or seeds
+    can). ``bits``/``correct``/``baseline`` are as in `estimate_bound` (``correct`` may have 0 or 1 level).
+
+    >>> import numpy as np
+    >>> base = np.ones(3000, dtype=bool)
+    >>> lost = lambda b: 0.9 * 2.0 ** -(b - 2)  # fraction of items lost at b bits
+    >>> u = np.random.default_rng(1).random(3000)
+    >>> measured = {}
+    >>> nxt = suggest_next_bits([], np.zeros((0, 3000), bool), base, low=2, high=16)
+    >>> while nxt is not None:
+    ...     measured[nxt] = base & (u >= lost(nxt))
+    ...     b = sorted(measured)
+    ...     nxt = suggest_next_bits(b, np.stack([measured[k] for k in b]), base, low=2, high=16)
+    >>> sorted(measured)  # true minimum safe bits is 9 (drop 0.9 * 2**-7 = 0.007; at 8 bits 0.014)
+    [2, 5, 7, 8, 9, 16]
+    """
+    if not (isinstance(low, int | np.integer) and isinstance(high, int | np.integer) and low < high):
+        raise StatisticsError(f"low < high must hold for integer bit levels, got {low=}, {high=}")
+    measured = sorted(int(b) for b in np.asarray(bits).reshape(-1))
+    if len(measured) < 2:
+        for cand in (high, low):
+            if cand not in measured:
+                return int(cand)
+        return None  # pragma: no cover - low < high guarantees one is free
+    est = estimate_bound(
+        bits,
+        correct,
+        baseline,
+        tolerance=tolerance,
+        relative=relative,
+        confidence=confidence,
+        method=method,
+        fit_curve=False,
+    )
+    if est.status == "undetermined":
+        return None
+    levels = [lv.bits for lv in est.levels]
+    if est.status == "above_range":
+        # Nothing certified: the crossing is above the highest measured level.
+        top = max(levels)
+        return int(high) if top < high else None
+    if est.status == "below_range":
+        # Everything certified: the crossing is below the lowest measured level.
+        bottom = min(levels)
+        if bottom <= low:
+            return None
+        return int((low + bottom) // 2) if bottom - low > 1 else int(low)
+    failed = max(lv.bits for lv in est.levels if not lv.declared_safe and lv.bits < est.bits)
+    if est.bits - failed <= 1:
+        return None
+    return int((failed + est.bits) // 2)
