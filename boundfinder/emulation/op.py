@@ -35,16 +35,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from boundfinder.errors import PolicyError
-from boundfinder.formats import BinaryFormat, Format
-from boundfinder.policy import parameter_role
-from boundfinder.quantize import quantize_ste
+from boundfinder.formats import Format
 
 from ._round import Rounder, is_elementwise_idempotent, is_identity, make_rounder
-from .layer import _WeightSTE
+from .layer import LayerEmulator
 
 __all__ = ["OpEmulator", "RoundingMode", "chunked_matmul"]
 
@@ -295,15 +293,10 @@ class OpEmulator:
         self.mode = RoundingMode(fwd, bwd, accumulate_chunk, grid_key=grid_key)
         self._tls = threading.local()
         self._removed = False
-        self._params: list[tuple[nn.Module, str, Any]] = []
-        modules = dict(model.named_modules())
-        for name, formats in plan.items():
-            module = modules[name]
-            for pname, _ in module.named_parameters(recurse=False):
-                fmt = formats.get(parameter_role(pname))
-                if fmt is not None and not is_identity(fmt):
-                    self._params.append((module, pname, _weight_function(fmt, rounding, generator)))
-        self._swapped: list[tuple[nn.Module, str, nn.Parameter]] | None = None
+        # Weights as used: the layer level's per-layer swap (works when only submodules are called, as in a
+        # LightningModule's training_step), with its own ops kept out of this mode.
+        self._weights = LayerEmulator(model, plan, rounding, generator, roles=("weight", "bias"),
+                                      outside_dispatch=True)
         self._handles = [
             model.register_forward_pre_hook(self._root_pre_hook),
             model.register_forward_hook(self._root_hook, always_call=True),
@@ -336,16 +329,6 @@ class OpEmulator:
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def _root_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        if self._swapped is None and self._params:
-            # Rounding the parameters runs outside the mode: its own ops must not be rounded again.
-            with _disable_current_modes():
-                swapped = []
-                for owner, pname, fn in self._params:
-                    p = owner._parameters[pname]
-                    if p is not None:
-                        swapped.append((owner, pname, p))
-                        owner._parameters[pname] = fn(p)
-            self._swapped = swapped
         self._tls.outer = self._depth() > 0
         if not self._tls.outer:
             self._tls.stop = {t.grad_fn for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
@@ -353,10 +336,6 @@ class OpEmulator:
 
     def _root_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._exit()
-        if self._swapped is not None:
-            for owner, pname, p in self._swapped:
-                owner._parameters[pname] = p
-            self._swapped = None
         # Inside context() the caller runs the backward inside it too (that is what the context is for), so the
         # graph needs no hooks; walking it costs about as much as a few rounded ops.
         if torch.is_grad_enabled() and not getattr(self._tls, "outer", False):
@@ -391,20 +370,4 @@ class OpEmulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self._swapped is not None:
-            for owner, pname, p in self._swapped:
-                owner._parameters[pname] = p
-            self._swapped = None
-
-
-def _weight_function(fmt: Format, rounding: str, generator: torch.Generator | None):
-    rounder = make_rounder(fmt, rounding, generator)
-
-    def fn(w: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and w.requires_grad:
-            if isinstance(fmt, BinaryFormat):
-                return quantize_ste(w, fmt, rounding, generator=generator)
-            return _WeightSTE.apply(w, rounder)
-        return rounder(w)
-
-    return fn
+        self._weights.remove()

@@ -208,3 +208,19 @@ def test_grid_preserving_ops_still_round_inputs_that_are_not_on_the_grid():
     assert any("relu" in n for n in names) and any("max_pool" in n for n in names)
     assert all(on_grid(t, "e4m3fn") for _, t, _ in spy.seen)
     em.remove()
+
+
+def test_weights_rounded_as_used_even_when_only_submodules_run(zoo):
+    """A LightningModule's training_step may call submodules, never the root's forward: weights are still
+    rounded as used, with their own format, and the mode does not round the rounding's own ops."""
+    model = zoo.mlp()
+    spec = {"*": {"weight": "e4m3fn", "bias": "e4m3fn", "activation": "e5m10", "grad_input": "e5m10"}}
+    em = emulate(model, spec, level="op")
+    seen = []
+    model[1].register_forward_pre_hook(lambda m, a: seen.append(m.weight.detach().clone()))
+    with em.op_context():
+        out = model[1](torch.randn(4, 64))
+    assert torch.equal(seen[0], quantize(model[1].weight.detach(), "e4m3fn"))
+    assert on_grid(out, "e5m10")
+    em.remove()
+    assert type(model[1].weight) is nn.Parameter
