@@ -2,8 +2,10 @@
 
 For the digits CNN (LeNet-style, 1x8x8 inputs) and an MLP (64-128-64-10): forward + cross-entropy + backward +
 SGD step, plain vs each emulation level (batch, layer, op) with e5m10 and e4m3fn. Configurations are
-interleaved in rounds so that drift on a shared machine hits all of them alike; the figure is the median step
-time over all rounds after warm-up, divided by plain's.
+interleaved in rounds; each round gives each configuration's median step time divided by plain's in the same
+round, and the figure is the median of those ratios (drift on a shared machine between rounds cancels out).
+``batch`` rounds the parameters only (the parameter-server setting), ``batch+state`` also the optimizer
+state (SGD momentum).
 
     python benchmarks/bench_training.py                       # CPU (and CUDA when available)
     python benchmarks/bench_training.py --batch-size 256 --rounds 30 --device cpu
@@ -25,8 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from boundfinder.emulation import emulate
+from boundfinder.policy import PrecisionPolicy
 
-TARGETS = {"batch": 1.05, "layer": 1.3, "op": 3.0}
+TARGETS = {"batch": 1.05, "batch+state": 1.05, "layer": 1.3, "op": 3.0}
 
 
 def make_lenet() -> nn.Module:
@@ -126,10 +129,13 @@ def bench(device: torch.device, args) -> list[tuple[str, str, str, float, float]
         plain = factory().to(device)
         configs["plain"] = (make_step(plain, x, y), None)
         for fmt in ("e5m10", "e4m3fn"):
-            for level in ("batch", "layer", "op"):
+            for level in ("batch", "batch+state", "layer", "op"):
                 torch.manual_seed(0)
                 m = factory().to(device)
-                em = emulate(m, fmt, level=level)
+                # batch: the parameter-server setting (parameters only); batch+state: optimizer state too
+                roles = ("weight", "bias") if level == "batch" else None
+                policy = PrecisionPolicy.from_spec(fmt, roles=roles)
+                em = emulate(m, policy, level=level.split("+")[0])
                 configs[f"{level}/{fmt}"] = (make_step(m, x, y, em, op=(level == "op")), em)
             if args.qtorch and device.type == "cpu":
                 try:
@@ -141,16 +147,22 @@ def bench(device: torch.device, args) -> list[tuple[str, str, str, float, float]
                     if fmt == "e5m10":
                         print(f"# qtorch not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
         samples: dict[str, list[float]] = {k: [] for k in configs}
+        ratios: dict[str, list[float]] = {k: [] for k in configs}
         for step, _ in configs.values():
             time_steps(step, args.warmup)
         for _ in range(args.rounds):
+            medians = {}
             for name, (step, _) in configs.items():
-                samples[name].extend(time_steps(step, args.steps))
-        base = statistics.median(samples["plain"])
+                times = time_steps(step, args.steps)
+                samples[name].extend(times)
+                medians[name] = statistics.median(times)
+            # paired within the round: load from other processes changes between rounds, not within one
+            for name in configs:
+                ratios[name].append(medians[name] / medians["plain"])
         for name in configs:
-            med = statistics.median(samples[name])
             level, _, fmt = name.partition("/")
-            rows.append((model_name, level, fmt or "-", med * 1e3, med / base))
+            rows.append((model_name, level, fmt or "-", statistics.median(samples[name]) * 1e3,
+                         statistics.median(ratios[name])))
         for _, em in configs.values():
             if em is not None:
                 em.remove()

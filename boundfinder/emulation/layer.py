@@ -1,21 +1,30 @@
 """Layer-level emulation: round what crosses each selected layer's boundary, forward and backward.
 
-Per selected layer, one forward pre-hook and one forward hook do everything (roles are fused so that a layer
-costs two hook calls, however many roles it has):
+Per selected layer, one forward pre-hook and one or two forward hooks do everything (roles are fused so that a
+layer costs a few hook calls, however many roles it has):
 
 - ``weight`` / ``bias``: for the duration of the layer's forward the parameter entry in ``module._parameters``
   is swapped for its rounded value, computed through a straight-through estimator, so the gradient reaches the
-  real-valued parameter unchanged (BinaryNet's clipped STE for binary formats). A hook with ``always_call``
-  restores the parameter even when forward raises; ``state_dict`` and the optimizer never see the swap.
+  real-valued parameter (BinaryNet's clipped STE for binary formats). A hook with ``always_call`` restores the
+  parameter even when forward raises; ``state_dict`` and the optimizer never see the swap. Parameters with an
+  element-wise format are rounded together, one call per (format, gradient format), and the result is reused
+  until a parameter changes (version counter), is replaced, or a backward pass consumed the graph.
 - ``input`` + ``grad_input`` and ``activation`` + ``grad_output``: each floating-point tensor entering (leaving)
-  the layer passes through one autograd function that rounds it forward and rounds its gradient backward.
-  A tensor already rounded to the same element-wise format by the previous layer is not rounded again.
-- ``weight_grad``: ``Tensor.register_post_accumulate_grad_hook`` rounds ``param.grad`` in place after each
-  accumulation (so with gradient accumulation the running sum is kept in the format).
+  the layer passes through one autograd function that rounds it forward and rounds its gradient backward
+  (outputs without a forward format get a tensor hook instead). A tensor already rounded to the same
+  element-wise format is not rounded again, and layers that keep values on the grid by themselves (ReLU,
+  Flatten, Identity, max pooling) skip the rounding of their outputs and, where no sums occur, of their input
+  gradients: both would be no-ops.
+- ``weight_grad``: for parameters rounded in a group, the gradient is rounded on its way to the parameter (the
+  group's backward); with gradient accumulation over several backward passes each pass's contribution is
+  rounded and ``.grad`` holds their float32 sum. Other parameters (per-tensor formats, or a ``weight_grad``
+  format without a weight format) use ``Tensor.register_post_accumulate_grad_hook``, which rounds ``.grad``
+  in place after each accumulation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -225,7 +234,11 @@ class LayerEmulator:
         generator: torch.Generator | None,
         *,
         roles: tuple[str, ...] | None = None,
+        outside_dispatch: bool = False,
     ) -> None:
+        """``outside_dispatch``: compute rounded weights with Python dispatch disabled (the op level: its mode
+        must not round the rounding's own ops)."""
+        self._outside_dispatch = outside_dispatch
         self._handles: list[Any] = []
         self._swapped: dict[int, tuple[nn.Module, dict[str, nn.Parameter]]] = {}
         self._rounders: dict[Format, Rounder] = {}
@@ -302,7 +315,10 @@ class LayerEmulator:
         if params:
             self._handles.append(module.register_forward_hook(self._restore_hook(), always_call=True))
         if outputs is not None:
-            self._handles.append(module.register_forward_hook(_output_hook(outputs)))
+            # A layer whose backward keeps the grid hands back input gradients that are already rounded: mark
+            # them (a hook on its autograd node, no tensor op) so the previous layer does not round them again.
+            grad_key = self._key(formats.get("grad_input")) if (bwd_keeps and same_bwd) else None
+            self._handles.append(module.register_forward_hook(_output_hook(outputs, grad_key)))
 
     def _weight_function(self, fmt: Format, rounder: Rounder) -> Callable[[torch.Tensor], torch.Tensor]:
         if isinstance(fmt, BinaryFormat):
@@ -326,16 +342,18 @@ class LayerEmulator:
     # -- hooks ------------------------------------------------------------------------------------------------
     def _pre_hook(self, params, inputs: _Side | None):
         swapped = self._swapped
+        guard = torch._C._DisableTorchDispatch if self._outside_dispatch else contextlib.nullcontext
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
             if params and id(module) not in swapped:  # a re-entrant call keeps the outer swap
                 originals = {}
-                for pname, fn in params:
-                    p = module._parameters[pname]
-                    if p is None:
-                        continue
-                    originals[pname] = p
-                    module._parameters[pname] = fn(p)
+                with guard():
+                    for pname, fn in params:
+                        p = module._parameters[pname]
+                        if p is None:
+                            continue
+                        originals[pname] = p
+                        module._parameters[pname] = fn(p)
                 swapped[id(module)] = (module, originals)
             if inputs is not None:
                 args = tuple(tree_map(inputs.apply, a) if not isinstance(a, torch.Tensor) else inputs.apply(a)
@@ -369,10 +387,18 @@ class LayerEmulator:
             group.clear()
 
 
-def _output_hook(outputs: _Side):
+def _output_hook(outputs: _Side, grad_key: Any = None):
+    def mark_grads(grad_inputs: tuple, grad_outputs: tuple) -> None:
+        for g in grad_inputs:
+            if g is not None:
+                setattr(g, _MARK, (grad_key, g._version))
+
     def hook(module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, torch.Tensor):
-            return outputs.apply(output)
+            out = outputs.apply(output)
+            if grad_key is not None and out.grad_fn is not None and torch.is_grad_enabled():
+                out.grad_fn.register_hook(mark_grads)
+            return out
         return tree_map(outputs.apply, output)
 
     return hook

@@ -35,16 +35,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from boundfinder.errors import PolicyError
-from boundfinder.formats import BinaryFormat, Format
-from boundfinder.policy import parameter_role
-from boundfinder.quantize import quantize_ste
+from boundfinder.formats import Format
 
-from ._round import Rounder, is_identity, make_rounder
-from .layer import _WeightSTE
+from ._round import Rounder, is_elementwise_idempotent, is_identity, make_rounder
+from .layer import LayerEmulator
 
 __all__ = ["OpEmulator", "RoundingMode", "chunked_matmul"]
 
@@ -194,11 +192,15 @@ class RoundingMode(TorchDispatchMode):
     Either rounder may be None (that pass is not rounded). ``accumulate_chunk`` as in :func:`chunked_matmul`.
     """
 
-    def __init__(self, forward: Rounder | None, backward: Rounder | None, accumulate_chunk: int | None = None):
+    def __init__(self, forward: Rounder | None, backward: Rounder | None, accumulate_chunk: int | None = None,
+                 *, grid_key: Any = None):
         super().__init__()
         self.forward_rounder = forward
         self.backward_rounder = backward
         self.accumulate_chunk = accumulate_chunk
+        # Set when forward and backward use one element-wise format with deterministic rounding: outputs are
+        # marked, and ops that only select, move or negate elements of marked inputs skip their (no-op) rounding.
+        self.grid_key = grid_key
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -207,13 +209,18 @@ class RoundingMode(TorchDispatchMode):
         if rounder is None:
             return func(*args, **kwargs)
         if self.accumulate_chunk is not None and func.overloadpacket in _CHUNKED_OPS:
-            return _chunked(func, args, kwargs, self.accumulate_chunk, rounder)
+            return self._mark(_chunked(func, args, kwargs, self.accumulate_chunk, rounder))
         out = func(*args, **kwargs)
         kind, written = _classify(func)
         if kind == "functional":
+            key = self.grid_key
+            if key is not None and _keeps_grid(func, args) and all(
+                _marked(t, key) for t in tree_flatten(args)[0] if _roundable(t)
+            ):
+                return self._mark(out)
             if isinstance(out, torch.Tensor):
-                return rounder(out) if out.dtype in _ROUNDED_DTYPES else out
-            return tree_map(lambda t: rounder(t) if _roundable(t) else t, out)
+                return self._mark(rounder(out)) if out.dtype in _ROUNDED_DTYPES else out
+            return self._mark(tree_map(lambda t: rounder(t) if _roundable(t) else t, out))
         if kind == "mutating":
             for pos, name in written:
                 target = args[pos] if pos < len(args) else kwargs.get(name)
@@ -222,6 +229,39 @@ class RoundingMode(TorchDispatchMode):
                         t.copy_(rounder(t))
         return out
 
+    def _mark(self, out: Any) -> Any:
+        key = self.grid_key
+        if key is not None:
+            for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+                # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter,
+                # so an in-place change could not void a mark: they are never marked, and always rounded.
+                if _roundable(t) and not t.is_inference():
+                    setattr(t, _MARK, (key, t._version))
+        return out
+
+
+def _marked(t: torch.Tensor, key: Any) -> bool:
+    return not t.is_inference() and getattr(t, _MARK, None) == (key, t._version)
+
+
+_MARK = "_boundfinder_op_rounded"
+# Ops whose float outputs are on an element-wise grid whenever their float inputs are: they select, move or
+# negate elements (max pooling backward only without overlapping windows, where nothing is summed).
+_KEEPS_GRID = {aten.relu, aten.threshold_backward, aten.max_pool2d_with_indices, aten.neg, aten.abs, aten.cat,
+               aten.stack, aten.max_pool2d_with_indices_backward}
+
+
+def _keeps_grid(func, args: tuple) -> bool:
+    packet = func.overloadpacket
+    if packet not in _KEEPS_GRID:
+        return False
+    if packet is aten.max_pool2d_with_indices_backward:
+        kernel, stride = list(args[2]), list(args[3]) or list(args[2])
+        kernel, stride = kernel * (2 // len(kernel)), stride * (2 // len(stride))
+        dilation = list(args[5]) if len(args) > 5 else [1]
+        return all(d == 1 for d in dilation) and all(k <= s for k, s in zip(kernel, stride, strict=True))
+    return True
+
 
 class OpEmulator:
     """Runs a model's forward and backward inside a :class:`RoundingMode`, and rounds parameters as used.
@@ -229,7 +269,9 @@ class OpEmulator:
     Forward: a pre-hook on the root module enters the mode and a hook (``always_call``) leaves it. Backward: the
     autograd nodes the forward created get a pre-hook that enters the mode and a hook that leaves it, so plain
     ``loss.backward()`` is rounded too, on whichever thread autograd runs the node. Both do nothing while the
-    mode is already active on the thread (inside :meth:`context`), so nothing is rounded twice.
+    mode is already active on the thread (inside :meth:`context`), so nothing is rounded twice; a forward run
+    inside :meth:`context` registers no node hooks, since the caller is expected to run its backward inside the
+    context as well (a backward outside it is then not rounded).
     """
 
     def __init__(
@@ -244,18 +286,17 @@ class OpEmulator:
     ) -> None:
         fwd = None if forward is None or is_identity(forward) else make_rounder(forward, rounding, generator)
         bwd = None if backward is None or is_identity(backward) else make_rounder(backward, rounding, generator)
-        self.mode = RoundingMode(fwd, bwd, accumulate_chunk)
+        grid_key = None
+        if (forward is not None and forward == backward and fwd is not None
+                and is_elementwise_idempotent(forward, rounding)):
+            grid_key = (forward, rounding)
+        self.mode = RoundingMode(fwd, bwd, accumulate_chunk, grid_key=grid_key)
         self._tls = threading.local()
         self._removed = False
-        self._params: list[tuple[nn.Module, str, Any]] = []
-        modules = dict(model.named_modules())
-        for name, formats in plan.items():
-            module = modules[name]
-            for pname, _ in module.named_parameters(recurse=False):
-                fmt = formats.get(parameter_role(pname))
-                if fmt is not None and not is_identity(fmt):
-                    self._params.append((module, pname, _weight_function(fmt, rounding, generator)))
-        self._swapped: list[tuple[nn.Module, str, nn.Parameter]] | None = None
+        # Weights as used: the layer level's per-layer swap (works when only submodules are called, as in a
+        # LightningModule's training_step), with its own ops kept out of this mode.
+        self._weights = LayerEmulator(model, plan, rounding, generator, roles=("weight", "bias"),
+                                      outside_dispatch=True)
         self._handles = [
             model.register_forward_pre_hook(self._root_pre_hook),
             model.register_forward_hook(self._root_hook, always_call=True),
@@ -288,26 +329,16 @@ class OpEmulator:
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def _root_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        if self._swapped is None and self._params:
-            # Rounding the parameters runs outside the mode: its own ops must not be rounded again.
-            with _disable_current_modes():
-                swapped = []
-                for owner, pname, fn in self._params:
-                    p = owner._parameters[pname]
-                    if p is not None:
-                        swapped.append((owner, pname, p))
-                        owner._parameters[pname] = fn(p)
-            self._swapped = swapped
-        self._tls.stop = {t.grad_fn for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
+        self._tls.outer = self._depth() > 0
+        if not self._tls.outer:
+            self._tls.stop = {t.grad_fn for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
         self._enter()
 
     def _root_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._exit()
-        if self._swapped is not None:
-            for owner, pname, p in self._swapped:
-                owner._parameters[pname] = p
-            self._swapped = None
-        if torch.is_grad_enabled():
+        # Inside context() the caller runs the backward inside it too (that is what the context is for), so the
+        # graph needs no hooks; walking it costs about as much as a few rounded ops.
+        if torch.is_grad_enabled() and not getattr(self._tls, "outer", False):
             self._hook_graph(output, getattr(self._tls, "stop", set()))
 
     def _hook_graph(self, output: Any, stop: set) -> None:
@@ -339,20 +370,4 @@ class OpEmulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self._swapped is not None:
-            for owner, pname, p in self._swapped:
-                owner._parameters[pname] = p
-            self._swapped = None
-
-
-def _weight_function(fmt: Format, rounding: str, generator: torch.Generator | None):
-    rounder = make_rounder(fmt, rounding, generator)
-
-    def fn(w: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and w.requires_grad:
-            if isinstance(fmt, BinaryFormat):
-                return quantize_ste(w, fmt, rounding, generator=generator)
-            return _WeightSTE.apply(w, rounder)
-        return rounder(w)
-
-    return fn
+        self._weights.remove()
