@@ -42,21 +42,24 @@ def _wrap32(v: int) -> int:
     return v - (1 << 32) if v >= (1 << 31) else v
 
 
-def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
-    """30 uniform random bits per element from a counter-based hash of (seed, index).
-
-    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds), computed in wrapping int32
-    arithmetic, so the stream is identical on CPU and GPU, eager and compiled, and costs no memory pass
-    when fused into the rounding kernel.
-    """
-    idx = torch.arange(numel, device=device, dtype=torch.int32)
-    h = idx * _wrap32(0x9E3779B1) + seed
+def _lowbias32(h: torch.Tensor) -> torch.Tensor:
     h = h ^ _srl(h, 16)
     h = h * _wrap32(0x7FEB352D)
     h = h ^ _srl(h, 15)
     h = h * _wrap32(0x846CA68B)
-    h = h ^ _srl(h, 16)
-    return h & ((1 << RAND_BITS) - 1)
+    return h ^ _srl(h, 16)
+
+
+def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """30 uniform random bits per element from a counter-based hash of (seed, index).
+
+    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds) of the index xor a key hashed from the
+    seed, in wrapping int32 arithmetic: the stream is identical on CPU and GPU, eager and compiled, and costs
+    no memory pass when fused into the rounding kernel.
+    """
+    key = _lowbias32(seed * _wrap32(0x9E3779B1) + 0x632BE5AB)  # a 0-d tensor: hashed once, not per element
+    idx = torch.arange(numel, device=device, dtype=torch.int32)
+    return _lowbias32(idx ^ key) & ((1 << RAND_BITS) - 1)
 
 
 # -- float formats ----------------------------------------------------------------------------------------------
@@ -137,20 +140,20 @@ def round_float_words(
         up = (frac + rbits) >= (1 << RAND_BITS)
     r = torch.where(d_eff >= 24, torch.where(up, q_word, 0), r)
 
-    # -- overflow, infinities, NaN
-    isnan = a > EXP_INF
-    isinf = a == EXP_INF
-    toward_zero = torch.zeros_like(neg) if mode in (0, 4) else (
-        torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg))
-    over = (r > max_word) & ~isnan
-    if overflow == 0:
-        big = torch.where(toward_zero & ~isinf, max_word, EXP_INF)
-        r = torch.where(over & ~isinf, big, r)  # infinite inputs stay infinite
-    elif overflow == 1:
-        r = torch.where(over, torch.where(toward_zero & ~isinf, max_word, 0x7FC00000), r)
+    # -- overflow, infinities, NaN (NaN words compare above max_word too; they are put back last)
+    over = r > max_word
+    if overflow == 2:
+        r = torch.where(over, max_word, r)  # infinite inputs saturate too
     else:
-        r = torch.where(over, max_word, r)
-    r = torch.where(isnan, a, r)
+        big = EXP_INF if overflow == 0 else 0x7FC00000
+        if mode in (0, 4):
+            # an infinite input is "over" and becomes inf (IEEE formats) or NaN (fn formats): both right
+            r = torch.where(over, big, r)
+        else:
+            # directed rounding toward zero keeps a finite overflow at max_finite (IEEE 754)
+            toward_zero = torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg)
+            r = torch.where(over, torch.where(toward_zero & (a != EXP_INF), max_word, big), r)
+    r = torch.where(a > EXP_INF, a, r)
     return r | sign
 
 
