@@ -28,7 +28,7 @@ import torch
 from boundfinder.formats import FloatFormat, Format, parse_format
 from boundfinder.quantize import quantize
 
-__all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "make_rounder"]
+__all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "is_marked", "make_rounder", "mark"]
 
 Rounder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -181,3 +181,19 @@ def _own(y: torch.Tensor) -> torch.Tensor:
     if y._base is None:
         return y
     return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.size(), y.stride())
+
+
+# -- marks: "this tensor is already rounded to this grid" ------------------------------------------------------
+# A mark is (key, version counter) kept in a Python attribute of the tensor; an in-place change bumps the version
+# and voids it. Inference tensors (torch.inference_mode) have no version counter: they are never marked, so
+# their roundings are never skipped.
+
+
+def mark(t: torch.Tensor, name: str, key: object) -> None:
+    if not t.is_inference():
+        setattr(t, name, (key, t._version))
+
+
+def is_marked(t: torch.Tensor, name: str, key: object) -> bool:
+    m = getattr(t, name, None)
+    return m is not None and m[0] == key and not t.is_inference() and m[1] == t._version

@@ -41,7 +41,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from boundfinder.errors import PolicyError
 from boundfinder.formats import Format
 
-from ._round import Rounder, is_elementwise_idempotent, is_identity, make_rounder
+from ._round import Rounder, is_elementwise_idempotent, is_identity, is_marked, make_rounder, mark
 from .layer import LayerEmulator
 
 __all__ = ["OpEmulator", "RoundingMode", "chunked_matmul"]
@@ -215,7 +215,7 @@ class RoundingMode(TorchDispatchMode):
         if kind == "functional":
             key = self.grid_key
             if key is not None and _keeps_grid(func, args) and all(
-                getattr(t, _MARK, None) == (key, t._version) for t in tree_flatten(args)[0] if _roundable(t)
+                is_marked(t, _MARK, key) for t in tree_flatten(args)[0] if _roundable(t)
             ):
                 return self._mark(out)
             if isinstance(out, torch.Tensor):
@@ -234,7 +234,7 @@ class RoundingMode(TorchDispatchMode):
         if key is not None:
             for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
                 if _roundable(t):
-                    setattr(t, _MARK, (key, t._version))
+                    mark(t, _MARK, key)
         return out
 
 
