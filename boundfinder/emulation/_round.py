@@ -164,6 +164,13 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         return slow(x)
 
     rounder.elementwise = True  # type: ignore[attr-defined]  # every fast path is element-wise
+    if rounding == "nearest" and fmt in _CASTS:
+        dtype = _CASTS[fmt]
+
+        def in_place(t: torch.Tensor) -> None:
+            t.copy_(t.to(dtype))  # copy_ converts back to t's dtype: two passes, no temporary of t's size
+
+        rounder.in_place = in_place  # type: ignore[attr-defined]
     return rounder
 
 
