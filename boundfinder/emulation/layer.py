@@ -166,9 +166,8 @@ class _Side:
             return x
         key = self.key
         fwd = self.fwd
-        # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter.
-        if (fwd is not None and key is not None and not x.is_inference()
-                and is_marked(x, _MARK, key)):
+        # (inference tensors, e.g. under Lightning's validate/predict, are never marked: see _round.mark)
+        if fwd is not None and key is not None and is_marked(x, _MARK, key):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
         grad = x.requires_grad and torch.is_grad_enabled()
         if fwd is not None:
@@ -181,7 +180,7 @@ class _Side:
             out = x
         else:
             out = _Boundary.apply(x, None, self.bwd)
-        if key is not None and not out.is_inference():
+        if key is not None:
             mark(out, _MARK, key)
         return out
 
