@@ -204,6 +204,9 @@ class RoundingMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        kind, written = _CLASS_CACHE.get(func) or _classify(func)
+        if kind == "skip":  # views and copies are most ops: leave them first
+            return func(*args, **kwargs)
         in_backward = torch._C._current_autograd_node() is not None
         rounder = self.backward_rounder if in_backward else self.forward_rounder
         if rounder is None:
@@ -211,7 +214,6 @@ class RoundingMode(TorchDispatchMode):
         if self.accumulate_chunk is not None and func.overloadpacket in _CHUNKED_OPS:
             return self._mark(_chunked(func, args, kwargs, self.accumulate_chunk, rounder))
         out = func(*args, **kwargs)
-        kind, written = _classify(func)
         if kind == "functional":
             key = self.grid_key
             if key is not None and _keeps_grid(func, args) and all(
