@@ -2,6 +2,7 @@
 
     python benchmarks/bench_rounding.py                 # 2**24 float32 elements, CPU (+ GPU if available)
     python benchmarks/bench_rounding.py --log2n 28 --device cuda
+    python benchmarks/bench_rounding.py --threads 1       # when another job holds a core
 
 Each row times one call of ``quantize`` (or an anchor emulator) on the same tensor; GB/s counts one read and
 one write of the float32 data, as for clone(). Times are medians of ``--repeats`` runs after warm-up, and the
@@ -108,7 +109,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     ap.add_argument("--no-anchors", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))

@@ -33,13 +33,13 @@ from boundfinder.bounds.simulate import CURVE_FAMILIES, Scenario
 SEED_SD = 0.5  # sd of the log multiplier of a seed's drop: seeds ~1.6x apart at one sd
 
 
-def settings(quick):
-    ns = (300, 2000) if quick else (300, 2000, 10000)
-    for family in CURVE_FAMILIES:
+def settings(quick, families=CURVE_FAMILIES, ns=None, seeds=(1, 3, 5), seed_dist="lognormal", no_var=True):
+    ns = ns or ((300, 2000) if quick else (300, 2000, 10000))
+    for family in families:
         for n in ns:
-            for s in (1, 3, 5):
-                for sd in (0.0, SEED_SD):
-                    yield Scenario(family=family, n_items=n, n_seeds=s, seed_sd=sd)
+            for s in seeds:
+                for sd in (0.0, SEED_SD) if no_var else (SEED_SD,):
+                    yield Scenario(family=family, n_items=n, n_seeds=s, seed_sd=sd, seed_dist=seed_dist)
 
 
 def run_method(method, bits, correct, base, confidence):
@@ -62,14 +62,14 @@ def run_method(method, bits, correct, base, confidence):
     )
 
 
-def study(reps, slow_reps, methods, quick, seed, confidence, slow_ns=(2000,), out=sys.stdout):
+def study(reps, slow_reps, methods, quick, seed, confidence, slow_ns=(2000,), out=sys.stdout, **filters):
     header = (
         "| family | N | S | seed var | true | method | runs | unsafe | +1 | cover | undet | mean bits |\n"
         "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"
     )
     print(header, file=out, flush=True)
     rows = []
-    for k, sc in enumerate(settings(quick)):
+    for k, sc in enumerate(settings(quick, **filters)):
         truth = sc.true_bound()
         for method in methods:
             slow = method in ("bootstrap", "curve")
@@ -133,6 +133,11 @@ def main(argv=None):
         "--methods", default="auto,exact,pooled", help="comma list of auto,exact,pooled,bootstrap,curve"
     )
     ap.add_argument("--slow-ns", default="2000", help="comma list of N at which bootstrap/curve run")
+    ap.add_argument("--families", default=",".join(CURVE_FAMILIES), help="comma list of curve families")
+    ap.add_argument("--ns", default="", help="comma list of N (default 300,2000,10000; quick: 300,2000)")
+    ap.add_argument("--seeds", default="1,3,5", help="comma list of S")
+    ap.add_argument("--seed-dist", default="lognormal", choices=("lognormal", "normal"))
+    ap.add_argument("--only-var", action="store_true", help="skip the settings without seed variance")
     ap.add_argument("--seed", type=int, default=20261128)
     ap.add_argument("--confidence", type=float, default=0.95)
     args = ap.parse_args(argv)
@@ -144,12 +149,25 @@ def main(argv=None):
         f"# {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {platform.platform()}; "
         f"python {platform.python_version()}; {os.cpu_count()} CPUs; numpy {np.__version__}\n"
         f"# tolerance 0.01 absolute, confidence {args.confidence}, levels 4..16 bits, baseline accuracy 0.9, "
-        f"item correlation across seeds 0.5, seed variance = lognormal drop multiplier sd {SEED_SD}\n",
+        f"item correlation across seeds 0.5, seed variance = {args.seed_dist} drop multiplier sd {SEED_SD}\n",
         flush=True,
     )
     t0 = time.perf_counter()
     slow_ns = tuple(int(x) for x in args.slow_ns.split(",") if x.strip())
-    study(args.reps, args.slow_reps, methods, args.quick, args.seed, args.confidence, slow_ns)
+    study(
+        args.reps,
+        args.slow_reps,
+        methods,
+        args.quick,
+        args.seed,
+        args.confidence,
+        slow_ns,
+        families=tuple(f for f in args.families.split(",") if f),
+        ns=tuple(int(x) for x in args.ns.split(",") if x.strip()) or None,
+        seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()),
+        seed_dist=args.seed_dist,
+        no_var=not args.only_var,
+    )
     print(f"\n# total {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -83,6 +83,57 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    """``"0-4,8"`` -> [0, 1, 2, 3, 4, 8]."""
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part.strip()[1:]:
+            lo, hi = part.split("-", 1)
+            out += list(range(int(lo), int(hi) + 1))
+        elif part.strip():
+            out.append(int(part))
+    return out
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from boundfinder.data import DigitsDataModule
+    from boundfinder.models import MLP, LeNet, LogisticRegression
+    from boundfinder.search.sweep import precision_sweep
+
+    builders = {"mlp": lambda: MLP(hidden=(64,), lr=0.05, momentum=0.9),
+                "lenet": lambda: LeNet(lr=0.05, momentum=0.9),
+                "logreg": lambda: LogisticRegression(lr=0.05, momentum=0.9)}
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    result = precision_sweep(builders[args.model], dm, args.family, _int_list(args.bits), level=args.level,
+                             rounding=args.rounding, roles=[r for r in args.roles.split(",") if r],
+                             layers=args.layers, seeds=_int_list(args.seeds), epochs=args.epochs,
+                             train_under_emulation=args.train)
+    bound = result.bound(tolerance=args.tolerance, confidence=args.confidence)
+    print(f"model {args.model} on digits ({result.correct.shape[2]} test items, seeds {list(result.seeds)}), "
+          f"level {args.level}, roles {','.join(result.roles)}, rounding {args.rounding}")
+    print(f"full precision accuracy: {result.baseline_accuracy:.4f}\n")
+    print(f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}")
+    for b, name, acc in zip(result.bits, result.formats, result.accuracy, strict=True):
+        print(f"{b:>4}  {name:<14} {acc:8.4f} {result.baseline_accuracy - acc:8.4f}")
+    print()
+    print(bound.report())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"sweep": result.summary(), "bound": bound.summary()}, f, indent=2)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        bound.plot(ax)
+        ax.set_title(f"{args.model} on digits: {args.family}, {args.level} level")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="boundfinder", description="Emulate reduced precision in PyTorch models "
                                  "and estimate the minimum safe precision.")
@@ -96,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("values", nargs="+", type=float)
     p.add_argument("--rounding", default="nearest", choices=ROUNDING_MODES)
     p.set_defaults(func=_cmd_quantize)
+    p = sub.add_parser("sweep", help="train a model on the embedded digits data, sweep a format family's bit "
+                       "width, and estimate the minimum safe bits with a confidence interval")
+    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
+    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b}, "
+                   "float32's exponent with b fraction bits, as the 2017 study)")
+    p.add_argument("--bits", default="0-10", help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
+    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
+    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
+    p.add_argument("--roles", default="weight,bias,input,activation", help="tensor roles to round")
+    p.add_argument("--layers", default=None, help="module-name pattern to restrict the precision to")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--train", action="store_true", help="train under the precision instead of evaluating "
+                   "full-precision models under it")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--json", help="write the sweep and bound summary to this JSON file")
+    p.add_argument("--plot", help="write the accuracy-vs-bits plot to this PNG file")
+    p.set_defaults(func=_cmd_sweep)
     return ap
 
 

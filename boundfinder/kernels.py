@@ -42,21 +42,24 @@ def _wrap32(v: int) -> int:
     return v - (1 << 32) if v >= (1 << 31) else v
 
 
-def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
-    """30 uniform random bits per element from a counter-based hash of (seed, index).
-
-    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds), computed in wrapping int32
-    arithmetic, so the stream is identical on CPU and GPU, eager and compiled, and costs no memory pass
-    when fused into the rounding kernel.
-    """
-    idx = torch.arange(numel, device=device, dtype=torch.int32)
-    h = idx * _wrap32(0x9E3779B1) + seed
+def _lowbias32(h: torch.Tensor) -> torch.Tensor:
     h = h ^ _srl(h, 16)
     h = h * _wrap32(0x7FEB352D)
     h = h ^ _srl(h, 15)
     h = h * _wrap32(0x846CA68B)
-    h = h ^ _srl(h, 16)
-    return h & ((1 << RAND_BITS) - 1)
+    return h ^ _srl(h, 16)
+
+
+def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """30 uniform random bits per element from a counter-based hash of (seed, index).
+
+    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds) of the index xor a key hashed from the
+    seed, in wrapping int32 arithmetic: the stream is identical on CPU and GPU, eager and compiled, and costs
+    no memory pass when fused into the rounding kernel.
+    """
+    key = _lowbias32(seed * _wrap32(0x9E3779B1) + 0x632BE5AB)  # a 0-d tensor: hashed once, not per element
+    idx = torch.arange(numel, device=device, dtype=torch.int32)
+    return _lowbias32(idx ^ key) & ((1 << RAND_BITS) - 1)
 
 
 # -- float formats ----------------------------------------------------------------------------------------------
@@ -137,20 +140,20 @@ def round_float_words(
         up = (frac + rbits) >= (1 << RAND_BITS)
     r = torch.where(d_eff >= 24, torch.where(up, q_word, 0), r)
 
-    # -- overflow, infinities, NaN
-    isnan = a > EXP_INF
-    isinf = a == EXP_INF
-    toward_zero = torch.zeros_like(neg) if mode in (0, 4) else (
-        torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg))
-    over = (r > max_word) & ~isnan
-    if overflow == 0:
-        big = torch.where(toward_zero & ~isinf, max_word, EXP_INF)
-        r = torch.where(over & ~isinf, big, r)  # infinite inputs stay infinite
-    elif overflow == 1:
-        r = torch.where(over, torch.where(toward_zero & ~isinf, max_word, 0x7FC00000), r)
+    # -- overflow, infinities, NaN (NaN words compare above max_word too; they are put back last)
+    over = r > max_word
+    if overflow == 2:
+        r = torch.where(over, max_word, r)  # infinite inputs saturate too
     else:
-        r = torch.where(over, max_word, r)
-    r = torch.where(isnan, a, r)
+        big = EXP_INF if overflow == 0 else 0x7FC00000
+        if mode in (0, 4):
+            # an infinite input is "over" and becomes inf (IEEE formats) or NaN (fn formats): both right
+            r = torch.where(over, big, r)
+        else:
+            # directed rounding toward zero keeps a finite overflow at max_finite (IEEE 754)
+            toward_zero = torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg)
+            r = torch.where(over, torch.where(toward_zero & (a != EXP_INF), max_word, big), r)
+    r = torch.where(a > EXP_INF, a, r)
     return r | sign
 
 
@@ -185,9 +188,10 @@ def round_fixed(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode:
 def round_fixed_bits(x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> torch.Tensor:
     scale, inv, qmin, qmax = params[0], params[1], params[2], params[3]
     y = x * scale  # exact (power of two); overflow to inf saturates below
-    q = round_to_integer(torch.nan_to_num(y, nan=0.0, posinf=3e38, neginf=-3e38), rbits, mode)
-    q = torch.minimum(torch.maximum(q, qmin), qmax)
-    return torch.where(torch.isnan(x), x, q * inv)
+    # Saturate before rounding: qmin and qmax are integers, so every mode stays in range, and infinities too.
+    # (x != x tests NaN: a comparison vectorizes where isnan does not in compiled CPU code.)
+    q = round_to_integer(torch.minimum(torch.maximum(y, qmin), qmax), rbits, mode)
+    return torch.where(x != x, x, q * inv)
 
 
 # -- compilation ------------------------------------------------------------------------------------------------
@@ -238,9 +242,10 @@ def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     ``torch.fake_quantize_per_tensor_affine`` (the zero point is added after rounding, so it is exact)."""
     rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
     inv = 1.0 / scale
-    q = round_to_integer(torch.nan_to_num(x * inv, nan=0.0, posinf=3e38, neginf=-3e38), rbits, mode) + zero_point
-    q = torch.clamp(q, qmin, qmax)
-    return torch.where(torch.isnan(x), x, (q - zero_point) * scale)
+    # clamp(round(y) + zp, qmin, qmax) == round(clamp(y, qmin - zp, qmax - zp)) + zp: the bounds are integers
+    y = torch.minimum(torch.maximum(x * inv, qmin - zero_point), qmax - zero_point)
+    q = round_to_integer(y, rbits, mode) + zero_point
+    return torch.where(x != x, x, (q - zero_point) * scale)
 
 
 # -- block (MX) -------------------------------------------------------------------------------------------------
@@ -258,23 +263,28 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
     else:
         q = round_float_bits(scaled, params, rbits, mode, OVERFLOW["saturate"])
     out = q.view(blocks.shape) * scale
-    return torch.where(torch.isfinite(amax), out, float("nan"))
+    return torch.where(amax < float("inf"), out, float("nan"))  # an inf or NaN in the block: all NaN
 
 
 # -- dynamic fixed point ----------------------------------------------------------------------------------------
-def dynamic_frac_bits(x: torch.Tensor, word_bits: int, overflow_rate: float) -> torch.Tensor:
-    """Largest fraction length for which at most ``overflow_rate`` of the elements exceed the range, from a
-    histogram of binary exponents (exact, one pass). Returns a 0-d int64 tensor on x's device."""
-    a = x.abs()
-    finite = torch.isfinite(a) & (a > 0)
-    _, e = torch.frexp(torch.where(finite, a, 1.0))
-    g = torch.where(finite, e - 1, -200) + 200  # floor(log2|x|), shifted to be >= 0; zeros land in bin 0
-    counts = torch.bincount(g.reshape(-1), minlength=400)
-    counts[0] = 0
-    at_or_above = counts.flip(0).cumsum(0).flip(0)  # at_or_above[t + 200] = #{|x| >= 2**t}
-    allowed = math.floor(overflow_rate * x.numel())
-    ok = at_or_above <= allowed
-    # smallest t whose count is within the allowance; all-zero tensors give t = -200 -> clamped below
-    t = torch.argmax(ok.to(torch.int8)) - 200
-    frac = (word_bits - 1) - t
-    return torch.clamp(frac, min=-126, max=126)
+DFIXED_BINADES = 32  # binades below the largest element examined by the overflow-rate rule
+
+
+def dynamic_frac_bits(w: torch.Tensor, word_bits: int, allowed: int) -> torch.Tensor:
+    """Largest fraction length for which at most ``allowed`` elements exceed the range (float32 words ``w``).
+
+    The rule only needs how many elements have a binary exponent >= f for thresholds f near the top, so it
+    counts them for the ``DFIXED_BINADES`` exponents below the largest finite one (two fused passes). If even
+    the lowest threshold admits the allowance, that threshold is used: fewer fraction bits than the rule would
+    give, never more overflow. Returns a 0-d int32 tensor on the words' device.
+    """
+    expf = (w & ABS_MASK) >> 23
+    finite = expf < 255
+    e = torch.where(finite, expf, 0)
+    top = e.amax()
+    # one reduction per threshold (top + 1: nothing at or above, top, top - 1, ...), fused into one pass
+    counts = torch.stack([(e >= top + 1 - k).sum() for k in range(DFIXED_BINADES + 1)])
+    n_ok = (counts <= allowed).sum()  # counts grow as the threshold falls: the admissible ones come first
+    f = top + 2 - n_ok  # lowest admissible biased exponent: |x| >= 2**(f - 127) overflows
+    frac = (word_bits - 1) - (f - 127)
+    return torch.clamp(frac, min=-126, max=126).to(torch.int32)

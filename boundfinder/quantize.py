@@ -108,7 +108,9 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
     if isinstance(fmt, FixedPointFormat):
         return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,))
     if isinstance(fmt, DynamicFixedPointFormat):
-        frac = kernels.dynamic_frac_bits(x, fmt.word_bits, fmt.overflow_rate).to(torch.float32)
+        allowed = int(fmt.overflow_rate * x.numel())
+        frac = kernels.run(kernels.dynamic_frac_bits, x.view(torch.int32), (), (fmt.word_bits, allowed))
+        frac = frac.to(torch.float32)
         base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
                               torch.tensor(float(base.qmin), device=x.device),
@@ -218,7 +220,7 @@ def _binarize(x: torch.Tensor, fmt: BinaryFormat, mode: int, seed: torch.Tensor)
             shape = [1] * x.dim()
             shape[axis] = x.shape[axis]
             s = s * rows.abs().mean(dim=1).view(shape)
-    return torch.where(torch.isnan(x), x, s)
+    return torch.where(x != x, x, s)
 
 
 # -- block ----------------------------------------------------------------------------------------------------

@@ -99,3 +99,18 @@ def round_fixed(x: np.ndarray, fmt: FixedPointFormat, rounding: str, rbits: np.n
     res = k * 2.0**-f
     res = np.where(np.isnan(v), np.nan, res)
     return res.astype(np.float32)
+
+
+def dynamic_frac_bits(x: np.ndarray, word_bits: int, overflow_rate: float) -> int:
+    """The overflow-rate rule from a full histogram of binary exponents: the largest fraction length F such
+    that at most floor(rate * n) finite elements have |x| >= 2**(word_bits - 1 - F)."""
+    a = np.abs(np.asarray(x, dtype=np.float64))
+    a = a[np.isfinite(a) & (a > 0)]
+    allowed = int(overflow_rate * np.asarray(x).size)
+    if a.size == 0:
+        return 126
+    e = np.floor(np.log2(a)).astype(int)  # |x| >= 2**t  <=>  e >= t
+    for t in range(int(e.min()), int(e.max()) + 2):
+        if np.count_nonzero(e >= t) <= allowed:
+            return int(np.clip(word_bits - 1 - t, -126, 126))
+    raise AssertionError("unreachable: no element is >= 2**(max + 1)")

@@ -26,6 +26,20 @@ from boundfinder.emulation import emulate
 from boundfinder.policy import PrecisionPolicy
 
 
+def check_fits(model: nn.Module, policy: PrecisionPolicy, level: str, accumulate_chunk: int | None) -> None:
+    """Raise the PolicyError that applying ``policy`` at ``level`` would raise, without leaving anything behind.
+
+    Resolving the policy catches unknown patterns and conflicts; applying it also catches what only a level
+    rejects (the op level needs one format for every layer, a level may use none of the policy's roles).
+    Applying and removing at once is exact: ``Emulation.remove`` restores the model, and nothing is rounded
+    until a forward pass or an optimizer step.
+    """
+    kwargs: dict[str, Any] = {"level": level}
+    if level == "op" and accumulate_chunk is not None:
+        kwargs["accumulate_chunk"] = accumulate_chunk
+    emulate(model, policy, **kwargs).remove()
+
+
 class EmulationDriver:
     """Owns at most one emulation handle at a time, plus its op context and optimizer hooks."""
 

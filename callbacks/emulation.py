@@ -6,6 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
 from boundfinder.callbacks._common import (
     LEVELS,
     STAGES,
@@ -20,10 +23,7 @@ from boundfinder.callbacks._common import (
     spec_repr,
     trainer_stage,
 )
-from boundfinder.callbacks._driver import EmulationDriver
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
-
+from boundfinder.callbacks._driver import EmulationDriver, check_fits
 from boundfinder.policy import PrecisionPolicy
 
 __all__ = ["PrecisionEmulation"]
@@ -114,7 +114,7 @@ class PrecisionEmulation(Callback):
     # -- setup / teardown -----------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage in self.stages:
-            self.policy.resolve(pl_module)  # raises PolicyError naming the model's layers
+            check_fits(pl_module, self.policy, self.level, self.accumulate_chunk)  # PolicyError names the layers
 
     def _attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stage = trainer_stage(trainer)

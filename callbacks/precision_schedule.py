@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
 from boundfinder.callbacks._common import (
     LEVELS,
     STAGES,
@@ -20,10 +23,7 @@ from boundfinder.callbacks._common import (
     spec_repr,
     trainer_stage,
 )
-from boundfinder.callbacks._driver import EmulationDriver
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-
+from boundfinder.callbacks._driver import EmulationDriver, check_fits
 from boundfinder.errors import PolicyError
 from boundfinder.policy import PrecisionPolicy
 
@@ -152,8 +152,8 @@ class PrecisionSchedule(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage in self.stages:
             for policy in self.policies:
-                if policy is not None:
-                    policy.resolve(pl_module)  # every phase must fit the model, not only the first
+                if policy is not None:  # every phase must fit the model at this level, not only the first
+                    check_fits(pl_module, policy, self.level, self.accumulate_chunk)
 
     def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply the phase of the Trainer's current position if it is not the one applied."""

@@ -7,11 +7,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from boundfinder.callbacks._common import STAGES, check_rounding, check_stages, log, spec_repr, trainer_stage
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from boundfinder.callbacks._common import STAGES, check_rounding, check_stages, log, spec_repr, trainer_stage
 from boundfinder.errors import PolicyError
 from boundfinder.formats import BinaryFormat, Format, IntFormat, parse_format
 from boundfinder.policy import PrecisionPolicy, Rule

@@ -84,14 +84,24 @@ def test_fixed_point_stochastic_matches_reference_given_bits():
 def test_dynamic_fixed_point_follows_the_overflow_rate():
     x = torch.randn(100_000) * 3.0
     fmt = parse_format("dfixed8")  # overflow_rate 1e-4: at most 10 of 100000 elements may saturate
-    frac = int(K.dynamic_frac_bits(x, 8, 1e-4))
+    frac = reference.dynamic_frac_bits(x.numpy(), 8, 1e-4)
     y = quantize(x, fmt)
     assert bits_equal(y, quantize(x, FixedPointFormat(word_bits=8, frac_bits=frac)))
     limit = 2.0 ** (7 - frac)
     assert (x.abs() >= limit).sum() <= 10  # the rule holds ...
     assert (x.abs() >= limit / 2).sum() > 10  # ... and one more fraction bit would break it
     # scale follows the tensor: ten times larger data, about log2(10) fewer fraction bits
-    assert int(K.dynamic_frac_bits(x * 10, 8, 1e-4)) in (frac - 4, frac - 3)
+    assert reference.dynamic_frac_bits(x.numpy() * 10, 8, 1e-4) in (frac - 4, frac - 3)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1e-4, 0.01, 0.3])
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_dynamic_fixed_point_fraction_bits_match_the_histogram_reference(rate, scale):
+    g = torch.Generator().manual_seed(int(rate * 1e4))
+    x = torch.randn(50_000, generator=g) * torch.exp2(torch.randint(-8, 8, (50_000,), generator=g).float()) * scale
+    x[:3] = torch.tensor([0.0, float("inf"), float("nan")])
+    fast = int(K.dynamic_frac_bits(x.view(torch.int32), 8, int(rate * x.numel())))
+    assert fast == reference.dynamic_frac_bits(x.numpy(), 8, rate)
 
 
 @pytest.mark.parametrize("name", ["int8", "uint8", "int8_sym", "uint8_sym", "int4", "uint4"])

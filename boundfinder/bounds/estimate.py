@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,9 +240,9 @@ def _validate(bits, correct, baseline, tolerance, relative, confidence, method):
             )
     else:
         raise StatisticsError(f"baseline must have shape (N,) or (S, N), got {baseline.shape}")
-    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and 0.0 < tolerance < 1.0):
+    if not (isinstance(tolerance, numbers.Real) and math.isfinite(tolerance) and 0.0 < tolerance < 1.0):
         raise StatisticsError(f"tolerance must satisfy 0 < tolerance < 1, got {tolerance!r}")
-    if not (isinstance(confidence, int | float) and 0.5 <= confidence < 1.0):
+    if not (isinstance(confidence, numbers.Real) and 0.5 <= confidence < 1.0):
         raise StatisticsError(f"confidence must satisfy 0.5 <= confidence < 1, got {confidence!r}")
     if not isinstance(relative, bool | np.bool_):
         raise StatisticsError(f"relative must be a bool, got {relative!r}")

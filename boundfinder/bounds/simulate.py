@@ -6,7 +6,8 @@ item wrong with probability ``f_s(b)`` and a wrong item right with probability `
 ``U[s, i]`` shared by all levels, so errors are nested as bits fall (as they are in real networks). Items are
 correlated across seeds: ``U`` and the baseline draw are Gaussian copulas with a shared item component
 (``item_rho``), so fragile items are fragile for every seed. Between-seed variance multiplies seed ``s``'s
-drop by ``m_s = exp(sigma z - sigma^2 / 2)`` (mean 1). The true drop at ``b`` is the mean over seeds.
+drop by ``m_s = exp(sigma z - sigma^2 / 2)`` (lognormal, mean 1, right-skewed) or ``max(0, 1 + sigma z)``
+(``seed_dist="normal"``, symmetric). The true drop at ``b`` is the mean over seeds.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Scenario:
     n_items: int
     n_seeds: int = 1
     seed_sd: float = 0.0
+    seed_dist: str = "lognormal"
     item_rho: float = 0.5
     baseline_accuracy: float = 0.9
     bits: tuple = tuple(range(4, 17))
@@ -63,10 +65,18 @@ class Scenario:
             raise StatisticsError(
                 f"n_items >= 2 and n_seeds >= 1 must hold, got {self.n_items=}, {self.n_seeds=}"
             )
+        if self.seed_dist not in ("lognormal", "normal"):
+            raise StatisticsError(f"seed_dist must be 'lognormal' or 'normal', got {self.seed_dist!r}")
         if not (0.0 <= self.item_rho < 1.0 and self.seed_sd >= 0.0):
             raise StatisticsError(
                 f"0 <= item_rho < 1 and seed_sd >= 0 must hold, got {self.item_rho=}, {self.seed_sd=}"
             )
+
+    def _multiplier(self, z):
+        """Seed drop multiplier from standard normal ``z``: mean 1, sd about ``seed_sd``."""
+        if self.seed_dist == "lognormal":  # right-skewed: a few seeds much more sensitive
+            return np.exp(self.seed_sd * z - self.seed_sd**2 / 2.0)
+        return np.maximum(1.0 + self.seed_sd * z, 0.0)  # symmetric (clipped at 0 beyond 1/sd sds)
 
     def _rates(self):
         a0 = self.baseline_accuracy
@@ -82,7 +92,7 @@ class Scenario:
         if self.seed_sd == 0.0:
             return np.minimum(d + p01, a0) - p01
         x, w = np.polynomial.hermite_e.hermegauss(80)
-        m = np.exp(self.seed_sd * x - self.seed_sd**2 / 2.0)
+        m = self._multiplier(x)
         p10 = np.minimum(m[:, None] * d[None, :] + p01[None, :], a0)
         return (w[:, None] * p10).sum(axis=0) / w.sum() - p01
 
@@ -100,7 +110,7 @@ class Scenario:
         """(bits, correct (L, S, N) bool, baseline (S, N) bool) for one repetition."""
         a0, d, p01 = self._rates()
         s, n = self.n_seeds, self.n_items
-        m = np.exp(self.seed_sd * rng.standard_normal(s) - self.seed_sd**2 / 2.0)
+        m = self._multiplier(rng.standard_normal(s))
         f = np.minimum((m[:, None] * d[None, :] + p01[None, :]) / a0, 1.0)  # (S, L) right -> wrong
         g = p01 / (1.0 - a0)  # (L,) wrong -> right
         r = math.sqrt(self.item_rho)

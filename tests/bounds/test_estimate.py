@@ -117,6 +117,14 @@ def test_top_level_failing_gives_no_bound_even_if_lower_levels_pass():
     assert est.status == "above_range" and est.bits is None
 
 
+def test_numpy_scalars_and_lists_are_accepted():
+    correct, base = make([0.2, 0.0, 0.0], n=3000)
+    tol32, conf64 = np.float32(0.01), np.float64(0.95)
+    a = estimate_bound(np.array([4, 8, 12]), correct.tolist(), base, tolerance=tol32, fit_curve=False)
+    b = estimate_bound([4, 8, 12], correct, base, tolerance=0.01, confidence=conf64, fit_curve=False)
+    assert a.bits == b.bits == 8
+
+
 def test_level_order_does_not_matter():
     drops = [0.4, 0.2, 0.1, 0.05, 0.02, 0.005, 0.0, 0.0, 0.0]
     correct, base = make(drops, n=3000)

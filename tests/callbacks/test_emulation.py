@@ -7,13 +7,13 @@ import warnings
 
 import pytest
 import torch
-from boundfinder.callbacks import PrecisionEmulation
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos import LightningTransformer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from boundfinder.callbacks import PrecisionEmulation
 from boundfinder.errors import PolicyError
 from boundfinder.models import LeNet, LogisticRegression
 from boundfinder.policy import PrecisionPolicy, Rule, layer_modules

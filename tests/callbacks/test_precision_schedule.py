@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from boundfinder.callbacks import PrecisionSchedule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from boundfinder.callbacks import PrecisionSchedule
 from boundfinder.errors import PolicyError
 from boundfinder.models import LogisticRegression
 from tests.callbacks.helpers import CrashAt, SpyLogger, digits, no_hooks_left, on_grid, trainer
@@ -144,6 +144,17 @@ def test_a_phase_that_does_not_fit_the_model_fails_in_setup():
     with pytest.raises(PolicyError, match="classifier"):
         trainer(max_steps=1, callbacks=[cb]).fit(model, digits())
     assert no_hooks_left(model)
+
+
+def test_a_phase_the_level_cannot_run_fails_before_training():
+    # The op level rounds every op with one format: a later phase with per-layer formats is rejected in setup,
+    # not at its switch point mid-run.
+    model = LogisticRegression()
+    init = model.classifier.weight.detach().clone()
+    cb = PrecisionSchedule({0: "bf16", 50: {"classifier": "e5m2", "features": "e4m3fn"}}, level="op")
+    with pytest.raises(PolicyError, match="level 'op'"):
+        trainer(max_steps=60, callbacks=[cb]).fit(model, digits())
+    assert torch.equal(init, model.classifier.weight) and no_hooks_left(model)
 
 
 # -- crash and resume -----------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import warnings
 
 import pytest
 import torch
-from boundfinder.callbacks import QuantizationAware
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos import LightningTransformer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch.ao.quantization import MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
+from boundfinder.callbacks import QuantizationAware
 from boundfinder.errors import FormatError, PolicyError
 from boundfinder.models import MLP, LeNet, LogisticRegression
 from tests.callbacks.helpers import CrashAt, digits, no_hooks_left, token_loader, trainer

@@ -1,0 +1,195 @@
+"""Sensitivity sweep: accuracy of a model at each bit width of a format family, measured per test item.
+
+A sweep trains one full-precision model per seed (or, with ``train_under_emulation=True``, one model per seed
+and bit width, trained under the precision), then records which test items each configuration classifies
+correctly next to which items the full-precision model of the same seed gets right: the paired measurements
+``boundfinder.bounds.estimate_bound`` turns into a minimum safe precision with a confidence statement.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from boundfinder.bounds import BoundEstimate, estimate_bound
+from boundfinder.emulation import emulate
+from boundfinder.errors import BoundfinderError
+from boundfinder.formats import parse_format
+from boundfinder.policy import ROLES, PrecisionPolicy
+
+__all__ = ["SweepResult", "expand_family", "precision_sweep"]
+
+INFERENCE_ROLES = ("weight", "bias", "input", "activation")
+
+
+def expand_family(family: str, bits: Iterable[int]) -> list[str]:
+    """Format names of a family for each bit width: ``"e8m{b}"`` with bits 1..3 -> e8m1, e8m2, e8m3.
+
+    ``{b}`` may appear in arithmetic forms too: ``"fixed{b}.{b-4}"``. Every name is parsed, so a width the
+    family cannot have fails here with the format's own message.
+
+    >>> expand_family("fixed{b}.{b-4}", [8, 12])
+    ['fixed8.4', 'fixed12.8']
+    """
+    if "{b" not in family:
+        raise BoundfinderError(f"a format family needs a '{{b}}' placeholder for the bit width (e.g. 'e5m{{b}}', "
+                               f"'int{{b}}', 'fixed{{b}}.{{b-4}}'), but got {family!r}.")
+    names = []
+    for b in bits:
+        def repl(m: re.Match, b=b) -> str:
+            expr = m.group(1)
+            offset = int(expr[1:].replace(" ", "")) if len(expr) > 1 else 0
+            return str(b + offset)
+
+        name = re.sub(r"\{(b(?:\s*[+-]\s*\d+)?)\}", repl, family)
+        parse_format(name)
+        names.append(name)
+    return names
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepResult:
+    """Paired per-item measurements of one sweep.
+
+    ``correct[l, s, i]``: item ``i`` right at bit level ``bits[l]`` with seed ``seeds[s]``;
+    ``baseline[s, i]``: right at full precision with the same seed.
+    """
+
+    family: str
+    bits: tuple[int, ...]
+    formats: tuple[str, ...]
+    level: str
+    roles: tuple[str, ...]
+    seeds: tuple[int, ...]
+    correct: np.ndarray
+    baseline: np.ndarray
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """Accuracy per level, averaged over seeds and items."""
+        return self.correct.mean(axis=(1, 2))
+
+    @property
+    def baseline_accuracy(self) -> float:
+        return float(self.baseline.mean())
+
+    def bound(self, *, tolerance: float = 0.01, confidence: float = 0.95, relative: bool = False,
+              method: str = "auto") -> BoundEstimate:
+        """The minimum safe bits of this family (see ``boundfinder.bounds.estimate_bound``)."""
+        correct = self.correct if len(self.seeds) > 1 else self.correct[:, 0, :]
+        baseline = self.baseline if len(self.seeds) > 1 else self.baseline[0]
+        return estimate_bound(np.asarray(self.bits), correct, baseline, tolerance=tolerance,
+                              confidence=confidence, relative=relative, method=method)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description (no per-item arrays)."""
+        return {"family": self.family, "bits": list(self.bits), "formats": list(self.formats), "level": self.level,
+                "roles": list(self.roles), "seeds": list(self.seeds), "items": int(self.correct.shape[2]),
+                "accuracy": [float(a) for a in self.accuracy], "baseline_accuracy": self.baseline_accuracy}
+
+
+def _predict(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    preds, targets = [], []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for x, y in loader:
+            preds.append(model(x.to(device)).argmax(dim=1).cpu())
+            targets.append(y)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = ()) -> None:
+    import logging
+
+    import lightning.pytorch as pl
+
+    pl.seed_everything(seed, verbose=False)
+    # Lightning's per-fit banners (accelerator, tips) would repeat once per model of the sweep.
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.WARNING)
+    try:
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=list(callbacks), deterministic=True)
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
+
+
+def precision_sweep(
+    build_model: Callable[[], torch.nn.Module],
+    datamodule,
+    family: str,
+    bits: Iterable[int],
+    *,
+    level: str = "layer",
+    rounding: str = "nearest",
+    roles: Iterable[str] = INFERENCE_ROLES,
+    layers: str | None = None,
+    seeds: Iterable[int] = (0,),
+    epochs: int = 20,
+    train_under_emulation: bool = False,
+) -> SweepResult:
+    """Measure, per test item, which items each bit width of ``family`` classifies correctly.
+
+    ``build_model()`` returns a fresh LightningModule; ``datamodule`` gives train/val/test loaders with a fixed
+    test order. ``layers`` restricts the precision to modules matching a name pattern (e.g. ``"features.*"``);
+    ``roles`` picks the tensor roles (weights, activations, ...). With ``train_under_emulation`` each model is
+    trained under the precision (the Lightning ``PrecisionEmulation`` callback), otherwise the full-precision
+    model of each seed is evaluated under it.
+    """
+    bits = [int(b) for b in bits]
+    if len(set(bits)) != len(bits) or len(bits) < 2:
+        raise BoundfinderError(f"a sweep needs at least 2 distinct bit widths, but got bits={bits}.")
+    roles = tuple(roles)
+    for r in roles:
+        if r not in ROLES:
+            raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
+    seeds = tuple(int(s) for s in seeds)
+    names = expand_family(family, bits)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    correct = np.zeros((len(bits), len(seeds), len(datamodule.test_items)), dtype=bool)
+    baseline = np.zeros((len(seeds), correct.shape[2]), dtype=bool)
+    for s, seed in enumerate(seeds):
+        model = build_model()
+        _train(model, datamodule, epochs=epochs, seed=seed)
+        pred, target = _predict(model, datamodule.test_dataloader())
+        baseline[s] = (pred == target).numpy()
+        for level_idx, name in enumerate(names):
+            spec = name if layers is None else {layers: name}
+            policy = PrecisionPolicy.from_spec(spec, rounding=rounding, roles=roles)
+            if train_under_emulation:
+                from boundfinder.callbacks import PrecisionEmulation
+
+                trained = build_model()
+                _train(trained, datamodule, epochs=epochs, seed=seed,
+                       callbacks=[PrecisionEmulation(policy, level=level, rounding=rounding)])
+            else:
+                trained = model
+            pred, target = _predict_under(trained, policy, level, datamodule.test_dataloader())
+            correct[level_idx, s] = (pred == target).numpy()
+    return SweepResult(family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=roles,
+                       seeds=seeds, correct=correct, baseline=baseline)
+
+
+def _predict_under(model: torch.nn.Module, policy: PrecisionPolicy, level: str, loader):
+    if level == "batch":
+        # parameter-server precision: the parameters themselves are rounded, on a copy of the model
+        model = copy.deepcopy(model)
+        emulation = emulate(model, policy, level="batch")
+        emulation.round_parameters_now()
+        emulation.remove()
+        return _predict(model, loader)
+    with emulate(model, policy, level=level):
+        return _predict(model, loader)
