@@ -28,7 +28,7 @@ import torch
 from boundfinder.formats import FloatFormat, Format, parse_format
 from boundfinder.quantize import quantize
 
-__all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "make_rounder"]
+__all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "is_marked", "make_rounder", "mark"]
 
 Rounder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,27 +84,41 @@ def _e8_word_rounder(man_bits: int, rounding: str) -> Rounder:
     return round_word
 
 
-def _fn_float_rounder(fmt: FloatFormat) -> Rounder:
-    """Round to nearest for formats without infinities whose overflow is NaN (e4m3fn), in float arithmetic."""
+def _fn_float_rounder(fmt: FloatFormat, *, sync_free: bool | None = None) -> Rounder:
+    """Round to nearest for formats without infinities whose overflow is NaN (e4m3fn), in float arithmetic.
+
+    ``sync_free``: None picks by device (CPU: a reduction and a host check; elsewhere: no synchronisation);
+    tests force each variant.
+    """
     min_normal_word = int(torch.tensor(fmt.min_normal, dtype=torch.float32).view(torch.int32))
     shift = fmt.man_bits << 23
     max_finite = fmt.max_finite
     c = math.ldexp(1.0, fmt.emax - fmt.man_bits - 1)  # half an ulp at the top binade
     sqrt_c = math.sqrt(c)
+    q_top = math.ldexp(1.0, fmt.emax - fmt.man_bits)  # the quantum of the top binade
 
     def round_float(x: torch.Tensor) -> torch.Tensor:
         # quantum = 2**(exponent of x, at least emin) * 2**-man_bits, built as a float32 word; x / quantum is
-        # exact (power of two), round_ rounds half to even, and the product is exact again. Infinite inputs
-        # give inf / inf = NaN, which is the format's overflow value. Two temporaries, updated in place.
+        # exact (power of two), round_ rounds half to even, and the product is exact again. Infinite inputs stay
+        # infinite here and become NaN (the format's overflow value) below. Two temporaries, updated in place.
         qw = x.view(torch.int32) & 0x7F800000
         q = qw.clamp_(min=min_normal_word).sub_(shift).view(torch.float32)
+        if (x.is_cpu if sync_free is None else not sync_free):
+            # On CPU one reduction of the quanta (never NaN: a NaN or inf input gives a finite 2**(128 - M))
+            # tells whether any element reaches the top binade, where overflow is possible; only then is a mask
+            # built, since comparisons producing bool tensors cost several float ops each there.
+            top = bool(q.amax() >= q_top)
+            y = torch.div(x, q).round_().mul_(q)
+            if top:
+                y.masked_fill_(torch.abs(y, out=q) > max_finite, float("nan"))
+            return y
         y = torch.div(x, q).round_().mul_(q)
-        # Overflow to NaN without a bool tensor (masks cost several float ops each on CPU): with
-        # t = min(max - |y|, 0), which is 0 in range and at most -ulp beyond, sqrt(t + c) - sqrt(c) is exactly 0 in
-        # range and NaN beyond (c = ulp / 2; sqrt of 0 is avoided, it takes a slow path); y - 0 keeps zero signs.
-        torch.abs(y, out=q)
-        q.neg_().add_(max_finite).clamp_(max=0.0).add_(c).sqrt_().sub_(sqrt_c)
-        return y.sub_(q)
+        a = torch.abs(y, out=q)
+        # Elsewhere, no host synchronisation: with t = min(max - |y|, 0), which is 0 in range and at most -ulp
+        # beyond, sqrt(t + c) - sqrt(c) is exactly 0 in range and NaN beyond (c = ulp / 2); y - 0 keeps the sign
+        # of zeros.
+        a.neg_().add_(max_finite).clamp_(max=0.0).add_(c).sqrt_().sub_(sqrt_c)
+        return y.sub_(a)
 
     return round_float
 
@@ -164,6 +178,13 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         return slow(x)
 
     rounder.elementwise = True  # type: ignore[attr-defined]  # every fast path is element-wise
+    if rounding == "nearest" and fmt in _CASTS:
+        dtype = _CASTS[fmt]
+
+        def in_place(t: torch.Tensor) -> None:
+            t.copy_(t.to(dtype))  # copy_ converts back to t's dtype: two passes, no temporary of t's size
+
+        rounder.in_place = in_place  # type: ignore[attr-defined]
     return rounder
 
 
@@ -181,3 +202,19 @@ def _own(y: torch.Tensor) -> torch.Tensor:
     if y._base is None:
         return y
     return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.size(), y.stride())
+
+
+# -- marks: "this tensor is already rounded to this grid" ------------------------------------------------------
+# A mark is (key, version counter) kept in a Python attribute of the tensor; an in-place change bumps the version
+# and voids it. Inference tensors (torch.inference_mode) have no version counter: they are never marked, so
+# their roundings are never skipped.
+
+
+def mark(t: torch.Tensor, name: str, key: object) -> None:
+    if not t.is_inference():
+        setattr(t, name, (key, t._version))
+
+
+def is_marked(t: torch.Tensor, name: str, key: object) -> bool:
+    m = getattr(t, name, None)
+    return m is not None and m[0] == key and not t.is_inference() and m[1] == t._version

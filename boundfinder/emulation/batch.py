@@ -106,7 +106,10 @@ def _round_in_place(items: list[tuple[torch.Tensor, Rounder]]) -> None:
     groups: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
     rounders: dict[int, Rounder] = {}
     for tensor, r in items:
-        if getattr(r, "elementwise", False) and tensor.dtype == torch.float32:
+        in_place = getattr(r, "in_place", None)
+        if in_place is not None and tensor.dtype == torch.float32:
+            in_place(tensor)  # a cast and back: cheaper per tensor than concatenating
+        elif getattr(r, "elementwise", False) and tensor.dtype == torch.float32:
             groups.setdefault((id(r), tensor.device), []).append(tensor)
             rounders[id(r)] = r
         else:

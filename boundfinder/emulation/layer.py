@@ -37,7 +37,7 @@ from boundfinder.formats import BinaryFormat, Format
 from boundfinder.policy import parameter_role
 from boundfinder.quantize import quantize_ste
 
-from ._round import Rounder, is_elementwise_idempotent, is_identity, make_rounder
+from ._round import Rounder, is_elementwise_idempotent, is_identity, is_marked, make_rounder, mark
 
 __all__ = ["LayerEmulator"]
 
@@ -166,9 +166,8 @@ class _Side:
             return x
         key = self.key
         fwd = self.fwd
-        # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter.
-        if (fwd is not None and key is not None and not x.is_inference()
-                and getattr(x, _MARK, None) == (key, x._version)):
+        # (inference tensors, e.g. under Lightning's validate/predict, are never marked: see _round.mark)
+        if fwd is not None and key is not None and is_marked(x, _MARK, key):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
         grad = x.requires_grad and torch.is_grad_enabled()
         if fwd is not None:
@@ -181,8 +180,8 @@ class _Side:
             out = x
         else:
             out = _Boundary.apply(x, None, self.bwd)
-        if key is not None and not out.is_inference():
-            setattr(out, _MARK, (key, out._version))
+        if key is not None:
+            mark(out, _MARK, key)
         return out
 
 
@@ -214,10 +213,10 @@ def _mark_backward(rounder: Rounder, key: Any) -> Rounder:
         return rounder
 
     def round_grad(g: torch.Tensor) -> torch.Tensor:
-        if getattr(g, _MARK, None) == (key, g._version):
+        if is_marked(g, _MARK, key):
             return g
         out = rounder(g)
-        setattr(out, _MARK, (key, out._version))
+        mark(out, _MARK, key)
         return out
 
     return round_grad
@@ -391,7 +390,7 @@ def _output_hook(outputs: _Side, grad_key: Any = None):
     def mark_grads(grad_inputs: tuple, grad_outputs: tuple) -> None:
         for g in grad_inputs:
             if g is not None:
-                setattr(g, _MARK, (grad_key, g._version))
+                mark(g, _MARK, grad_key)
 
     def hook(module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, torch.Tensor):

@@ -41,7 +41,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from boundfinder.errors import PolicyError
 from boundfinder.formats import Format
 
-from ._round import Rounder, is_elementwise_idempotent, is_identity, make_rounder
+from ._round import Rounder, is_elementwise_idempotent, is_identity, is_marked, make_rounder, mark
 from .layer import LayerEmulator
 
 __all__ = ["OpEmulator", "RoundingMode", "chunked_matmul"]
@@ -204,6 +204,9 @@ class RoundingMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        kind, written = _CLASS_CACHE.get(func) or _classify(func)
+        if kind == "skip":  # views and copies are most ops: leave them first
+            return func(*args, **kwargs)
         in_backward = torch._C._current_autograd_node() is not None
         rounder = self.backward_rounder if in_backward else self.forward_rounder
         if rounder is None:
@@ -211,11 +214,10 @@ class RoundingMode(TorchDispatchMode):
         if self.accumulate_chunk is not None and func.overloadpacket in _CHUNKED_OPS:
             return self._mark(_chunked(func, args, kwargs, self.accumulate_chunk, rounder))
         out = func(*args, **kwargs)
-        kind, written = _classify(func)
         if kind == "functional":
             key = self.grid_key
             if key is not None and _keeps_grid(func, args) and all(
-                _marked(t, key) for t in tree_flatten(args)[0] if _roundable(t)
+                is_marked(t, _MARK, key) for t in tree_flatten(args)[0] if _roundable(t)
             ):
                 return self._mark(out)
             if isinstance(out, torch.Tensor):
@@ -233,15 +235,9 @@ class RoundingMode(TorchDispatchMode):
         key = self.grid_key
         if key is not None:
             for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
-                # Inference tensors (Lightning evaluates under torch.inference_mode) have no version counter,
-                # so an in-place change could not void a mark: they are never marked, and always rounded.
-                if _roundable(t) and not t.is_inference():
-                    setattr(t, _MARK, (key, t._version))
+                if _roundable(t):
+                    mark(t, _MARK, key)
         return out
-
-
-def _marked(t: torch.Tensor, key: Any) -> bool:
-    return not t.is_inference() and getattr(t, _MARK, None) == (key, t._version)
 
 
 _MARK = "_boundfinder_op_rounded"

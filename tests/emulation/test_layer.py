@@ -243,3 +243,24 @@ def test_rounded_weights_follow_parameter_updates(zoo):
             assert torch.equal(model(x), expected())
     assert model[1].bias.grad is not None
     em.remove()
+
+
+def test_grad_input_rounds_this_layers_contribution_only():
+    """With a residual connection, grad_input is the gradient leaving the layer, before it is summed with the
+    skip path's gradient (a hook on the input tensor would round the sum instead)."""
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) + x
+
+    model = Residual()
+    x = torch.randn(1, 4, requires_grad=True)
+    with emulate(model, {"fc": {"grad_input": "e5m2"}}, level="layer"):
+        model(x).sum().backward()
+    through_fc = model.fc.weight.detach().sum(0, keepdim=True)
+    assert torch.equal(x.grad, quantize(through_fc, "e5m2") + 1.0)
+    assert not torch.equal(x.grad, quantize(through_fc + 1.0, "e5m2"))

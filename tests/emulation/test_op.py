@@ -224,3 +224,17 @@ def test_weights_rounded_as_used_even_when_only_submodules_run(zoo):
     assert on_grid(out, "e5m10")
     em.remove()
     assert type(model[1].weight) is nn.Parameter
+
+
+@pytest.mark.parametrize("level", ["op", "layer"])
+def test_inference_mode(level, batch, zoo):
+    """Inference tensors have no version counter: nothing is marked, everything is still rounded."""
+    model = zoo.lenet()
+    x, _ = batch
+    em = emulate(model, "e4m3fn", level=level)
+    with torch.inference_mode():
+        out = model(x)
+        again = model(x)
+    assert torch.equal(out, again) and on_grid(out, "e4m3fn")
+    F.cross_entropy(model(x), batch[1]).backward()  # training after inference works
+    em.remove()

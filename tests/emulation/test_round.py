@@ -40,3 +40,23 @@ def test_fast_rounder_matches_quantize(fmt, rounding):
 def test_non_float32_tensors_go_through_quantize():
     x = torch.randn(100).to(torch.bfloat16)
     assert torch.equal(make_rounder("e4m3fn")(x), quantize(x, "e4m3fn"))
+
+
+@pytest.mark.parametrize("fmt", ["e5m10", "bf16", "e5m2"])
+def test_in_place_cast_matches_quantize(fmt):
+    x = _inputs()
+    t = x.clone()
+    make_rounder(fmt).in_place(t)
+    expected = quantize(x, fmt)
+    assert bool(((t.view(torch.int32) == expected.view(torch.int32)) | (t.isnan() & expected.isnan())).all())
+
+
+@pytest.mark.parametrize("sync_free", [True, False])
+def test_both_overflow_variants_of_the_fn_rounder(sync_free):
+    from boundfinder import parse_format
+    from boundfinder.emulation._round import _fn_float_rounder
+
+    x = _inputs()
+    got = _fn_float_rounder(parse_format("e4m3fn"), sync_free=sync_free)(x)
+    expected = quantize(x, "e4m3fn")
+    assert bool(((got.view(torch.int32) == expected.view(torch.int32)) | (got.isnan() & expected.isnan())).all())
