@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os as _os
 
+from boundfinder.emulation import Emulation, emulate
 from boundfinder.errors import BoundfinderError, FormatError, PolicyError, StatisticsError
 from boundfinder.formats import (
     ROUNDING_MODES,
@@ -17,6 +18,7 @@ from boundfinder.formats import (
     format_names,
     parse_format,
 )
+from boundfinder.policy import ROLES, PrecisionPolicy, Rule
 from boundfinder.quantize import affine_qparams, fake_quantize_affine, quantize, quantize_ste
 
 # In a source checkout the sub-packages callbacks/, search/ and reports/ sit beside this folder (pyproject maps
@@ -31,20 +33,25 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
 __version__ = "0.1.0"
 
 __all__ = [
+    "ROLES",
     "ROUNDING_MODES",
     "BinaryFormat",
     "BlockFormat",
     "BoundfinderError",
     "DynamicFixedPointFormat",
+    "Emulation",
     "FixedPointFormat",
     "FloatFormat",
     "Format",
     "FormatError",
     "IntFormat",
     "PolicyError",
+    "PrecisionPolicy",
+    "Rule",
     "StatisticsError",
     "__version__",
     "affine_qparams",
+    "emulate",
     "fake_quantize_affine",
     "format_names",
     "parse_format",
