@@ -108,11 +108,11 @@ def round_float_words(
     d_eff = torch.where(below, sub_d + (emin32 - e1), d)
     dc = torch.clamp(d_eff, max=23)
     mask = (one << dc) - 1
+    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)  # the 24-bit significand, hidden bit included
     if mode == 0:
-        # Ties to even. The kept part's last bit is bit dc of the word, except for one quantum below the
-        # smallest normal (dc == 23 there), where bit 23 is the exponent's and the count of quanta is 1: odd.
-        lsb = ((a >> dc) & 1) | (below & (dc == 23) & (expf > 0)).to(torch.int32)
-        inc = (mask >> 1) + lsb
+        # Ties to even: the kept part's last bit. Below the smallest normal it is bit dc of the significand
+        # (for dc == 23 that is the hidden bit, where the word holds the exponent's last bit instead).
+        inc = (mask >> 1) + ((torch.where(below, sig, a) >> dc) & 1)
     elif mode == 1:
         inc = torch.zeros_like(a)
     elif mode == 2:
@@ -123,8 +123,7 @@ def round_float_words(
         inc = rbits >> (RAND_BITS - dc)
     r = (a + inc) & ~mask
 
-    # Under one quantum: |x| / q = sig / 2**d_eff < 1 with sig the 24-bit significand.
-    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)
+    # Under one quantum: |x| / q = sig / 2**d_eff < 1.
     if mode == 0:
         up = (d_eff == 24) & (sig > 0x800000)  # more than half a quantum; exactly half is a tie to even (0)
     elif mode == 1:
