@@ -5,8 +5,8 @@
     python benchmarks/bench_rounding.py --threads 1       # when another job holds a core
 
 Each row times one call of ``quantize`` (or an anchor emulator) on the same tensor; GB/s counts one read and
-one write of the float32 data, as for clone(). Times are medians of ``--repeats`` runs after warm-up, and the
-clone() reference is re-measured between rows so that a noisy neighbour moves both sides of a ratio alike.
+one write of the float32 data, as for clone(). Each row times the case and clone() alternately, ``--repeats``
+times each after warm-up, and divides the medians, so that a noisy neighbour moves both sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -41,17 +41,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+def paired_times(fn: Callable[[], object], ref: Callable[[], object], device: torch.device,
+                 repeats: int) -> tuple[float, float]:
+    """Median times of ``fn`` and ``ref`` measured alternately, so that drift in the machine's load moves both."""
     for _ in range(2):
         fn()
-    times = []
+        ref()
+    t_fn, t_ref = [], []
     for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for f, out in ((ref, t_ref), (fn, t_fn)):
+            _sync(device)
+            t = time.perf_counter()
+            f()
+            _sync(device)
+            out.append(time.perf_counter() - t)
+    return statistics.median(t_fn), statistics.median(t_ref)
 
 
 def anchors(x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:
@@ -84,9 +88,6 @@ def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> l
     nbytes = 2 * x.numel() * x.element_size()
     rows = []
 
-    def clone_time() -> float:
-        return median_time(lambda: x.clone(), device, repeats)
-
     cases: list[tuple[str, Callable[[], object]]] = []
     for label, fmt, modes in ROWS:
         for mode in modes:
@@ -94,12 +95,13 @@ def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> l
             cases.append((f"{label} {mode}", lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode)))
     if with_anchors and device.type == "cpu":
         cases += anchors(x)
+    clone_times = []
     for label, fn in cases:
-        t_clone = clone_time()
-        t = median_time(fn, device, repeats)
+        t, t_clone = paired_times(fn, lambda: x.clone(), device, repeats)
+        clone_times.append(t_clone)
         rows.append((label, nbytes / t / 1e9, t_clone / t))
-    t_clone = clone_time()
-    rows.insert(0, ("clone()", nbytes / t_clone / 1e9, 1.0))
+    t_clone = statistics.median(clone_times)
+    rows.insert(0, ("clone() (median over rows)", nbytes / t_clone / 1e9, 1.0))
     return rows
 
 
