@@ -91,3 +91,42 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(seed)
+
+
+class OpLevelHooks:
+    """Lightning hooks that bracket each batch in the op-level rounding context of ``self._driver``.
+
+    Forward and backward of a training batch run inside the context; the optimizer update does not (the
+    context is left in ``on_before_optimizer_step``). Validation, test and predict batches run inside it.
+    Mixed into callbacks that hold a ``_driver`` (an ``EmulationDriver``); entering is a no-op unless the
+    driver emulates at op level.
+    """
+
+    _driver: Any
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._driver.enter_ops()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._driver.exit_ops()  # forward and backward are done; the update runs at full precision
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._driver.exit_ops()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._driver.enter_ops()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._driver.exit_ops()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._driver.enter_ops()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._driver.exit_ops()
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._driver.enter_ops()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._driver.exit_ops()

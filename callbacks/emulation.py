@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from boundfinder.callbacks._common import (
     LEVELS,
     STAGES,
+    OpLevelHooks,
     check_choice,
     check_chunk,
     check_rounding,
@@ -29,7 +30,7 @@ from boundfinder.policy import PrecisionPolicy
 __all__ = ["PrecisionEmulation"]
 
 
-class PrecisionEmulation(Callback):
+class PrecisionEmulation(OpLevelHooks, Callback):
     """Apply a precision policy to the model for the chosen Trainer entry points.
 
     Args:
@@ -147,30 +148,5 @@ class PrecisionEmulation(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._driver.detach()
 
-    # -- op level: bracket each batch ---------------------------------------------------------------------
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._driver.enter_ops()
+    # op level: OpLevelHooks brackets each batch
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self._driver.exit_ops()  # forward and backward are done; the update runs at full precision
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._driver.exit_ops()
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.enter_ops()
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.exit_ops()
-
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.enter_ops()
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.exit_ops()
-
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.enter_ops()
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.exit_ops()

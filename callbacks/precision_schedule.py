@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from boundfinder.callbacks._common import (
     LEVELS,
     STAGES,
+    OpLevelHooks,
     check_choice,
     check_chunk,
     check_rounding,
@@ -40,7 +41,7 @@ def _policy_bits(policy: PrecisionPolicy | None) -> int:
     return max(fmt.bits for rule in policy.rules for fmt in rule.formats.values())
 
 
-class PrecisionSchedule(Callback):
+class PrecisionSchedule(OpLevelHooks, Callback):
     """Emulate ``schedule[p]`` from switch point ``p`` on, until the next switch point.
 
     Args:
@@ -213,31 +214,8 @@ class PrecisionSchedule(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._release()
 
-    # -- per batch: switch (step unit), then bracket op-level rounding ------------------------------------
+    # -- per batch: switch (step unit), then OpLevelHooks brackets op-level rounding -----------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(trainer, pl_module)
-        self._driver.enter_ops()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self._driver.exit_ops()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._driver.exit_ops()
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.enter_ops()
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.exit_ops()
-
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.enter_ops()
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.exit_ops()
-
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.enter_ops()
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._driver.exit_ops()
