@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from boundfinder.callbacks._common import (
     LEVELS,
     STAGES,
+    AttachAtEntryPoints,
     OpLevelHooks,
     check_choice,
     check_chunk,
@@ -30,7 +31,7 @@ from boundfinder.policy import PrecisionPolicy
 __all__ = ["PrecisionEmulation"]
 
 
-class PrecisionEmulation(OpLevelHooks, Callback):
+class PrecisionEmulation(AttachAtEntryPoints, OpLevelHooks, Callback):
     """Apply a precision policy to the model for the chosen Trainer entry points.
 
     Args:
@@ -129,18 +130,6 @@ class PrecisionEmulation(OpLevelHooks, Callback):
             generator=make_generator(self.seed, pl_module.device),
         )
         log.info("PrecisionEmulation: %s level active for %s on %s", self.level, stage, pl_module.device)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._driver.detach()

@@ -11,7 +11,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from boundfinder.callbacks._common import STAGES, check_rounding, check_stages, log, spec_repr, trainer_stage
+from boundfinder.callbacks._common import (
+    STAGES,
+    AttachAtEntryPoints,
+    check_rounding,
+    check_stages,
+    log,
+    spec_repr,
+    trainer_stage,
+)
 from boundfinder.errors import PolicyError
 from boundfinder.formats import BinaryFormat, Format, IntFormat, parse_format
 from boundfinder.policy import PrecisionPolicy, Rule
@@ -88,7 +96,7 @@ class _GradFakeQuant(torch.autograd.Function):
         return fake_quantize_affine(grad, scale, zp, ctx.fmt, ctx.rounding), None, None
 
 
-class QuantizationAware(Callback):
+class QuantizationAware(AttachAtEntryPoints, Callback):
     """Fake-quantize the input, the weight and the output gradient of each Linear/Conv layer during training.
 
     This is the study's 8-bit CNN (integer input, weight and output gradient) and, with binary formats,
@@ -351,18 +359,6 @@ class QuantizationAware(Callback):
         self._layers = {}
         self._called = set()
         self._checked = False
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._detach()
