@@ -108,20 +108,23 @@ def round_float_words(
     d_eff = torch.where(below, sub_d + (emin32 - e1), d)
     dc = torch.clamp(d_eff, max=23)
     mask = (one << dc) - 1
-    sig = (a & 0x7FFFFF) | ((expf > 0).to(torch.int32) << 23)  # the 24-bit significand, hidden bit included
+    # the 24-bit significand, hidden bit included: a minus all but one unit of its exponent field (for a float32
+    # subnormal, e1 = 1 and a is already its significand)
+    sig = a - ((e1 - 1) << 23)
+    # (a + ...) first: the same sum, but a shorter dependency chain, measurably faster in the compiled CPU loop
     if mode == 0:
-        # Ties to even: the kept part's last bit. Below the smallest normal it is bit dc of the significand
-        # (for dc == 23 that is the hidden bit, where the word holds the exponent's last bit instead).
-        inc = (mask >> 1) + ((torch.where(below, sig, a) >> dc) & 1)
+        # Ties to even: add just under half a quantum plus the kept part's last bit. Below the smallest normal
+        # that bit is bit dc of the significand (for dc == 23 the hidden bit; the word has the exponent's there).
+        r = (a + (mask >> 1)) + ((torch.where(below, sig, a) >> dc) & 1)
     elif mode == 1:
-        inc = torch.zeros_like(a)
+        r = a
     elif mode == 2:
-        inc = torch.where(neg, 0, mask)
+        r = a + torch.where(neg, 0, mask)
     elif mode == 3:
-        inc = torch.where(neg, mask, 0)
+        r = a + torch.where(neg, mask, 0)
     else:
-        inc = rbits >> (RAND_BITS - dc)
-    r = (a + inc) & ~mask
+        r = a + (rbits >> (RAND_BITS - dc))
+    r = r & ~mask
 
     # Under one quantum: |x| / q = sig / 2**d_eff < 1.
     if mode == 0:
