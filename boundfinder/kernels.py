@@ -130,7 +130,7 @@ def round_float_words(
     if mode == 0:
         up = (d_eff == 24) & (sig > 0x800000)  # more than half a quantum; exactly half is a tie to even (0)
     elif mode == 1:
-        up = torch.zeros_like(neg)
+        up = None  # truncation: always 0
     elif mode == 2:
         up = ~neg & (a > 0)
     elif mode == 3:
@@ -140,7 +140,7 @@ def round_float_words(
         sh = d_eff - RAND_BITS
         frac = torch.where(sh <= 0, sig << torch.clamp(-sh, min=0, max=6), sig >> torch.clamp(sh, min=0, max=31))
         up = (frac + rbits) >= (1 << RAND_BITS)
-    r = torch.where(d_eff >= 24, torch.where(up, q_word, 0), r)
+    r = torch.where(d_eff >= 24, 0 if up is None else torch.where(up, q_word, 0), r)
 
     # -- overflow, infinities, NaN (NaN words compare above max_word too; they are put back last)
     over = r > max_word
@@ -155,7 +155,7 @@ def round_float_words(
             # directed rounding toward zero keeps a finite overflow at max_finite (IEEE 754)
             toward_zero = torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg)
             r = torch.where(over, torch.where(toward_zero & (a != EXP_INF), max_word, big), r)
-    r = torch.where(a > EXP_INF, a, r)
+    r = torch.where(a > EXP_INF, a, r)  # NaN: rounding its payload may even wrap past the sign bit
     return r | sign
 
 
