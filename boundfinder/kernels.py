@@ -1,9 +1,11 @@
 """Fused rounding kernels: integer bit manipulation on float32 words, one pass over memory when compiled.
 
-Every kernel here is a plain function of torch ops. ``compiled(kernel)`` returns the torch.compile'd version
-(one fused loop on CPU, one Triton kernel on GPU); when compilation is unavailable the eager function runs
-instead, bit for bit the same, and one log line says so. Format parameters travel as a small int32 tensor so
-that one compiled kernel serves every format of a family (a sweep over bit widths compiles once).
+Every kernel here is a plain function of torch ops. ``run(kernel, x, tensors, static)`` calls its
+torch.compile'd version (one fused loop on CPU, one Triton kernel on GPU); when compilation is unavailable the
+eager function runs instead, bit for bit the same, and one log line says so. Format parameters travel as a small
+tensor so that one compiled kernel serves every format of a family (a sweep over bit widths compiles once per
+rounding mode). Float kernels take and return the float32 words as int32: reinterpreting inside a compiled CPU
+loop costs a scalar store and load per element.
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ def round_fixed_bits(x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor 
 
 
 # -- compilation ------------------------------------------------------------------------------------------------
+# Below this many elements the eager kernel runs: a compiled call's fixed cost (guards, launch) exceeds the work.
+COMPILE_MIN_NUMEL = int(os.environ.get("BOUNDFINDER_COMPILE_MIN_NUMEL", 1 << 16))
 _compile_failed: set[str] = set()
 
 
@@ -233,8 +237,6 @@ def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple) -> tor
                     "identical results more slowly.", name, type(exc).__name__, str(exc).splitlines()[0][:200])
         return kernel(x, *tensors, *static)
 
-
-COMPILE_MIN_NUMEL = int(os.environ.get("BOUNDFINDER_COMPILE_MIN_NUMEL", 1 << 16))
 
 
 # -- integer affine ---------------------------------------------------------------------------------------------
