@@ -138,9 +138,9 @@ def round_float_words(
     elif mode == 3:
         up = neg & (a > 0)
     else:
-        # the fraction sig / 2**d_eff to 30 bits (truncated when longer: a bias below 2**-30), plus 30 random bits
-        sh = d_eff - RAND_BITS
-        frac = torch.where(sh <= 0, sig << torch.clamp(-sh, min=0, max=6), sig >> torch.clamp(sh, min=0, max=31))
+        # the fraction sig / 2**d_eff (d_eff >= 24 here) to 30 bits, truncated when longer (a bias below
+        # 2**-30): sig * 2**6 / 2**(d_eff - 24); then round up with probability frac / 2**30
+        frac = (sig << (RAND_BITS - 24)) >> torch.clamp(d_eff - 24, min=0, max=31)
         up = (frac + rbits) >= (1 << RAND_BITS)
     r = torch.where(d_eff >= 24, 0 if up is None else torch.where(up, q_word, 0), r)
 
