@@ -86,12 +86,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _int_list(text: str) -> list[int]:
     """``"0-4,8"`` -> [0, 1, 2, 3, 4, 8]."""
     out: list[int] = []
-    for part in text.split(","):
-        if "-" in part.strip()[1:]:
-            lo, hi = part.split("-", 1)
-            out += list(range(int(lo), int(hi) + 1))
-        elif part.strip():
-            out.append(int(part))
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                out += list(range(int(lo), int(hi) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise BoundfinderError(f"expected integers and ranges such as '0-10' or '2,4,8', but got {text!r}.") from None
     return out
 
 

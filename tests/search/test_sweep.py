@@ -68,3 +68,10 @@ def test_cli_sweep_writes_report_json_and_plot(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert data["sweep"]["formats"] == ["e8m0", "e8m2", "e8m23"] and "status" in data["bound"]
     assert out_png.stat().st_size > 10_000
+
+
+def test_cli_sweep_bad_input_exits_2_with_a_message(capsys):
+    assert main(["sweep", "--bits", "two-four"]) == 2
+    assert "'0-10'" in capsys.readouterr().err
+    assert main(["sweep", "--family", "e5m2", "--epochs", "1"]) == 2
+    assert "placeholder" in capsys.readouterr().err
