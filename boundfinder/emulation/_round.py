@@ -137,7 +137,7 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         return _identity
 
     def slow(x: torch.Tensor) -> torch.Tensor:
-        return _own(quantize(x, fmt, rounding, generator=generator))
+        return quantize(x, fmt, rounding, generator=generator)  # a fresh tensor, never a view
 
     fast: Rounder | None = None
     if rounding == "nearest" and fmt in _CASTS:
@@ -190,25 +190,6 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def _own(y: torch.Tensor) -> torch.Tensor:
-    """``y`` as a tensor that is not a view (same storage, no copy).
-
-    quantize may return a reshaped view of its flat result; autograd forbids in-place changes to a view created
-    inside a custom Function (ReLU(inplace=True) after a rounded output), so the emulation's functions must
-    return tensors that own their storage.
-    """
-    if y._base is None:
-        return y
-    return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.size(), y.stride())
-
-
-# -- marks: "this tensor is already rounded to this grid" ------------------------------------------------------
-# A mark is (key, version counter) kept in a Python attribute of the tensor; an in-place change bumps the version
-# and voids it. Inference tensors (torch.inference_mode) have no version counter: they are never marked, so
-# their roundings are never skipped.
-
 
 def mark(t: torch.Tensor, name: str, key: object) -> None:
     if not t.is_inference():
