@@ -87,6 +87,12 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
     check_rounding(rounding, allowed)
     mode = kernels.MODE[rounding]
     dtype = x.dtype
+    if x.numel() == 0:
+        return x.detach().clone()
+    if rounding == "stochastic" and x.numel() >= 2**31:
+        # the counter of the random-bit hash is an int32 element index
+        raise FormatError(f"stochastic rounding takes at most 2**31 - 1 elements per call, but got {x.numel()}; "
+                          "round the tensor in chunks.")
     with torch.no_grad():
         x32 = x.detach().to(torch.float32).contiguous()
         seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)

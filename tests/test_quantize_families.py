@@ -205,3 +205,17 @@ def test_non_float_input_is_rejected(bad):
 def test_unknown_rounding_mode_lists_valid_ones():
     with pytest.raises(FormatError, match=r"rounding must be one of \('nearest', 'truncate'"):
         quantize(torch.ones(3), "e4m3fn", "nearest_away")
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "fixed8.4", "dfixed8", "int8", "int8_ch0", "binary_mean", "mxfp4_e2m1"])
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (), (4, 3)])
+def test_empty_scalar_and_non_contiguous_inputs(name, shape):
+    x = torch.randn(shape[::-1]).t() if len(shape) == 2 else torch.randn(shape)  # (4, 3): a transposed view
+    if shape == () and name == "int8_ch0":
+        with pytest.raises(FormatError, match="at least one dimension"):
+            quantize(x, name)
+        return
+    y = quantize(x, name, "stochastic" if name != "int8_ch0" else "nearest")
+    assert y.shape == x.shape and y.dtype == x.dtype
+    if x.numel():
+        assert bits_equal(quantize(x, name), quantize(x.contiguous(), name))
