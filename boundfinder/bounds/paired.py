@@ -181,6 +181,8 @@ def t_bounds(diff, alpha, pooled_floor=True):
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(denom > 0, var**2 / denom, np.inf)
+    # Floor at the seed term's own S - 1: the approximation can dip below it only through the -MS_resid part,
+    # which is a small correction; an all-zero level (denom 0) gets the large-sample quantile.
     df = np.clip(np.nan_to_num(df, nan=s - 1.0, posinf=1e9), s - 1.0, None)
     tq = stats.t.ppf(1.0 - alpha, df)
     half = tq * np.sqrt(var)
