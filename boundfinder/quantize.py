@@ -109,10 +109,10 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         params = _float_params(fmt, dev)
         # the kernel takes and returns the float32 words: reinterpreting inside a compiled kernel is slow on CPU
         words = kernels.run(kernels.round_float, x.view(torch.int32), (params, seed),
-                            (mode, kernels.OVERFLOW[fmt.overflow]))
+                            (mode, kernels.OVERFLOW[fmt.overflow]), elementwise=True)
         return words.view(torch.float32)
     if isinstance(fmt, FixedPointFormat):
-        return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,))
+        return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True)
     if isinstance(fmt, DynamicFixedPointFormat):
         allowed = int(fmt.overflow_rate * x.numel())
         frac = kernels.run(kernels.dynamic_frac_bits, x.view(torch.int32), (), (fmt.word_bits, allowed))
@@ -121,7 +121,7 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
                               torch.tensor(float(base.qmin), device=x.device),
                               torch.tensor(float(base.qmax), device=x.device)])
-        return kernels.run(kernels.round_fixed, x, (params, seed), (mode,))
+        return kernels.run(kernels.round_fixed, x, (params, seed), (mode,), elementwise=True)
     if isinstance(fmt, IntFormat):
         lo, hi = _minmax(x, fmt.axis)
         scale, zp = affine_qparams(lo, hi, fmt)
@@ -201,7 +201,8 @@ def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: Int
     scale = scale.to(device=x.device, dtype=torch.float32)
     zp = zp.to(device=x.device, dtype=torch.float32)
     if fmt.axis is None or scale.dim() == 0:
-        return kernels.run(kernels.fake_quant_affine, x, (scale, zp, seed), (fmt.qmin, fmt.qmax, mode))
+        return kernels.run(kernels.fake_quant_affine, x, (scale, zp, seed), (fmt.qmin, fmt.qmax, mode),
+                           elementwise=True)
     rows, axis = _channel_view(x, fmt.axis)
     out = kernels.run(kernels.fake_quant_affine, rows, (scale[:, None], zp[:, None], seed),
                       (fmt.qmin, fmt.qmax, mode))

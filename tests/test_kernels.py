@@ -57,3 +57,15 @@ def test_failed_compilation_falls_back_once_with_a_log_line(monkeypatch, caplog)
         b = quantize(x, "e4m3fn")
     assert len(calls) == 1 and len([r for r in caplog.records if "eager kernel" in r.message]) == 1
     assert bits_equal(a, b)
+
+
+def test_inside_a_dispatch_mode_quantize_runs_eagerly_without_marking_compilation_failed(monkeypatch):
+    from boundfinder.emulation import emulate
+
+    monkeypatch.setattr(K, "_compile_failed", set())
+    model = torch.nn.Linear(100, 100)
+    x = torch.randn(64, 100)
+    with emulate(model, "e3m4", level="op"):  # op level rounds every op's output inside a TorchDispatchMode
+        y = model(x)
+    assert not K._compile_failed
+    assert bits_equal(quantize(y, "e3m4"), y.detach())
