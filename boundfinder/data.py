@@ -248,16 +248,10 @@ def _download(url: str, dest: Path) -> None:
     tmp.replace(dest)
 
 
-class MNISTDataModule(_SplitDataModule):
-    """MNIST from the four idx-ubyte files (plain or ``.gz``) in ``root`` or ``root/MNIST/raw``.
+class _FolderDataModule(_SplitDataModule):
+    """A dataset read from standard files in ``root``, fetched there only when ``download=True``."""
 
-    Images are 1x28x28 scaled to [0, 1]. The last ``val_size`` items of a seeded permutation of the 60,000
-    training images form the validation split; the 10,000 test images keep file order (``test_items`` are
-    their indices in ``t10k-*``). With ``download=True`` missing files are fetched into ``root`` in
-    ``prepare_data``; otherwise nothing touches the network.
-    """
-
-    _scale = 255.0
+    _scale = 255.0  # 8-bit pixels
 
     def __init__(
         self,
@@ -273,6 +267,17 @@ class MNISTDataModule(_SplitDataModule):
         if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
             raise BoundfinderError(f"`val_size` must be a positive int, but got val_size={val_size!r}.")
         self.root, self.val_size, self.download = Path(root), val_size, bool(download)
+
+
+class MNISTDataModule(_FolderDataModule):
+    """MNIST from the four idx-ubyte files (plain or ``.gz``) in ``root`` or ``root/MNIST/raw``.
+
+    Images are 1x28x28 scaled to [0, 1]. The last ``val_size`` items of a seeded permutation of the 60,000
+    training images form the validation split; the 10,000 test images keep file order (``test_items`` are
+    their indices in ``t10k-*``). With ``download=True`` missing files are fetched into ``root`` in
+    ``prepare_data``; otherwise nothing touches the network.
+    """
+
 
     def _find(self) -> dict[str, Path] | None:
         for folder in (self.root, self.root / "MNIST" / "raw"):
@@ -348,29 +353,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
-class CIFAR10DataModule(_SplitDataModule):
+class CIFAR10DataModule(_FolderDataModule):
     """CIFAR-10 from the python pickle batches in ``root/cifar-10-batches-py/`` (3x32x32, scaled to [0, 1]).
 
     Validation is ``val_size`` items of a seeded permutation of the 50,000 training images; the test batch
     keeps file order. With ``download=True`` the archive is fetched and unpacked into ``root``.
     """
 
-    _scale = 255.0
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        *,
-        batch_size: int = 128,
-        seed: int = 0,
-        val_size: int = 5000,
-        download: bool = False,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
-            raise BoundfinderError(f"`val_size` must be a positive int, but got val_size={val_size!r}.")
-        self.root, self.val_size, self.download = Path(root), val_size, bool(download)
 
     @property
     def folder(self) -> Path:
