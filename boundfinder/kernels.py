@@ -286,8 +286,9 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
 DFIXED_BINADES = 32  # binades below the largest element examined by the overflow-rate rule
 
 
-def dynamic_frac_bits(w: torch.Tensor, word_bits: int, allowed: int) -> torch.Tensor:
-    """Largest fraction length for which at most ``allowed`` elements exceed the range (float32 words ``w``).
+def dynamic_frac_bits(w: torch.Tensor, allowed: torch.Tensor, word_bits: int) -> torch.Tensor:
+    """Largest fraction length for which at most ``allowed`` (a 0-d tensor, so that one compiled graph serves
+    every tensor size) elements exceed the range (float32 words ``w``).
 
     The rule only needs how many elements have a binary exponent >= f for thresholds f near the top, so it
     counts them for the ``DFIXED_BINADES`` exponents below the largest finite one (two fused passes). If even

@@ -48,14 +48,10 @@ def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tens
     return seed.to(device=device, dtype=torch.int32)
 
 
-_NO_SEED: dict = {}
-
-
-def _no_seed(device: torch.device) -> torch.Tensor:
-    key = str(device)
-    if key not in _NO_SEED:
-        _NO_SEED[key] = torch.zeros((), dtype=torch.int32, device=device)
-    return _NO_SEED[key]
+@functools.lru_cache(maxsize=16)
+def _no_seed(device: str) -> torch.Tensor:
+    """The seed argument of kernels called without stochastic rounding (unused by them)."""
+    return torch.zeros((), dtype=torch.int32, device=device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,7 +91,7 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
                           "round the tensor in chunks.")
     with torch.no_grad():
         x32 = x.detach().to(torch.float32).contiguous()
-        seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
+        seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
         out = _dispatch(x32, fmt, mode, seed)
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
     return out.to(dtype) if out._base is None else out.detach().to(dtype)
@@ -114,8 +110,8 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
     if isinstance(fmt, FixedPointFormat):
         return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True)
     if isinstance(fmt, DynamicFixedPointFormat):
-        allowed = int(fmt.overflow_rate * x.numel())
-        frac = kernels.run(kernels.dynamic_frac_bits, x.view(torch.int32), (), (fmt.word_bits, allowed))
+        allowed = torch.tensor(int(fmt.overflow_rate * x.numel()), dtype=torch.int64, device=x.device)
+        frac = kernels.run(kernels.dynamic_frac_bits, x.view(torch.int32), (allowed,), (fmt.word_bits,))
         frac = frac.to(torch.float32)
         base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
@@ -145,7 +141,7 @@ def _channel_view(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, int]:
 
 def _minmax(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if axis is None:
-        return torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+        return torch.aminmax(x)
     rows, _ = _channel_view(x, axis)
     return torch.aminmax(rows, dim=1)
 
@@ -189,7 +185,7 @@ def fake_quantize_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     if not isinstance(fmt, IntFormat):
         raise FormatError(f"fake_quantize_affine needs an IntFormat, but got {fmt}.")
     check_rounding(rounding)
-    seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
+    seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
     with torch.no_grad():
         out = _fake_quant(x.detach().to(torch.float32).contiguous(), torch.as_tensor(scale, dtype=torch.float32),
                           torch.as_tensor(zero_point), fmt, kernels.MODE[rounding], seed)

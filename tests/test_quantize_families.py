@@ -92,6 +92,11 @@ def test_dynamic_fixed_point_follows_the_overflow_rate():
     assert (x.abs() >= limit / 2).sum() > 10  # ... and one more fraction bit would break it
     # scale follows the tensor: ten times larger data, about log2(10) fewer fraction bits
     assert reference.dynamic_frac_bits(x.numpy() * 10, 8, 1e-4) in (frac - 4, frac - 3)
+    # tensors of other sizes reuse the compiled kernel: the allowance is data, not a compile-time constant
+    before = K._compiled.cache_info().currsize
+    for n in (5_000, 70_000, 123_457):
+        quantize(torch.randn(n), fmt)
+    assert K._compiled.cache_info().currsize <= before + 1
 
 
 @pytest.mark.parametrize("rate", [0.0, 1e-4, 0.01, 0.3])
@@ -100,7 +105,7 @@ def test_dynamic_fixed_point_fraction_bits_match_the_histogram_reference(rate, s
     g = torch.Generator().manual_seed(int(rate * 1e4))
     x = torch.randn(50_000, generator=g) * torch.exp2(torch.randint(-8, 8, (50_000,), generator=g).float()) * scale
     x[:3] = torch.tensor([0.0, float("inf"), float("nan")])
-    fast = int(K.dynamic_frac_bits(x.view(torch.int32), 8, int(rate * x.numel())))
+    fast = int(K.dynamic_frac_bits(x.view(torch.int32), torch.tensor(int(rate * x.numel())), 8))
     assert fast == reference.dynamic_frac_bits(x.numpy(), 8, rate)
 
 
