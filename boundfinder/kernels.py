@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import struct
 import types
 from collections.abc import Callable
 
@@ -66,99 +67,156 @@ def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.T
 
 
 # -- float formats ----------------------------------------------------------------------------------------------
+# Float kernel variants (static): the general one, and float32's own exponent range (e8m{M}: bf16, tf32, the
+# original study's truncated float32), where every value, subnormals included, is rounded at one fixed bit of
+# its word.
+GENERAL, E8 = 0, 1
+
+
+def float_variant(fmt: FloatFormat) -> int:
+    e8 = (fmt.exp_bits == 8 and fmt.bias == 127 and fmt.encoding == "ieee" and fmt.overflow == "inf"
+          and fmt.subnormals)
+    return E8 if e8 else GENERAL
+
+
+def _word(v: float) -> int:
+    """The float32 word of ``v`` (rounded to nearest), computed without torch: no dispatch mode can see it."""
+    return struct.unpack("<i", struct.pack("<f", v))[0]
+
+
 def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
     """Pack what the float kernel needs into an int32 tensor (see ``round_float_words`` for the fields)."""
+    d = 23 - fmt.man_bits
     man_sub = fmt.man_bits if fmt.subnormals else 0
-    emin32 = fmt.emin + 127  # float32 biased exponent of the format's smallest normal
-    max_word = int(torch.tensor(fmt.max_finite, dtype=torch.float32).view(torch.int32))
-    q_word = int(torch.tensor(math.ldexp(1.0, fmt.emin - man_sub), dtype=torch.float32).view(torch.int32))
-    return torch.tensor([23 - fmt.man_bits, emin32, 23 - man_sub, max_word, q_word], dtype=torch.int32,
-                        device=device)
+    emin32 = fmt.emin + 127  # float32 biased exponent of the format's smallest normal (>= 1)
+    max_word = _word(fmt.max_finite)
+    q = math.ldexp(1.0, fmt.emin - man_sub)  # the smallest positive value (at least 2**-149)
+    # Round to nearest overflows from max_finite plus half its spacing (the tie goes up when max_finite's code
+    # is odd): a threshold on the magnitude word, which orders like the value.
+    code = max_word - ((emin32 - 1) << 23)  # max_finite's code (exponent and fraction fields, format's bias)
+    lsb = (code >> d) & 1
+    ovf_nearest = max_word + (1 << d) - (((1 << d) - 1 + lsb) >> 1)
+    # Ties to even need the parity of the kept part of a's code: bit dc of a - (emin32 - 1) << 23 in the normal
+    # range; below it, where dc == 23 happens only man_bits binades down, of the code with its hidden bit,
+    # which differs by man_bits << 23: one subtraction of code_off serves both.
+    code_off = (emin32 - 1 - (fmt.man_bits & 1)) << 23
+    return torch.tensor([d, emin32, 23 - man_sub, max_word, _word(q), _word(q / 2), ovf_nearest, code_off],
+                        dtype=torch.int32, device=device)
 
 
-def round_float(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int) -> torch.Tensor:
+def round_float(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int,
+                variant: int = GENERAL) -> torch.Tensor:
     """``round_float_words`` with its random bits drawn in-kernel from ``seed`` (stochastic mode only)."""
     rbits = random_bits(seed, w.numel(), w.device).view(w.shape) if mode == 4 else None
-    return round_float_words(w, params, rbits, mode, overflow)
+    return round_float_words(w, params, rbits, mode, overflow, variant)
 
 
 def round_float_bits(x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int,
-                     overflow: int) -> torch.Tensor:
+                     overflow: int, variant: int = GENERAL) -> torch.Tensor:
     """``round_float_words`` on float32 values instead of their words."""
-    return round_float_words(x.view(torch.int32), params, rbits, mode, overflow).view(torch.float32)
+    return round_float_words(x.view(torch.int32), params, rbits, mode, overflow, variant).view(torch.float32)
 
 
-def round_float_words(
-    w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int, overflow: int
-) -> torch.Tensor:
+def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int,
+                      overflow: int, variant: int = GENERAL) -> torch.Tensor:
     """Round float32 words ``w`` (int32, any shape) to a FloatFormat described by ``params``; returns words.
 
     Integer operations only (a float/int reinterpretation inside a compiled CPU kernel costs more than the
-    rounding). The magnitude word is rounded by dropping its low ``d`` bits, where ``d`` is 23 - man_bits in
-    the normal range and grows by one per binade below the format's smallest normal (the quantum is fixed
-    there). A carry out of the fraction moves into the exponent, which is exactly rounding up into the next
-    binade. Values under one quantum (``d >= 24``) round to 0 or to the smallest subnormal ``q``.
+    rounding). The magnitude word ``a`` is rounded by dropping its low ``dc`` bits: ``d = 23 - man_bits`` in
+    the normal range, one more per binade below the format's smallest normal (the quantum is fixed there). A
+    carry out of the fraction moves into the exponent, which is exactly rounding up into the next binade.
+    Values under one quantum ``q`` round to 0 or ``q``; they, overflow, infinities and NaN are decided by
+    comparing ``a`` with thresholds (float32 words of one sign order like their values).
+
+    ``variant=E8`` (float32's exponent range, IEEE overflow): no binade is below the format's smallest normal
+    in a different way than float32's own subnormals, so ``dc = d`` everywhere and only NaN needs a select.
     """
     d, emin32, sub_d, max_word, q_word = params[0], params[1], params[2], params[3], params[4]
-    sign = w & INT32_MIN
+    halfq_word, ovf_nearest, code_off = params[5], params[6], params[7]
     a = w & ABS_MASK
-    expf = a >> 23
-    neg = sign != 0
+    sign = w ^ a
+    # stochastic: a NaN payload plus the random bits must not wrap past the sign bit
+    a_r = torch.clamp(a, max=EXP_INF + 1) if mode == 4 else a
     one = torch.ones((), dtype=torch.int32, device=w.device)
 
-    e1 = torch.clamp(expf, min=1)  # float32 subnormal words are linear with the spacing of exponent 1
-    below = expf < emin32
-    d_eff = torch.where(below, sub_d + (emin32 - e1), d)
-    dc = torch.clamp(d_eff, max=23)
-    mask = (one << dc) - 1
-    # the 24-bit significand, hidden bit included: a minus all but one unit of its exponent field (for a float32
-    # subnormal, e1 = 1 and a is already its significand)
-    sig = a - ((e1 - 1) << 23)
-    # (a + ...) first: the same sum, but a shorter dependency chain, measurably faster in the compiled CPU loop
+    if variant == E8:
+        dc = d
+        mask = (one << d) - 1
+        t = None
+    else:
+        # binades below the format's smallest normal (float32 subnormal words are linear with the spacing of
+        # exponent 1)
+        t = torch.clamp(emin32 - torch.clamp(a >> 23, min=1), min=0)
+        dc = torch.clamp(d + t, max=23)  # values needing more (under one quantum) are decided below
+        mask = (one << dc) - 1
+        if mode == 4:
+            sig = a - ((emin32 - 1 - t) << 23)  # the 24-bit significand below the smallest normal
+
     if mode == 0:
-        # Ties to even: add just under half a quantum plus the kept part's last bit. Below the smallest normal
-        # that bit is bit dc of the significand (for dc == 23 the hidden bit; the word has the exponent's there).
-        r = (a + (mask >> 1)) + ((torch.where(below, sig, a) >> dc) & 1)
+        # Ties to even: add half a quantum, minus one unless the kept part's last bit is odd (mask + lsb is
+        # even, mask >> 1 drops it; for dc == 0 nothing is added).
+        r = a + ((mask + (((a if variant == E8 else a - code_off) >> dc) & 1)) >> 1)
     elif mode == 1:
         r = a
-    elif mode == 2:
-        r = a + torch.where(neg, 0, mask)
-    elif mode == 3:
-        r = a + torch.where(neg, mask, 0)
+    elif mode in (2, 3):
+        away = (w >= 0) if mode == 2 else (w < 0)
+        r = a + torch.where(away, mask, 0)
     else:
-        r = a + (rbits >> (RAND_BITS - dc))
+        r = a_r + (rbits >> (RAND_BITS - dc))
     r = r & ~mask
 
-    # Under one quantum: |x| / q = sig / 2**d_eff < 1.
-    if mode == 0:
-        up = (d_eff == 24) & (sig > 0x800000)  # more than half a quantum; exactly half is a tie to even (0)
-    elif mode == 1:
-        up = None  # truncation: always 0
-    elif mode == 2:
-        up = ~neg & (a > 0)
-    elif mode == 3:
-        up = neg & (a > 0)
-    else:
-        # the fraction sig / 2**d_eff (d_eff >= 24 here) to 30 bits, truncated when longer (a bias below
-        # 2**-30): sig * 2**6 / 2**(d_eff - 24); then round up with probability frac / 2**30
-        frac = (sig << (RAND_BITS - 24)) >> torch.clamp(d_eff - 24, min=0, max=31)
-        up = (frac + rbits) >= (1 << RAND_BITS)
-    r = torch.where(d_eff >= 24, 0 if up is None else torch.where(up, q_word, 0), r)
+    if variant == E8:
+        # a carry out of max_finite reaches exactly infinity's word (truncation never does); a NaN stays NaN
+        return torch.where(a > EXP_INF, a, r) | sign
 
-    # -- overflow, infinities, NaN (NaN words compare above max_word too; they are put back last)
-    over = r > max_word
-    if overflow == 2:
-        r = torch.where(over, max_word, r)  # infinite inputs saturate too
+    # -- under one quantum: 0 or q
+    tiny = a < q_word
+    if mode == 0:
+        r = torch.where(tiny, torch.where(a > halfq_word, q_word, 0), r)  # exactly q/2 is a tie to even (0)
+    elif mode == 1:
+        r = torch.where(tiny, 0, r)
+    elif mode in (2, 3):
+        r = torch.where(tiny, torch.where(away & (a > 0), q_word, 0), r)
     else:
-        big = EXP_INF if overflow == 0 else 0x7FC00000
-        if mode in (0, 4):
-            # an infinite input is "over" and becomes inf (IEEE formats) or NaN (fn formats): both right
+        # the fraction |x| / q = sig / 2**(sub_d + t) to 30 bits, truncated when longer (a bias below 2**-30);
+        # round up with probability frac / 2**30. (sub_d + t >= 23 here: 23 for float32's subnormals when the
+        # format's smallest normal is float32's and it has no subnormals; sig << 7 < 2**31.)
+        frac = (sig << (RAND_BITS - 23)) >> torch.clamp(sub_d + t - 23, min=0, max=31)
+        r = torch.where(tiny, torch.where((frac + rbits) >= (1 << RAND_BITS), q_word, 0), r)
+
+    # -- overflow, infinities, NaN
+    big = EXP_INF if overflow == 0 else 0x7FC00000
+    if mode == 1:
+        r = torch.minimum(r, max_word)  # truncation of a finite value stays at max_finite
+        if overflow == 2:
+            r = torch.where(a > EXP_INF, a, r)  # infinities saturate; NaN stays
+        else:
+            r = torch.where(a >= EXP_INF, a if overflow == 0 else big, r)
+    elif mode == 0:
+        over = a >= ovf_nearest  # NaN and infinities too
+        if overflow == 0:
+            r = torch.where(over, torch.clamp(a, min=EXP_INF), r)  # infinity, or the NaN itself
+        elif overflow == 1:
             r = torch.where(over, big, r)
         else:
-            # directed rounding toward zero keeps a finite overflow at max_finite (IEEE 754)
-            toward_zero = torch.ones_like(neg) if mode == 1 else (neg if mode == 2 else ~neg)
-            r = torch.where(over, torch.where(toward_zero & (a != EXP_INF), max_word, big), r)
-    r = torch.where(a > EXP_INF, a, r)  # NaN: rounding its payload may even wrap past the sign bit
+            r = torch.where(over, torch.where(a > EXP_INF, a, max_word), r)
+    elif mode == 4:
+        over = r > max_word  # a NaN's r is above infinity's word (see a_r)
+        if overflow == 0:
+            r = torch.where(over, torch.clamp(a, min=EXP_INF), r)
+        elif overflow == 1:
+            r = torch.where(over, big, r)
+        else:
+            r = torch.where(over, torch.where(a > EXP_INF, a, max_word), r)
+    else:
+        over = r > max_word
+        if overflow == 2:
+            r = torch.where(over, max_word, r)
+            r = torch.where(a > EXP_INF, a, r)
+        else:
+            # IEEE 754: directed rounding toward zero keeps a finite overflow at max_finite
+            r = torch.where(over, torch.where(away, big, max_word), r)
+            r = torch.where(a >= EXP_INF, a if overflow == 0 else big, r)
     return r | sign
 
 

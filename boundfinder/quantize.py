@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils import _python_dispatch
 
 from boundfinder import kernels
 from boundfinder.errors import FormatError
@@ -48,20 +49,25 @@ def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tens
     return seed.to(device=device, dtype=torch.int32)
 
 
+# Cached constant tensors are built with every dispatch mode switched off: one built while a mode is active
+# (op-level emulation rounds the output of every op, a float32 constant too) would keep that mode's changes.
 @functools.lru_cache(maxsize=16)
 def _no_seed(device: str) -> torch.Tensor:
     """The seed argument of kernels called without stochastic rounding (unused by them)."""
-    return torch.zeros((), dtype=torch.int32, device=device)
+    with _python_dispatch._disable_current_modes():
+        return torch.zeros((), dtype=torch.int32, device=device)
 
 
 @functools.lru_cache(maxsize=256)
 def _float_params(fmt: FloatFormat, device: str) -> torch.Tensor:
-    return kernels.float_params(fmt, torch.device(device))
+    with _python_dispatch._disable_current_modes():
+        return kernels.float_params(fmt, torch.device(device))
 
 
 @functools.lru_cache(maxsize=256)
 def _fixed_params(fmt: FixedPointFormat, device: str) -> torch.Tensor:
-    return kernels.fixed_params(fmt, torch.device(device))
+    with _python_dispatch._disable_current_modes():
+        return kernels.fixed_params(fmt, torch.device(device))
 
 
 def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
@@ -105,7 +111,7 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         params = _float_params(fmt, dev)
         # the kernel takes and returns the float32 words: reinterpreting inside a compiled kernel is slow on CPU
         words = kernels.run(kernels.round_float, x.view(torch.int32), (params, seed),
-                            (mode, kernels.OVERFLOW[fmt.overflow]), elementwise=True)
+                            (mode, kernels.OVERFLOW[fmt.overflow], kernels.float_variant(fmt)), elementwise=True)
         return words.view(torch.float32)
     if isinstance(fmt, FixedPointFormat):
         return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True)
