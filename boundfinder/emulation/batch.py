@@ -104,10 +104,11 @@ class BatchEmulator:
 def _round_in_place(items: list[tuple[torch.Tensor, Rounder]], scratch: dict | None = None) -> None:
     """Round each tensor in place with its rounder, with few calls: with small layers the per-call cost dominates.
 
-    Float32 tensors sharing a rounder (and device) are rounded together: a cast rounder converts them all into
-    float16 / bfloat16 / float8 buffers and back in two ``_foreach_copy_`` calls; another element-wise rounder
-    rounds their concatenation in one call (in place when it can) and copies the pieces back in one
-    ``_foreach_copy_``. ``scratch`` keeps those buffers between calls (keyed by the tensors' shapes), so a
+    Float32 tensors sharing a rounder (and device) are rounded together: on CPU a cast rounder converts them all
+    into float16 / bfloat16 / float8 buffers and back in two ``_foreach_copy_`` calls (elsewhere: a cast and
+    back per tensor, as before; the foreach conversion is tested bit for bit on CPU only); another
+    element-wise rounder rounds their concatenation in one call (in place when it can) and copies the pieces
+    back in one ``_foreach_copy_``. ``scratch`` keeps those buffers between calls (keyed by the tensors' shapes), so a
     training step allocates nothing.
     """
     if scratch is None:
@@ -115,7 +116,12 @@ def _round_in_place(items: list[tuple[torch.Tensor, Rounder]], scratch: dict | N
     groups: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
     rounders: dict[int, Rounder] = {}
     for tensor, r in items:
-        if getattr(r, "elementwise", False) and tensor.dtype == torch.float32:
+        in_place = getattr(r, "in_place", None)
+        if (in_place is not None and getattr(r, "cast_dtype", None) is not None and not tensor.is_cpu
+                and tensor.dtype == torch.float32):
+            # off the CPU, a cast and back per tensor (the foreach conversion is only verified bit for bit on CPU)
+            in_place(tensor)
+        elif getattr(r, "elementwise", False) and tensor.dtype == torch.float32:
             groups.setdefault((id(r), tensor.device), []).append(tensor)
             rounders[id(r)] = r
         else:
