@@ -97,22 +97,24 @@ def _fn_float_rounder(fmt: FloatFormat, *, sync_free: bool | None = None) -> Rou
     sqrt_c = math.sqrt(c)
     q_top = math.ldexp(1.0, fmt.emax - fmt.man_bits)  # the quantum of the top binade
 
-    def round_float(x: torch.Tensor) -> torch.Tensor:
+    def round_float(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         # quantum = 2**(exponent of x, at least emin) * 2**-man_bits, built as a float32 word; x / quantum is
         # exact (power of two), round_ rounds half to even, and the product is exact again. Infinite inputs stay
         # infinite here and become NaN (the format's overflow value) below. Two temporaries, updated in place.
+        # ``out``: where the result goes (may be ``x`` itself: rounding in place).
         qw = x.view(torch.int32) & 0x7F800000
         q = qw.clamp_(min=min_normal_word).sub_(shift).view(torch.float32)
         if (x.is_cpu if sync_free is None else not sync_free):
             # On CPU one reduction of the quanta (never NaN: a NaN or inf input gives a finite 2**(128 - M))
             # tells whether any element reaches the top binade, where overflow is possible; only then is a mask
-            # built, since comparisons producing bool tensors cost several float ops each there.
-            top = bool(q.amax() >= q_top)
-            y = torch.div(x, q).round_().mul_(q)
+            # built, since comparisons producing bool tensors cost several float ops each there (as does a
+            # tensor comparison before the host read: .item() first).
+            top = q.amax().item() >= q_top
+            y = torch.div(x, q, out=out).round_().mul_(q)
             if top:
                 y.masked_fill_(torch.abs(y, out=q) > max_finite, float("nan"))
             return y
-        y = torch.div(x, q).round_().mul_(q)
+        y = torch.div(x, q, out=out).round_().mul_(q)
         a = torch.abs(y, out=q)
         # Elsewhere, no host synchronisation: with t = min(max - |y|, 0), which is 0 in range and at most -ulp
         # beyond, sqrt(t + c) - sqrt(c) is exactly 0 in range and NaN beyond (c = ulp / 2); y - 0 keeps the sign
@@ -183,6 +185,18 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
 
         def in_place(t: torch.Tensor) -> None:
             t.copy_(t.to(dtype))  # copy_ converts back to t's dtype: two passes, no temporary of t's size
+
+        rounder.in_place = in_place  # type: ignore[attr-defined]
+        # the rounding is a conversion to this dtype and back (batch.py converts many tensors in two foreach calls)
+        rounder.cast_dtype = dtype  # type: ignore[attr-defined]
+    elif fast is not None and fast.__name__ == "round_float":
+        round_float = fast
+
+        def in_place(t: torch.Tensor) -> None:
+            if t.dtype is torch.float32:
+                round_float(t, out=t)
+            else:
+                t.copy_(slow(t))
 
         rounder.in_place = in_place  # type: ignore[attr-defined]
     return rounder

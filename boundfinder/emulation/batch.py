@@ -60,10 +60,11 @@ class BatchEmulator:
                 if s is not None:
                     self.state_rounders[id(param)] = (param, s)
         self._handles: list[Any] = []
+        self._scratch: dict = {}  # buffers of _round_in_place, reused between steps
 
     def round_parameters(self) -> None:
         with torch.no_grad():
-            _round_in_place(self.parameters)
+            _round_in_place(self.parameters, self._scratch)
 
     def round_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.state_rounders:
@@ -81,7 +82,7 @@ class BatchEmulator:
                     if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == param.shape
                 )
         with torch.no_grad():
-            _round_in_place(todo)
+            _round_in_place(todo, self._scratch)
 
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None) -> None:
         self.round_parameters()
@@ -100,25 +101,70 @@ class BatchEmulator:
         self._handles.clear()
 
 
-def _round_in_place(items: list[tuple[torch.Tensor, Rounder]]) -> None:
-    """Round each tensor in place with its rounder. Tensors sharing an element-wise rounder (float32, same
-    device) are rounded in one call on their concatenation: with small layers the per-call cost dominates."""
+def _round_in_place(items: list[tuple[torch.Tensor, Rounder]], scratch: dict | None = None) -> None:
+    """Round each tensor in place with its rounder, with few calls: with small layers the per-call cost dominates.
+
+    Float32 tensors sharing a rounder (and device) are rounded together: on CPU a cast rounder converts them all
+    into float16 / bfloat16 / float8 buffers and back in two ``_foreach_copy_`` calls (elsewhere: a cast and
+    back per tensor, as before; the foreach conversion is tested bit for bit on CPU only); another
+    element-wise rounder rounds their concatenation in one call (in place when it can) and copies the pieces
+    back in one ``_foreach_copy_``. ``scratch`` keeps those buffers between calls (keyed by the tensors' shapes), so a
+    training step allocates nothing.
+    """
+    if scratch is None:
+        scratch = {}
     groups: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
     rounders: dict[int, Rounder] = {}
     for tensor, r in items:
         in_place = getattr(r, "in_place", None)
-        if in_place is not None and tensor.dtype == torch.float32:
-            in_place(tensor)  # a cast and back: cheaper per tensor than concatenating
+        if (in_place is not None and getattr(r, "cast_dtype", None) is not None and not tensor.is_cpu
+                and tensor.dtype == torch.float32):
+            # off the CPU, a cast and back per tensor (the foreach conversion is only verified bit for bit on CPU)
+            in_place(tensor)
         elif getattr(r, "elementwise", False) and tensor.dtype == torch.float32:
             groups.setdefault((id(r), tensor.device), []).append(tensor)
             rounders[id(r)] = r
         else:
             tensor.copy_(r(tensor))
-    for (rid, _), tensors in groups.items():
-        if len(tensors) == 1:
-            tensors[0].copy_(rounders[rid](tensors[0]))
+    for (rid, device), tensors in groups.items():
+        r = rounders[rid]
+        shapes = tuple(t.shape for t in tensors)
+        # buffers are kept only for small groups, where the per-call cost they save matters; large ones would
+        # hold a copy of the model
+        keep = sum(t.numel() for t in tensors) <= _SCRATCH_MAX_NUMEL
+        key = (rid, device, shapes)
+        cast = getattr(r, "cast_dtype", None)
+        if cast is not None:
+            bufs = scratch.get(key)
+            if bufs is None:
+                bufs = [torch.empty(s, dtype=cast, device=device) for s in shapes]
+                if keep:
+                    scratch[key] = bufs
+            torch._foreach_copy_(bufs, tensors)  # round to nearest even, as Tensor.to
+            torch._foreach_copy_(tensors, bufs)
             continue
-        flat = rounders[rid](torch.cat([t.reshape(-1) for t in tensors]))
-        pieces = [piece.view(t.shape) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors,
-                                                          strict=True)]
-        torch._foreach_copy_(tensors, pieces)
+        in_place = getattr(r, "in_place", None)
+        if len(tensors) == 1:
+            if in_place is not None:
+                in_place(tensors[0])
+            else:
+                tensors[0].copy_(r(tensors[0]))
+            continue
+        sizes = [t.numel() for t in tensors]
+        entry = scratch.get(key)
+        if entry is None:
+            flat = torch.empty(sum(sizes), device=device)
+            entry = (flat, [piece.view(s) for piece, s in zip(flat.split(sizes), shapes, strict=True)])
+            if keep:
+                scratch[key] = entry
+        flat, views = entry
+        torch.cat([t.reshape(-1) for t in tensors], out=flat)
+        if in_place is not None:
+            in_place(flat)
+        else:
+            rounded = r(flat)
+            views = [piece.view(s) for piece, s in zip(rounded.split(sizes), shapes, strict=True)]
+        torch._foreach_copy_(tensors, views)
+
+
+_SCRATCH_MAX_NUMEL = 1 << 22

@@ -82,6 +82,7 @@ class _WeightGroup:
     object is replaced, or a backward pass consumed the graph. Small layers make the per-call cost dominate,
     so one call per format instead of one per parameter is most of the layer level's weight cost; under
     ``no_grad`` (validation) the rounded weights are computed once and reused until the next optimizer step.
+    With gradients, the whole group is one autograd node (:class:`_GroupSTE`), not a cat / split / view chain.
     """
 
     def __init__(self, rounder: Rounder, grad_rounder: Rounder | None) -> None:
@@ -109,40 +110,58 @@ class _WeightGroup:
             self._compute()
         return self.tensors[index]
 
+    def round_all(self, params: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
+        flat = torch.cat([p.reshape(-1) for p in params]) if len(params) > 1 else params[0].reshape(-1)
+        rounded = self.rounder(flat)
+        if len(params) == 1:
+            return [rounded.view(params[0].shape)]
+        pieces = rounded.split([p.numel() for p in params])
+        return [piece.view(p.shape) for piece, p in zip(pieces, params, strict=True)]
+
     def _compute(self) -> None:
         params = self.params
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-        with torch.set_grad_enabled(grad):
-            flat = torch.cat([p.reshape(-1) for p in params]) if len(params) > 1 else params[0].reshape(-1)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self.generation += 1
-            rounded = _FusedSTE.apply(flat, self) if grad else self.rounder(flat)
-        pieces = rounded.split([p.numel() for p in params])
-        self.tensors = [piece.view(p.shape) for piece, p in zip(pieces, params, strict=True)]
+            self.tensors = list(_GroupSTE.apply(self, *params))
+            self.with_graph = True
+        else:
+            self.tensors = self.round_all(params)
+            self.with_graph = False
         self.versions = [p._version for p in params]
-        self.with_graph = grad
 
     def clear(self) -> None:
         self.tensors = None
 
 
-class _FusedSTE(torch.autograd.Function):
-    """Round a group's concatenated parameters; backward: the gradient straight through, rounded to the
-    group's ``weight_grad`` format when it has one."""
+class _GroupSTE(torch.autograd.Function):
+    """Round a group's parameters (one call on their concatenation); backward: each gradient straight through,
+    rounded to the group's ``weight_grad`` format when it has one (again one call on the concatenation).
+    One node for the whole group: the cat / split / view chain it replaces cost a dozen autograd nodes."""
 
     @staticmethod
-    def forward(ctx, flat, group):
+    def forward(ctx, group, *params):
         ctx.group = group
         ctx.generation = group.generation
-        return group.rounder(flat)
+        ctx.set_materialize_grads(False)
+        return tuple(group.round_all(params))
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         group = ctx.group
         if group.generation == ctx.generation:
             group.tensors = None  # this graph is consumed: the next forward needs a fresh one
-        if grad is not None and group.grad_rounder is not None:
-            grad = group.grad_rounder(grad)
-        return grad, None
+        rounder = group.grad_rounder
+        if rounder is not None:
+            present = [i for i, g in enumerate(grads) if g is not None]
+            if present:
+                grads = list(grads)
+                if len(present) == 1:
+                    grads[present[0]] = rounder(grads[present[0]])
+                else:
+                    flat = rounder(torch.cat([grads[i].reshape(-1) for i in present]))
+                    for i, piece in zip(present, flat.split([grads[i].numel() for i in present]), strict=True):
+                        grads[i] = piece.view(grads[i].shape)
+        return (None, *grads)
 
 
 class _Side:
@@ -311,13 +330,17 @@ class LayerEmulator:
         self.installed[name] = tuple(formats)
         if params or inputs is not None:
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(params, inputs), with_kwargs=True))
-        if params:
-            self._handles.append(module.register_forward_hook(self._restore_hook(), always_call=True))
+        output_hook = None
         if outputs is not None:
             # A layer whose backward keeps the grid hands back input gradients that are already rounded: mark
             # them (a hook on its autograd node, no tensor op) so the previous layer does not round them again.
             grad_key = self._key(formats.get("grad_input")) if (bwd_keeps and same_bwd) else None
-            self._handles.append(module.register_forward_hook(_output_hook(outputs, grad_key)))
+            output_hook = _output_hook(outputs, grad_key)
+        if params:
+            # one hook restores the parameters (always, even when forward raises) and rounds the outputs
+            self._handles.append(module.register_forward_hook(self._restore_hook(output_hook), always_call=True))
+        elif output_hook is not None:
+            self._handles.append(module.register_forward_hook(output_hook))
 
     def _weight_function(self, fmt: Format, rounder: Rounder) -> Callable[[torch.Tensor], torch.Tensor]:
         if isinstance(fmt, BinaryFormat):
@@ -364,13 +387,15 @@ class LayerEmulator:
 
         return pre_hook
 
-    def _restore_hook(self):
+    def _restore_hook(self, output_hook=None):
         swapped = self._swapped
 
-        def restore(module: nn.Module, args: tuple, output: Any) -> None:
+        def restore(module: nn.Module, args: tuple, output: Any) -> Any:
             entry = swapped.pop(id(module), None)
             if entry is not None:
                 module._parameters.update(entry[1])
+            # (when forward raised, ``output`` is None and the exception propagates whatever this returns)
+            return output_hook(module, args, output) if output_hook is not None and output is not None else None
 
         return restore
 

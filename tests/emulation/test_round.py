@@ -60,3 +60,31 @@ def test_both_overflow_variants_of_the_fn_rounder(sync_free):
     got = _fn_float_rounder(parse_format("e4m3fn"), sync_free=sync_free)(x)
     expected = quantize(x, "e4m3fn")
     assert bool(((got.view(torch.int32) == expected.view(torch.int32)) | (got.isnan() & expected.isnan())).all())
+
+
+def test_in_place_fn_rounder_matches_quantize():
+    x = _inputs()
+    t = x.clone()
+    make_rounder("e4m3fn").in_place(t)
+    expected = quantize(x, "e4m3fn")
+    assert bool(((t.view(torch.int32) == expected.view(torch.int32)) | (t.isnan() & expected.isnan())).all())
+
+
+@pytest.mark.parametrize("fmt", ["e5m10", "bf16", "e5m2", "e4m3fn", "e8m3", "e3m4"])
+def test_batch_rounding_in_place_matches_quantize(fmt):
+    """The batch level's grouped in-place rounding (foreach casts, one call on a concatenation, buffers kept
+    between calls) equals quantize tensor by tensor, also on the second call (reused buffers)."""
+    from boundfinder.emulation.batch import _round_in_place
+
+    x = _inputs()
+    r = make_rounder(fmt)
+    scratch: dict = {}
+    for _ in range(2):
+        pieces = [x[:1000].reshape(10, 100).clone(), x[1000:1001].clone(), x[1001:].clone()]
+        _round_in_place([(t, r) for t in pieces], scratch)
+        for t, ref in zip(pieces, (x[:1000].reshape(10, 100), x[1000:1001], x[1001:]), strict=True):
+            expected = quantize(ref, fmt)
+            assert t.shape == ref.shape
+            same = (t.view(torch.int32) == expected.view(torch.int32)) | (t.isnan() & expected.isnan())
+            assert bool(same.all()), (fmt, ref[~same][:5])
+    assert scratch  # small groups keep their buffers
