@@ -53,22 +53,39 @@ def correctness(n: int, quick: bool) -> int:
     return bad
 
 
-def throughput(log2n: int, repeats: int, quick: bool, dev: torch.device) -> None:
+def _streamed(fn, k: int):
+    """``fn`` called ``k`` times back to back, then one synchronisation: the host's per-call work overlaps the
+    device's kernels, as in a training loop."""
+
+    def run() -> None:
+        for _ in range(k):
+            fn()
+
+    return run
+
+
+def throughput(log2n: int, repeats: int, quick: bool, dev: torch.device, k: int = 10) -> None:
     x = torch.randn(1 << log2n, device=dev) * 3
     nbytes = 2 * x.numel() * x.element_size()
     print(f"\n## {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, n = 2**{log2n} float32, "
           f"median of {repeats}\n", flush=True)
-    print("| case | GB/s | ratio to device copy |\n|---|---:|---:|", flush=True)
+    print("One call: synchronised before and after each call (host work and kernel in series). Streamed: "
+          f"{k} calls back to back, then one synchronisation (GB/s of the kernels).\n", flush=True)
+    print("| case | one call GB/s | one call ratio to copy | streamed GB/s | streamed ratio to copy |\n"
+          "|---|---:|---:|---:|---:|", flush=True)
     for label, fmt, modes in ROWS:
         for mode in modes:
             if quick and mode not in QUICK.get(fmt, ()):
                 continue
             xx = x.view(1 << 10, -1) if fmt.endswith("_ch0") else x
-            t, t_copy = paired_times(lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode), x.clone, dev,
-                                     repeats)
-            print(f"| {label} {mode} | {nbytes / t / 1e9:.0f} | {t_copy / t:.2f}x |", flush=True)
+            fn = lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode)  # noqa: E731
+            t, t_copy = paired_times(fn, x.clone, dev, repeats)
+            ts, ts_copy = paired_times(_streamed(fn, k), _streamed(x.clone, k), dev, repeats)
+            print(f"| {label} {mode} | {nbytes / t / 1e9:.0f} | {t_copy / t:.2f}x | {k * nbytes / ts / 1e9:.0f} | "
+                  f"{ts_copy / ts:.2f}x |", flush=True)
     t_copy, _ = paired_times(x.clone, x.clone, dev, repeats)
-    print(f"| clone() | {nbytes / t_copy / 1e9:.0f} | 1.00x |", flush=True)
+    ts_copy, _ = paired_times(_streamed(x.clone, k), _streamed(x.clone, k), dev, repeats)
+    print(f"| clone() | {nbytes / t_copy / 1e9:.0f} | 1.00x | {k * nbytes / ts_copy / 1e9:.0f} | 1.00x |", flush=True)
 
 
 def main() -> int:

@@ -371,13 +371,20 @@ def test_rounding_runs_on_the_models_gpu(level):
     model = MODELS["lenet"]()
     outputs = []
     handle = model.register_forward_hook(lambda m, a, out: outputs.append(out.detach()))
+
+    class LastParameters(Callback):
+        # Lightning moves the module back to the CPU in teardown: look at the parameters before that
+        def on_train_end(self, trainer, pl_module):
+            self.params = [p.detach().clone() for p in pl_module.parameters()]
+
+    last = LastParameters()
     cb = PrecisionEmulation("e5m2", level=level)
-    t = trainer(accelerator="gpu", max_steps=2, limit_val_batches=0, callbacks=[cb])
+    t = trainer(accelerator="gpu", max_steps=2, limit_val_batches=0, callbacks=[cb, last])
     t.fit(model, digits())
     handle.remove()
     assert outputs and all(o.is_cuda for o in outputs)
     if level == "batch":
-        assert all(p.is_cuda and on_grid(p, "e5m2") for p in model.parameters())
+        assert all(p.is_cuda and on_grid(p, "e5m2") for p in last.params)
     else:
         assert all(on_grid(o, "e5m2") for o in outputs)
 
