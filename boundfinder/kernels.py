@@ -185,38 +185,24 @@ def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor
         r = torch.where(tiny, torch.where((frac + rbits) >= (1 << RAND_BITS), q_word, 0), r)
 
     # -- overflow, infinities, NaN
+    if overflow == 2:
+        # saturate: every mode stops at max_finite, infinities too; a NaN stays (its rounded word may even have
+        # wrapped past the sign bit: it is replaced)
+        return torch.where(a > EXP_INF, a, torch.minimum(r, max_word)) | sign
     big = EXP_INF if overflow == 0 else 0x7FC00000
     if mode == 1:
         r = torch.minimum(r, max_word)  # truncation of a finite value stays at max_finite
-        if overflow == 2:
-            r = torch.where(a > EXP_INF, a, r)  # infinities saturate; NaN stays
-        else:
-            r = torch.where(a >= EXP_INF, a if overflow == 0 else big, r)
+        r = torch.where(a >= EXP_INF, a if overflow == 0 else big, r)
     elif mode == 0:
         over = a >= ovf_nearest  # NaN and infinities too
-        if overflow == 0:
-            r = torch.where(over, torch.clamp(a, min=EXP_INF), r)  # infinity, or the NaN itself
-        elif overflow == 1:
-            r = torch.where(over, big, r)
-        else:
-            r = torch.where(over, torch.where(a > EXP_INF, a, max_word), r)
+        r = torch.where(over, torch.clamp(a, min=EXP_INF) if overflow == 0 else big, r)  # inf, or the NaN itself
     elif mode == 4:
         over = r > max_word  # a NaN's r is above infinity's word (see a_r)
-        if overflow == 0:
-            r = torch.where(over, torch.clamp(a, min=EXP_INF), r)
-        elif overflow == 1:
-            r = torch.where(over, big, r)
-        else:
-            r = torch.where(over, torch.where(a > EXP_INF, a, max_word), r)
+        r = torch.where(over, torch.clamp(a, min=EXP_INF) if overflow == 0 else big, r)
     else:
-        over = r > max_word
-        if overflow == 2:
-            r = torch.where(over, max_word, r)
-            r = torch.where(a > EXP_INF, a, r)
-        else:
-            # IEEE 754: directed rounding toward zero keeps a finite overflow at max_finite
-            r = torch.where(over, torch.where(away, big, max_word), r)
-            r = torch.where(a >= EXP_INF, a if overflow == 0 else big, r)
+        # IEEE 754: directed rounding toward zero keeps a finite overflow at max_finite
+        r = torch.where(r > max_word, torch.where(away, big, max_word), r)
+        r = torch.where(a >= EXP_INF, a if overflow == 0 else big, r)
     return r | sign
 
 

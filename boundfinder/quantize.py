@@ -45,8 +45,13 @@ def _check_input(x) -> None:
 
 
 def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    seed = torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64)
-    return seed.to(device=device, dtype=torch.int32)
+    """The stochastic kernels' seed, drawn from a CPU generator (so CPU and GPU draw the same bits)."""
+    seed = torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64).to(torch.int32)
+    if device.type == "cuda":
+        # From pinned memory the copy is asynchronous; from pageable memory it would stall the host once per
+        # call, so back-to-back calls could not overlap their host work with the previous kernel.
+        return seed.pin_memory().to(device, non_blocking=True)
+    return seed.to(device)
 
 
 # Cached constant tensors are built with every dispatch mode switched off: one built while a mode is active
