@@ -236,11 +236,14 @@ def round_fixed(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode:
 
 def round_fixed_bits(x: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> torch.Tensor:
     scale, inv, qmin, qmax = params[0], params[1], params[2], params[3]
-    y = x * scale  # exact (power of two); overflow to inf saturates below
+    y = x * scale  # exact (power of two) unless it overflows (saturated below) or underflows:
+    if mode in (2, 3):
+        y = torch.where(y == 0, x, y)  # a nonzero value under one step still rounds away from zero when directed
     # Saturate before rounding: qmin and qmax are integers, so every mode stays in range, and infinities too.
     # (x != x tests NaN: a comparison vectorizes where isnan does not in compiled CPU code.)
     q = round_to_integer(torch.minimum(torch.maximum(y, qmin), qmax), rbits, mode)
-    return torch.where(x != x, x, q * inv)
+    # Fixed point has one zero: +0 (as torch.fake_quantize_* gives), also for a negative value rounded to 0.
+    return torch.where(x != x, x, torch.where(q == 0, 0.0, q * inv))
 
 
 # -- compilation ------------------------------------------------------------------------------------------------
@@ -303,7 +306,10 @@ def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
     inv = 1.0 / scale
     # clamp(round(y) + zp, qmin, qmax) == round(clamp(y, qmin - zp, qmax - zp)) + zp: the bounds are integers
-    y = torch.minimum(torch.maximum(x * inv, qmin - zero_point), qmax - zero_point)
+    y = x * inv
+    if mode in (2, 3):
+        y = torch.where(y == 0, x, y)  # as in round_fixed_bits: an underflow must not hide the sign
+    y = torch.minimum(torch.maximum(y, qmin - zero_point), qmax - zero_point)
     q = round_to_integer(y, rbits, mode) + zero_point
     return torch.where(x != x, x, (q - zero_point) * scale)
 

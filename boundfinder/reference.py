@@ -96,7 +96,7 @@ def round_fixed(x: np.ndarray, fmt: FixedPointFormat, rounding: str, rbits: np.n
     else:
         k = np.where(neg, -(lo + up), lo + up)
     k = np.clip(k, fmt.qmin, fmt.qmax)
-    res = k * 2.0**-f
+    res = np.where(k == 0, 0.0, k * 2.0**-f)  # one zero, +0, as in two's complement
     res = np.where(np.isnan(v), np.nan, res)
     return res.astype(np.float32)
 

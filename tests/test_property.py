@@ -70,3 +70,29 @@ def test_rounding_twice_changes_nothing_and_names_round_trip(fmt, rounding):
     x = torch.from_numpy(adversarial_inputs(fmt, 0, n=500))
     once = quantize(x, fmt, rounding)
     assert bits_equal(quantize(once, fmt, rounding).numpy(), once.numpy())
+
+
+@settings(max_examples=100, deadline=None)
+@given(w=st.integers(2, 24), f=st.integers(-8, 30), signed=st.booleans(), rounding=st.sampled_from(MODES),
+       seed=st.integers(0, 2**32 - 1))
+def test_fixed_point_kernel_equals_the_reference(w, f, signed, rounding, seed):
+    from boundfinder import FixedPointFormat
+
+    try:
+        fmt = FixedPointFormat(word_bits=w, frac_bits=f, signed=signed)
+    except FormatError:
+        return
+    rng = np.random.default_rng(seed)
+    step = np.ldexp(1.0, -f)
+    k = rng.integers(fmt.qmin - 3, fmt.qmax + 3, 3000)
+    x = np.concatenate([k * step, (k + 0.5) * step, rng.normal(0, 2.0 ** (w - f - 1), 3000),
+                        rng.integers(0, 2**32, 2000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    x = x.astype(np.float32)
+    x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), [np.inf, -np.inf, np.nan, 0.0, -0.0]])
+    x = x.astype(np.float32)
+    rbits = rng.integers(0, 2**30, x.size)
+    want = reference.round_fixed(x, fmt, rounding, rbits if rounding == "stochastic" else None)
+    t = torch.from_numpy(x)
+    rb = torch.from_numpy(rbits.astype(np.int32)) if rounding == "stochastic" else None
+    got = K.round_fixed_bits(t, K.fixed_params(fmt, t.device), rb, K.MODE[rounding]).numpy()
+    assert bits_equal(got, want), f"{fmt} {rounding}: " + mismatches(got, want, x)
