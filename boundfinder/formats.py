@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -433,6 +434,12 @@ def parse_format(name: str | Format) -> Format:
         return name
     if not isinstance(name, str):
         raise FormatError(f"a format must be a name (str) or a Format, but got {type(name).__name__}: {name!r}.")
+    return _parse_name(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_name(name: str) -> Format:
+    """``parse_format`` of a name, cached: formats are immutable, and rounding calls parse one per call."""
     key = name.strip().lower()
     for alias, canonical in _FLOAT_ALIASES.items():
         if key == alias or key.startswith(alias + "_"):

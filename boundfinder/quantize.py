@@ -100,10 +100,10 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
         # the counter of the random-bit hash is an int32 element index
         raise FormatError(f"stochastic rounding takes at most 2**31 - 1 elements per call, but got {x.numel()}; "
                           "round the tensor in chunks.")
-    with torch.no_grad():
-        x32 = x.detach().to(torch.float32).contiguous()
-        seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
-        out = _dispatch(x32, fmt, mode, seed)
+    # every kernel input is detached (no autograd graph is recorded), so no no_grad() context is needed
+    x32 = x.detach().to(torch.float32).contiguous()
+    seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
+    out = _dispatch(x32, fmt, mode, seed)
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
     return out.to(dtype) if out._base is None else out.detach().to(dtype)
 
