@@ -317,12 +317,20 @@ def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
 # -- block (MX) -------------------------------------------------------------------------------------------------
 def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, emax: int,
                 fixed: bool) -> torch.Tensor:
-    """Quantize a (n_blocks, block_size) float32 tensor: shared power-of-two scale per row, then elements."""
+    """Quantize a (n_blocks, block_size) float32 tensor: shared power-of-two scale per row, then elements.
+
+    Used for fixed-point elements (mxint8); float elements run ``round_block_words``, which gives the same
+    results with integer operations only (this float version is kept as its reference in tests).
+    """
     amax = blocks.abs().amax(dim=1, keepdim=True)
     _, e = torch.frexp(amax)
     shared = torch.clamp(e - 1 - emax, min=-127, max=127).to(torch.float32)
     scale = torch.exp2(shared)
     scaled = (blocks * torch.exp2(-shared)).reshape(-1)  # a power-of-two product is exact; a GPU division may not be
+    if mode in (2, 3):
+        # unless it underflows: far below the element's quantum, but it must still round away from zero
+        flat = blocks.reshape(-1)
+        scaled = torch.where((scaled == 0) & (flat != 0), torch.sign(flat) * 2.0**-126, scaled)
     rbits = random_bits(seed, scaled.numel(), blocks.device) if mode == 4 else None
     if fixed:
         q = round_fixed_bits(scaled, params, rbits, mode)
@@ -330,6 +338,49 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
         q = round_float_bits(scaled, params, rbits, mode, OVERFLOW["saturate"])
     out = q.view(blocks.shape) * scale
     return torch.where(amax < float("inf"), out, float("nan"))  # an inf or NaN in the block: all NaN
+
+
+def _floor_log2(v: torch.Tensor) -> torch.Tensor:
+    """floor(log2(v)) of positive int32 values below 2**23 (0 for 0), by binary search: integer operations."""
+    e = torch.zeros_like(v)
+    for b in (16, 8, 4, 2, 1):
+        hi = v >> b
+        c = hi > 0
+        v = torch.where(c, hi, v)
+        e = torch.where(c, e + b, e)
+    return e
+
+
+def round_block_words(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int,
+                      emax: int) -> torch.Tensor:
+    """``round_block`` for float elements on float32 words (n_blocks, block_size), integer operations only.
+
+    The shared exponent comes from the block's largest magnitude word; scaling by a power of two moves the
+    exponent field (float32 subnormals are normalised first; a scaled value under float32's smallest normal,
+    far below any element format's smallest subnormal, stands in as 2**-126 so that every rounding mode sees a
+    nonzero value under half a quantum); the element rounding is ``round_float_words`` (saturating); scaling
+    back rounds to nearest even where the result is a float32 subnormal, as a float multiplication would.
+    """
+    a = w & ABS_MASK
+    sign = w ^ a
+    amax = a.amax(dim=1, keepdim=True)
+    k = -torch.clamp((amax >> 23) - (127 + emax), min=-127, max=127)  # scaled = x * 2**k
+    expf = a >> 23
+    sub = expf == 0
+    e_a = _floor_log2(a)  # used for float32 subnormals: a = 2**e_a * (1 + fraction)
+    ext_exp = torch.where(sub, e_a - 22, expf)  # the exponent field a normalised float32 would have (may be <= 0)
+    frac = torch.where(sub, (a << (23 - e_a)) & 0x7FFFFF, a & 0x7FFFFF)
+    se = ext_exp + k
+    scaled = torch.where(a == 0, 0, torch.where(se >= 1, (se << 23) | frac, 1 << 23))
+    rbits = random_bits(seed, w.numel(), w.device).view(w.shape) if mode == 4 else None
+    r = round_float_words(scaled | sign, params, rbits, mode, OVERFLOW["saturate"]) & ABS_MASK
+    # scale back by 2**-k; below float32's smallest normal, shift the significand right with ties to even
+    ne = (r >> 23) - k
+    m24 = (r & 0x7FFFFF) | 0x800000
+    s = torch.clamp(1 - ne, min=1, max=31)
+    denormal = (m24 + ((1 << (s - 1)) - 1) + ((m24 >> s) & 1)) >> s
+    out = torch.where(r == 0, 0, torch.where(ne >= 1, r - (k << 23), denormal))
+    return torch.where(amax >= EXP_INF, 0x7FC00000, out | sign)  # an inf or NaN in the block: all NaN
 
 
 # -- dynamic fixed point ----------------------------------------------------------------------------------------

@@ -251,8 +251,12 @@ def _block(x: torch.Tensor, fmt: BlockFormat, mode: int, seed: torch.Tensor) -> 
     elem = fmt.element
     dev = str(x.device)
     params = _float_params(elem, dev) if isinstance(elem, FloatFormat) else _fixed_params(elem, dev)
-    out = kernels.run(kernels.round_block, blocks.contiguous(), (params, seed),
-                      (mode, fmt.element_emax, isinstance(elem, FixedPointFormat)))
+    if isinstance(elem, FixedPointFormat):
+        out = kernels.run(kernels.round_block, blocks.contiguous(), (params, seed), (mode, fmt.element_emax, True))
+    else:
+        words = kernels.run(kernels.round_block_words, blocks.contiguous().view(torch.int32), (params, seed),
+                            (mode, fmt.element_emax))
+        out = words.view(torch.float32)
     out = out.reshape(rows.shape)[..., :n].movedim(-1, fmt.axis)
     return out.reshape(x.shape).contiguous()
 

@@ -30,7 +30,8 @@ def _random_words(n: int, seed: int) -> torch.Tensor:
     return torch.where(torch.rand(n, generator=g) < 0.5, words, normal)
 
 
-@pytest.mark.parametrize("name", ["e4m3fn", "e5m2_sat", "e2m1fn", "fixed8.4", "int8", "mxfp4_e2m1", "e3m4_nosub"])
+@pytest.mark.parametrize("name", ["e4m3fn", "e5m2_sat", "e2m1fn", "bf16", "e3m0_b2", "fixed8.4", "int8",
+                                  "mxfp4_e2m1", "mxint8", "e3m4_nosub"])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "down"])
 def test_compiled_matches_eager_bit_for_bit(name, rounding, eager):
     x = _random_words(1 << 17, seed=len(name))
@@ -69,3 +70,28 @@ def test_inside_a_dispatch_mode_quantize_runs_eagerly_without_marking_compilatio
         y = model(x)
     assert not K._compile_failed
     assert bits_equal(quantize(y, "e3m4"), y.detach())
+
+
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1"])
+@pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down", "stochastic"])
+def test_mx_integer_kernel_equals_the_float_one(name, rounding):
+    # round_block_words (integer operations, what quantize runs) against round_block (float scaling and a
+    # reinterpreted element rounding), bit for bit: random words, huge and tiny blocks, elements far below
+    # their block's maximum, float32 subnormals, zeros of both signs.
+    import numpy as np
+
+    from boundfinder import parse_format
+
+    fmt = parse_format(name)
+    rng = np.random.default_rng(5)
+    blocks = rng.normal(0, 1, (600, 32)) * np.exp2(rng.integers(-149, 125, (600, 1)))
+    blocks[:, :5] *= np.exp2(-rng.integers(0, 60, (600, 5)))
+    words = rng.integers(0, 2**32, (100, 32), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = torch.from_numpy(np.concatenate([blocks.astype(np.float32), words, -blocks.astype(np.float32)]))
+    x[5, 3], x[6, 4] = 0.0, -0.0
+    params = K.float_params(fmt.element, x.device)
+    seed = torch.tensor(1234, dtype=torch.int32)
+    mode = K.MODE[rounding]
+    want = K.round_block(x, params, seed, mode, fmt.element_emax, False)
+    got = K.round_block_words(x.view(torch.int32), params, seed, mode, fmt.element_emax).view(torch.float32)
+    assert bits_equal(got, want)

@@ -236,7 +236,9 @@ def test_mx_blocks_across_float32s_whole_range_match_gfloat(block_fi, rounding):
     rng = np.random.default_rng(1)
     blocks = rng.normal(0, 1, (150, 32)) * np.exp2(rng.integers(-149, 120, (150, 1)))
     blocks[:, :3] *= np.exp2(-rng.integers(0, 60, (150, 3)))
-    x = blocks.astype(np.float32)
+    # and random float32 words: blocks near float32's maximum with elements that scaling takes below 2**-149
+    words = rng.integers(0, 2**32, (150, 32), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([blocks.astype(np.float32), words[np.isfinite(words).all(1)]])
     rnd = {"nearest": gfloat.RoundMode.TiesToEven, "truncate": gfloat.RoundMode.TowardZero,
            "up": gfloat.RoundMode.TowardPositive, "down": gfloat.RoundMode.TowardNegative}[rounding]
     want = np.stack([gfloat.quantize_block(block_fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
