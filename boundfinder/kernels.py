@@ -302,16 +302,40 @@ def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple, *, ele
 def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, seed: torch.Tensor,
                       qmin: int, qmax: int, mode: int) -> torch.Tensor:
     """``(clamp(round(x * (1/scale)) + zp, qmin, qmax) - zp) * scale`` in float32, the operation order of
-    ``torch.fake_quantize_per_tensor_affine`` (the zero point is added after rounding, so it is exact)."""
+    ``torch.fake_quantize_per_tensor_affine`` (the zero point is added after rounding, so it is exact), for
+    ``nearest``. The directed modes round to the neighbouring dequantized value ``(q - zp) * scale`` on their
+    side (a representable value is its own result); stochastic picks one of the two neighbours."""
     rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
     inv = 1.0 / scale
     # clamp(round(y) + zp, qmin, qmax) == round(clamp(y, qmin - zp, qmax - zp)) + zp: the bounds are integers
     y = x * inv
-    if mode in (2, 3):
-        y = torch.where(y == 0, x, y)  # as in round_fixed_bits: an underflow must not hide the sign
-    y = torch.minimum(torch.maximum(y, qmin - zero_point), qmax - zero_point)
-    q = round_to_integer(y, rbits, mode) + zero_point
-    return torch.where(x != x, x, (q - zero_point) * scale)
+    lo_j, hi_j = qmin - zero_point, qmax - zero_point
+    y = torch.minimum(torch.maximum(y, lo_j), hi_j)
+    if mode == 0:
+        q = round_to_integer(y, rbits, mode) + zero_point
+        return torch.where(x != x, x, (q - zero_point) * scale)
+    # The other modes round to the representable values j * scale (j = q - zp) themselves: x * (1/scale) is
+    # off by up to ~2**-23 relative, so the floor (ceil) of y may be one code off: a representable x = j *
+    # scale can give y = j - 1 ulp, and floor(y) = j - 1 below x. The error is under one code (|y| < 2**17),
+    # so one comparison with each neighbour's dequantized value fixes the floor.
+    j = torch.floor(y)
+    j = torch.where(j * scale > x, j - 1, torch.where((j + 1) * scale <= x, j + 1, j))
+    j = torch.minimum(torch.maximum(j, lo_j), hi_j)  # largest code at or below x (the lowest one below all)
+    at = j * scale
+    exact = at == x
+    if mode == 4:
+        # stochastic: up with probability (x - at) / scale, from y as before; a representable x never moves
+        frac = torch.clamp(y - j, min=0.0, max=1.0)
+        up = (((frac * float(1 << RAND_BITS)).to(torch.int32) + rbits) >= (1 << RAND_BITS)) & ~exact
+    elif mode == 2:
+        up = ~exact
+    elif mode == 3:
+        up = torch.zeros_like(exact)
+    else:
+        up = (x < 0) & ~exact  # toward zero
+    up = up & (x > at)  # below the lowest code (or -inf) stays at the lowest code; NaN is replaced below
+    out = torch.minimum(j + up.to(j.dtype), hi_j) * scale  # (a tiny x whose y underflows is handled too)
+    return torch.where(x != x, x, torch.where(out == 0, 0.0, out))  # one zero, +0, as for nearest
 
 
 # -- block (MX) -------------------------------------------------------------------------------------------------

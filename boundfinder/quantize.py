@@ -227,13 +227,15 @@ def _binarize(x: torch.Tensor, fmt: BinaryFormat, mode: int, seed: torch.Tensor)
     else:
         s = torch.where(x >= 0, 1.0, -1.0)  # sign(0) = +1, as BinaryNet
     if fmt.scale == "mean":
+        # accumulated in float64: a float32 sum of |x| overflows to inf when the tensor holds values near
+        # float32's maximum, although their mean is finite (and float64 rounds the mean once, to float32)
         if fmt.axis is None:
-            s = s * x.abs().mean()
+            s = s * x.abs().mean(dtype=torch.float64).to(torch.float32)
         else:
             rows, axis = _channel_view(x, fmt.axis)
             shape = [1] * x.dim()
             shape[axis] = x.shape[axis]
-            s = s * rows.abs().mean(dim=1).view(shape)
+            s = s * rows.abs().mean(dim=1, dtype=torch.float64).to(torch.float32).view(shape)
     return torch.where(x != x, x, s)
 
 
