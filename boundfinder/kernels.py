@@ -408,25 +408,43 @@ def round_block_words(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor,
 
 
 # -- dynamic fixed point ----------------------------------------------------------------------------------------
-DFIXED_BINADES = 32  # binades below the largest element examined by the overflow-rate rule
+N_BINS = 277  # floor(log2|x|) + 149 for every finite nonzero float32: 0 (2**-149) .. 276 (2**127)
+
+
+def exponent_bins(w: torch.Tensor) -> torch.Tensor:
+    """floor(log2|x|) + 149 of float32 words ``w`` (int32), in [0, N_BINS); N_BINS for zeros, inf and NaN."""
+    a = w & ABS_MASK
+    expf = a >> 23
+    bins = torch.where(expf == 0, _floor_log2(a), expf + 22)  # a subnormal's value is a * 2**-149
+    return torch.where((a == 0) | (expf == 255), N_BINS, bins)
+
+
+def exponent_histogram(bins: torch.Tensor, *, scatter: bool = False) -> torch.Tensor:
+    """Counts of each bin in [0, N_BINS) (bin N_BINS is dropped): ``bincount``, or a scatter-add, which torch
+    also runs where deterministic algorithms are required on CUDA."""
+    if scatter:
+        ones = torch.ones((), dtype=torch.int64, device=bins.device).expand(bins.numel())
+        hist = torch.zeros(N_BINS + 1, dtype=torch.int64, device=bins.device).scatter_add_(0, bins.long(), ones)
+    else:
+        hist = torch.bincount(bins, minlength=N_BINS + 1)
+    return hist[:N_BINS]
 
 
 def dynamic_frac_bits(w: torch.Tensor, allowed: torch.Tensor, word_bits: int) -> torch.Tensor:
-    """Largest fraction length for which at most ``allowed`` (a 0-d tensor, so that one compiled graph serves
-    every tensor size) elements exceed the range (float32 words ``w``).
+    """Courbariaux's overflow-rate rule: the largest fraction length F such that at most ``allowed`` (a 0-d
+    tensor) finite elements of the float32 words ``w`` have |x| >= 2**(word_bits - 1 - F); among the lengths
+    the rule admits, the one whose range reaches down to the smallest nonzero element (126 when there is none).
 
-    The rule only needs how many elements have a binary exponent >= f for thresholds f near the top, so it
-    counts them for the ``DFIXED_BINADES`` exponents below the largest finite one (two fused passes). If even
-    the lowest threshold admits the allowance, that threshold is used: fewer fraction bits than the rule would
-    give, never more overflow. Returns a 0-d int32 tensor on the words' device.
+    From a histogram of the binary exponents (one compiled pass for the bins, one counting pass), so the whole
+    float32 range is searched; no host synchronisation. Returns a 0-d int32 tensor on the words' device.
     """
-    expf = (w & ABS_MASK) >> 23
-    finite = expf < 255
-    e = torch.where(finite, expf, 0)
-    top = e.amax()
-    # one reduction per threshold (top + 1: nothing at or above, top, top - 1, ...), fused into one pass
-    counts = torch.stack([(e >= top + 1 - k).sum() for k in range(DFIXED_BINADES + 1)])
-    n_ok = (counts <= allowed).sum()  # counts grow as the threshold falls: the admissible ones come first
-    f = top + 2 - n_ok  # lowest admissible biased exponent: |x| >= 2**(f - 127) overflows
-    frac = (word_bits - 1) - (f - 127)
-    return torch.clamp(frac, min=-126, max=126).to(torch.int32)
+    bins = run(exponent_bins, w.reshape(-1), (), (), elementwise=True)
+    # bincount has no deterministic CUDA kernel (integer counts are exact anyway, but torch refuses it there)
+    hist = exponent_histogram(bins, scatter=w.is_cuda and torch.are_deterministic_algorithms_enabled())
+    at_or_above = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])  # count(bin >= i), i <= N_BINS
+    present = hist > 0
+    lowest = torch.argmax(present.to(torch.int8))  # the first (smallest) occupied binade
+    first_ok = torch.argmax((at_or_above <= allowed).to(torch.int8))  # counts only fall as i grows
+    t = torch.maximum(lowest, first_ok) - 149  # |x| >= 2**t overflows
+    frac = torch.clamp(word_bits - 1 - t, min=-126, max=126)
+    return torch.where(present.any(), frac, 126).to(torch.int32)

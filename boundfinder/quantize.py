@@ -122,7 +122,7 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True)
     if isinstance(fmt, DynamicFixedPointFormat):
         allowed = torch.tensor(int(fmt.overflow_rate * x.numel()), dtype=torch.int64, device=x.device)
-        frac = kernels.run(kernels.dynamic_frac_bits, x.view(torch.int32), (allowed,), (fmt.word_bits,))
+        frac = kernels.dynamic_frac_bits(x.view(torch.int32), allowed, fmt.word_bits)
         frac = frac.to(torch.float32)
         base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),

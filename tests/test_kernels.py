@@ -95,3 +95,10 @@ def test_mx_integer_kernel_equals_the_float_one(name, rounding):
     want = K.round_block(x, params, seed, mode, fmt.element_emax, False)
     got = K.round_block_words(x.view(torch.int32), params, seed, mode, fmt.element_emax).view(torch.float32)
     assert bits_equal(got, want)
+
+
+def test_exponent_histogram_by_scatter_equals_bincount():
+    bins = torch.randint(0, K.N_BINS + 1, (100_000,), dtype=torch.int32)
+    bins[:10] = K.N_BINS  # zeros, inf and NaN: dropped
+    assert torch.equal(K.exponent_histogram(bins, scatter=True), K.exponent_histogram(bins))
+    assert int(K.exponent_histogram(bins).sum()) == int((bins < K.N_BINS).sum())
