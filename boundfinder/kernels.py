@@ -338,6 +338,24 @@ def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     return torch.where(x != x, x, torch.where(out == 0, 0.0, out))  # one zero, +0, as for nearest
 
 
+# -- binary -----------------------------------------------------------------------------------------------------
+def mean_abs(x: torch.Tensor) -> torch.Tensor:
+    """mean |x| accumulated in float64 (a float32 sum overflows near float32's maximum), rounded once."""
+    return x.abs().to(torch.float64).mean().to(torch.float32)
+
+
+def binary_sign(x: torch.Tensor, scale: torch.Tensor, seed: torch.Tensor, mode: int) -> torch.Tensor:
+    """``scale * sign(x)`` with sign(0) = +1 (BinaryNet); stochastic: +1 with probability clamp((x + 1) / 2, 0,
+    1), resolved to 2**-30. NaN stays NaN."""
+    if mode == 4:
+        rbits = random_bits(seed, x.numel(), x.device).view(x.shape)
+        p = torch.clamp((x + 1.0) * 0.5, 0.0, 1.0)
+        s = torch.where(rbits < (p * float(1 << RAND_BITS)).to(torch.int32), 1.0, -1.0)
+    else:
+        s = torch.where(x >= 0, 1.0, -1.0)
+    return torch.where(x != x, x, s * scale)
+
+
 # -- block (MX) -------------------------------------------------------------------------------------------------
 def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, emax: int,
                 fixed: bool) -> torch.Tensor:

@@ -219,24 +219,20 @@ def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: Int
 
 # -- binary ---------------------------------------------------------------------------------------------------
 def _binarize(x: torch.Tensor, fmt: BinaryFormat, mode: int, seed: torch.Tensor) -> torch.Tensor:
-    if mode == kernels.MODE["stochastic"]:
-        rbits = kernels.random_bits(seed, x.numel(), x.device).view(x.shape)
-        p = torch.clamp((x + 1.0) * 0.5, 0.0, 1.0)
-        threshold = (p * float(1 << kernels.RAND_BITS)).to(torch.int64)
-        s = torch.where(rbits.to(torch.int64) < threshold, 1.0, -1.0)
+    # the mean |x| is accumulated in float64: a float32 sum of |x| overflows to inf when the tensor holds values
+    # near float32's maximum, although their mean is finite (float64 rounds the mean once, to float32)
+    if fmt.scale != "mean":
+        scale = torch.ones((), dtype=torch.float32, device=x.device)
+    elif fmt.axis is None:
+        scale = kernels.run(kernels.mean_abs, x.reshape(-1), (), ())
     else:
-        s = torch.where(x >= 0, 1.0, -1.0)  # sign(0) = +1, as BinaryNet
-    if fmt.scale == "mean":
-        # accumulated in float64: a float32 sum of |x| overflows to inf when the tensor holds values near
-        # float32's maximum, although their mean is finite (and float64 rounds the mean once, to float32)
-        if fmt.axis is None:
-            s = s * x.abs().mean(dtype=torch.float64).to(torch.float32)
-        else:
-            rows, axis = _channel_view(x, fmt.axis)
-            shape = [1] * x.dim()
-            shape[axis] = x.shape[axis]
-            s = s * rows.abs().mean(dim=1, dtype=torch.float64).to(torch.float32).view(shape)
-    return torch.where(x != x, x, s)
+        rows, axis = _channel_view(x, fmt.axis)
+        shape = [1] * x.dim()
+        shape[axis] = x.shape[axis]
+        scale = rows.abs().mean(dim=1, dtype=torch.float64).to(torch.float32).view(shape)
+    if scale.dim() == 0:
+        return kernels.run(kernels.binary_sign, x, (scale, seed), (mode,), elementwise=True)
+    return kernels.binary_sign(x, scale, seed, mode)
 
 
 # -- block ----------------------------------------------------------------------------------------------------
