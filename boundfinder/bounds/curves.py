@@ -130,16 +130,8 @@ class CurveFit:
         if self.cov is None:
             return d, np.full_like(d, -np.inf), np.full_like(d, np.inf)
         cov = np.asarray(self.cov)
-        grad = np.empty((len(theta), len(bits)))
-        for j in range(len(theta)):
-            h = 1e-5 * max(1.0, abs(theta[j]))
-            tp, tm = theta.copy(), theta.copy()
-            tp[j] += h
-            tm[j] -= h
-            grad[j] = (
-                _drop(self.family, tp, bits, self.relative) - _drop(self.family, tm, bits, self.relative)
-            ) / (2 * h)
-        se = np.sqrt(np.maximum(np.einsum("jb,jk,kb->b", grad, cov, grad), 0.0))
+        jac = _jacobian(lambda t: _drop(self.family, t, bits, self.relative), theta, 1e-5)
+        se = np.sqrt(np.maximum(np.einsum("bj,jk,bk->b", jac, cov, jac), 0.0))
         z = stats.norm.ppf(1.0 - alpha)
         return d, d - z * se, d + z * se
 
@@ -154,6 +146,20 @@ class CurveFit:
             "converged": bool(self.converged),
             "message": self.message,
         }
+
+
+def _jacobian(f, theta, rel_step):
+    """Central-difference Jacobian of the vector function ``f`` at ``theta``: rows are outputs, columns
+    parameters; each step is ``rel_step`` times the parameter's magnitude (at least ``rel_step``)."""
+    theta = np.asarray(theta, dtype=float)
+    cols = []
+    for j in range(len(theta)):
+        h = rel_step * max(1.0, abs(theta[j]))
+        tp, tm = theta.copy(), theta.copy()
+        tp[j] += h
+        tm[j] -= h
+        cols.append((np.asarray(f(tp)) - np.asarray(f(tm))) / (2 * h))
+    return np.stack(cols, axis=-1)
 
 
 def _clean(v):
@@ -277,13 +283,7 @@ def fit_curves(bits, correct_counts, baseline_counts, n_items, *, relative=False
         return np.append(nat, special.expit(t[n_curve])) if overdispersed else nat
 
     if cov is not None:
-        jac = np.empty((len(theta), len(theta)))
-        for j in range(len(theta)):
-            h = 1e-6 * max(1.0, abs(theta[j]))
-            tp, tm = theta.copy(), theta.copy()
-            tp[j] += h
-            tm[j] -= h
-            jac[:, j] = (to_natural(tp) - to_natural(tm)) / (2 * h)
+        jac = _jacobian(to_natural, theta, 1e-6)
         se = np.sqrt(np.maximum(np.diag(jac @ cov @ jac.T), 0.0))
     else:
         se = np.full(len(theta), np.nan)
