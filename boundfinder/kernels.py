@@ -54,16 +54,51 @@ def _lowbias32(h: torch.Tensor) -> torch.Tensor:
     return h ^ _srl(h, 16)
 
 
-def random_bits(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
-    """30 uniform random bits per element from a counter-based hash of (seed, index).
+def _lowbias32_int(h: int) -> int:
+    """``_lowbias32`` on a Python int (unsigned 32-bit result)."""
+    m = 0xFFFFFFFF
+    h &= m
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & m
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & m
+    return h ^ (h >> 16)
 
-    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds) of the index xor a key hashed from the
-    seed, in wrapping int32 arithmetic: the stream is identical on CPU and GPU, eager and compiled, and costs
-    no memory pass when fused into the rounding kernel.
+
+# Random bits are built per row of this many elements on CPU (see ``rand_like``).
+LANES = 16
+
+
+def seed_keys(seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The stochastic kernels' seed argument: ``key ^ j`` for j < LANES (int32), where ``key`` is the seed hashed
+    once (on the host: no kernel hashes it per element or per iteration). Element ``i`` draws
+    ``lowbias32(i ^ key)``; on CPU ``i ^ key == (i - j) ^ (key ^ j)`` with ``j = i % LANES``."""
+    key = _lowbias32_int(int(seed) * 0x9E3779B1 + 0x632BE5AB)
+    return torch.tensor([_wrap32(key ^ j) for j in range(LANES)], dtype=torch.int32, device=device)
+
+
+def random_bits(seed: torch.Tensor | int, numel: int, device: torch.device) -> torch.Tensor:
+    """30 uniform random bits per element from a counter-based hash of (seed, index): the stream the kernels
+    draw from ``seed_keys(seed)`` (see ``rand_like``), as a flat tensor."""
+    return rand_like(seed_keys(int(seed), device), torch.empty(numel, dtype=torch.int32, device=device))
+
+
+def rand_like(keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """30 uniform random bits for each element of the contiguous tensor ``x``, from ``keys = seed_keys(seed)``.
+
+    The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds) of the element's flat index xor a key
+    hashed from the seed, in wrapping int32 arithmetic: the stream is identical on CPU and GPU, eager and
+    compiled, and costs no memory pass when fused into a rounding kernel. A CPU tensor of rows of LANES elements
+    (``run`` gives stochastic kernels that shape) takes its index as ``row * LANES ^ keys``: Inductor's CPU
+    code would rebuild a flat index vector element by element in every iteration, which costs more than the
+    hash; here the keys are one vector load and the row one broadcast.
     """
-    key = _lowbias32(seed * _wrap32(0x9E3779B1) + 0x632BE5AB)  # a 0-d tensor: hashed once, not per element
-    idx = torch.arange(numel, device=device, dtype=torch.int32)
-    return _lowbias32(idx ^ key) & ((1 << RAND_BITS) - 1)
+    if x.device.type == "cpu" and x.dim() == 2 and x.shape[1] == LANES:
+        rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int32)[:, None] * LANES
+        h = rows ^ keys
+    else:
+        h = (torch.arange(x.numel(), device=x.device, dtype=torch.int32) ^ keys[0]).view(x.shape)
+    return _lowbias32(h) & ((1 << RAND_BITS) - 1)
 
 
 # -- float formats ----------------------------------------------------------------------------------------------
@@ -107,7 +142,7 @@ def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
 def round_float(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int,
                 variant: int = GENERAL) -> torch.Tensor:
     """``round_float_words`` with its random bits drawn in-kernel from ``seed`` (stochastic mode only)."""
-    rbits = random_bits(seed, w.numel(), w.device).view(w.shape) if mode == 4 else None
+    rbits = rand_like(seed, w) if mode == 4 else None
     return round_float_words(w, params, rbits, mode, overflow, variant)
 
 
@@ -230,7 +265,7 @@ def round_to_integer(y: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> 
 
 
 def round_fixed(x: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int) -> torch.Tensor:
-    rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
+    rbits = rand_like(seed, x) if mode == 4 else None
     return round_fixed_bits(x, params, rbits, mode)
 
 
@@ -279,12 +314,18 @@ def _in_dispatch_mode() -> bool:
             or torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.Python))
 
 
-def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple, *, elementwise: bool = False) -> torch.Tensor:
+def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple, *, elementwise: bool = False,
+        lanes: bool = False) -> torch.Tensor:
     """Run ``kernel(x, *tensors, *static)`` compiled when possible. Tiny tensors run eagerly (no compilation
     for a few numbers); a failed compilation falls back to the identical eager kernel, once per kernel, with
-    one log line. ``elementwise`` kernels see ``x`` flattened, so one compiled graph serves every shape."""
-    if elementwise and x.dim() != 1:
-        return run(kernel, x.reshape(-1), tensors, static).view(x.shape)
+    one log line. ``elementwise`` kernels see ``x`` flattened, so one compiled graph serves every shape; with
+    ``lanes`` (kernels drawing random bits), a CPU tensor whose size is a multiple of LANES is seen as rows of
+    LANES elements instead (see ``rand_like``): two graphs at most."""
+    if elementwise:
+        shape = (-1, LANES) if lanes and x.device.type == "cpu" and x.numel() % LANES == 0 else (-1,)
+        flat = x.reshape(shape)
+        if flat.shape != x.shape:
+            return run(kernel, flat, tensors, static).view(x.shape)
     name = kernel.__name__
     if x.numel() < COMPILE_MIN_NUMEL or not _compile_enabled() or name in _compile_failed or _in_dispatch_mode():
         return kernel(x, *tensors, *static)
@@ -305,7 +346,7 @@ def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     ``torch.fake_quantize_per_tensor_affine`` (the zero point is added after rounding, so it is exact), for
     ``nearest``. The directed modes round to the neighbouring dequantized value ``(q - zp) * scale`` on their
     side (a representable value is its own result); stochastic picks one of the two neighbours."""
-    rbits = random_bits(seed, x.numel(), x.device).view(x.shape) if mode == 4 else None
+    rbits = rand_like(seed, x) if mode == 4 else None
     inv = 1.0 / scale
     # clamp(round(y) + zp, qmin, qmax) == round(clamp(y, qmin - zp, qmax - zp)) + zp: the bounds are integers
     y = x * inv
@@ -348,7 +389,7 @@ def binary_sign(x: torch.Tensor, scale: torch.Tensor, seed: torch.Tensor, mode: 
     """``scale * sign(x)`` with sign(0) = +1 (BinaryNet); stochastic: +1 with probability clamp((x + 1) / 2, 0,
     1), resolved to 2**-30. NaN stays NaN."""
     if mode == 4:
-        rbits = random_bits(seed, x.numel(), x.device).view(x.shape)
+        rbits = rand_like(seed, x)
         p = torch.clamp((x + 1.0) * 0.5, 0.0, 1.0)
         s = torch.where(rbits < (p * float(1 << RAND_BITS)).to(torch.int32), 1.0, -1.0)
     else:
@@ -373,7 +414,7 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
         # unless it underflows: far below the element's quantum, but it must still round away from zero
         flat = blocks.reshape(-1)
         scaled = torch.where((scaled == 0) & (flat != 0), torch.sign(flat) * 2.0**-126, scaled)
-    rbits = random_bits(seed, scaled.numel(), blocks.device) if mode == 4 else None
+    rbits = rand_like(seed, scaled.reshape(-1)) if mode == 4 else None
     if fixed:
         q = round_fixed_bits(scaled, params, rbits, mode)
     else:
@@ -414,7 +455,7 @@ def round_block_words(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor,
     frac = torch.where(sub, (a << (23 - e_a)) & 0x7FFFFF, a & 0x7FFFFF)
     se = ext_exp + k
     scaled = torch.where(a == 0, 0, torch.where(se >= 1, (se << 23) | frac, 1 << 23))
-    rbits = random_bits(seed, w.numel(), w.device).view(w.shape) if mode == 4 else None
+    rbits = rand_like(seed, w) if mode == 4 else None
     r = round_float_words(scaled | sign, params, rbits, mode, OVERFLOW["saturate"]) & ABS_MASK
     # scale back by 2**-k; below float32's smallest normal, shift the significand right with ties to even
     ne = (r >> 23) - k

@@ -45,13 +45,14 @@ def _check_input(x) -> None:
 
 
 def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """The stochastic kernels' seed, drawn from a CPU generator (so CPU and GPU draw the same bits)."""
-    seed = torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64).to(torch.int32)
+    """The stochastic kernels' seed argument (``kernels.seed_keys``), from a seed drawn from a CPU generator (so
+    CPU and GPU draw the same bits)."""
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64))
     if device.type == "cuda":
         # From pinned memory the copy is asynchronous; from pageable memory it would stall the host once per
         # call, so back-to-back calls could not overlap their host work with the previous kernel.
-        return seed.pin_memory().to(device, non_blocking=True)
-    return seed.to(device)
+        return kernels.seed_keys(seed).pin_memory().to(device, non_blocking=True)
+    return kernels.seed_keys(seed, device)
 
 
 # Cached constant tensors are built with every dispatch mode switched off: one built while a mode is active
@@ -60,7 +61,7 @@ def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tens
 def _no_seed(device: str) -> torch.Tensor:
     """The seed argument of kernels called without stochastic rounding (unused by them)."""
     with _python_dispatch._disable_current_modes():
-        return torch.zeros((), dtype=torch.int32, device=device)
+        return torch.zeros(kernels.LANES, dtype=torch.int32, device=device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -116,10 +117,12 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         params = _float_params(fmt, dev)
         # the kernel takes and returns the float32 words: reinterpreting inside a compiled kernel is slow on CPU
         words = kernels.run(kernels.round_float, x.view(torch.int32), (params, seed),
-                            (mode, kernels.OVERFLOW[fmt.overflow], kernels.float_variant(fmt)), elementwise=True)
+                            (mode, kernels.OVERFLOW[fmt.overflow], kernels.float_variant(fmt)), elementwise=True,
+                            lanes=mode == kernels.MODE["stochastic"])
         return words.view(torch.float32)
     if isinstance(fmt, FixedPointFormat):
-        return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True)
+        return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True,
+                           lanes=mode == kernels.MODE["stochastic"])
     if isinstance(fmt, DynamicFixedPointFormat):
         allowed = torch.tensor(int(fmt.overflow_rate * x.numel()), dtype=torch.int64, device=x.device)
         frac = kernels.dynamic_frac_bits(x.view(torch.int32), allowed, fmt.word_bits)
@@ -128,7 +131,8 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
                               torch.tensor(float(base.qmin), device=x.device),
                               torch.tensor(float(base.qmax), device=x.device)])
-        return kernels.run(kernels.round_fixed, x, (params, seed), (mode,), elementwise=True)
+        return kernels.run(kernels.round_fixed, x, (params, seed), (mode,), elementwise=True,
+                           lanes=mode == kernels.MODE["stochastic"])
     if isinstance(fmt, IntFormat):
         lo, hi = _minmax(x, fmt.axis)
         scale, zp = affine_qparams(lo, hi, fmt)
@@ -209,7 +213,7 @@ def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: Int
     zp = zp.to(device=x.device, dtype=torch.float32)
     if fmt.axis is None or scale.dim() == 0:
         return kernels.run(kernels.fake_quant_affine, x, (scale, zp, seed), (fmt.qmin, fmt.qmax, mode),
-                           elementwise=True)
+                           elementwise=True, lanes=mode == kernels.MODE["stochastic"])
     rows, axis = _channel_view(x, fmt.axis)
     out = kernels.run(kernels.fake_quant_affine, rows, (scale[:, None], zp[:, None], seed),
                       (fmt.qmin, fmt.qmax, mode))
@@ -231,7 +235,8 @@ def _binarize(x: torch.Tensor, fmt: BinaryFormat, mode: int, seed: torch.Tensor)
         shape[axis] = x.shape[axis]
         scale = rows.abs().mean(dim=1, dtype=torch.float64).to(torch.float32).view(shape)
     if scale.dim() == 0:
-        return kernels.run(kernels.binary_sign, x, (scale, seed), (mode,), elementwise=True)
+        return kernels.run(kernels.binary_sign, x, (scale, seed), (mode,), elementwise=True,
+                           lanes=mode == kernels.MODE["stochastic"])
     return kernels.binary_sign(x, scale, seed, mode)
 
 

@@ -90,7 +90,7 @@ def test_mx_integer_kernel_equals_the_float_one(name, rounding):
     x = torch.from_numpy(np.concatenate([blocks.astype(np.float32), words, -blocks.astype(np.float32)]))
     x[5, 3], x[6, 4] = 0.0, -0.0
     params = K.float_params(fmt.element, x.device)
-    seed = torch.tensor(1234, dtype=torch.int32)
+    seed = K.seed_keys(1234)
     mode = K.MODE[rounding]
     want = K.round_block(x, params, seed, mode, fmt.element_emax, False)
     got = K.round_block_words(x.view(torch.int32), params, seed, mode, fmt.element_emax).view(torch.float32)

@@ -59,3 +59,34 @@ def test_random_bits_are_uniform_and_decorrelated():
     expected = u.numel() / 64
     chi2 = (((counts - expected) ** 2) / expected).sum().item()
     assert chi2 < 120  # 63 degrees of freedom: P(chi2 > 120) < 1e-5
+
+
+def test_random_bit_stream_is_pinned_and_the_same_in_rows_of_lanes_and_flat():
+    """The stream is lowbias32(index ^ key): pinned values (a change of the stream changes every stochastic
+    result a user has recorded), and CPU rows of LANES elements draw exactly the flat stream."""
+    assert K.random_bits(12345, 8, torch.device("cpu")).tolist() == [
+        660924129, 450966233, 49671543, 188852262, 557062983, 820607022, 738566409, 486681004]
+    keys = K.seed_keys(2**31 - 2)
+    flat = K.rand_like(keys, torch.empty(4096, dtype=torch.int32))
+    rows = K.rand_like(keys, torch.empty(4096 // K.LANES, K.LANES, dtype=torch.int32))
+    assert torch.equal(rows.reshape(-1), flat)
+    assert flat[32:40].tolist() == [268227990, 846430811, 35118156, 508845283, 590694545, 217036213, 189612724,
+                                    863293012]
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "bf16", "e5m2", "fixed8.4", "binary"])
+@pytest.mark.parametrize("n", [K.LANES * 1024, K.LANES * 1024 + 3])
+def test_stochastic_result_does_not_depend_on_the_kernel_shape(name, n, monkeypatch):
+    """A size that is a multiple of LANES runs as rows of LANES (compiled); any other size flat: the same
+    elements get the same random bits either way, and the eager kernel agrees."""
+    x = torch.randn(n) * 4
+
+    def draw(t):
+        return quantize(t, name, "stochastic", generator=torch.Generator().manual_seed(11))
+
+    whole = draw(x)
+    pad = (-n) % K.LANES or 5  # the other shape: flat if n is a multiple of LANES, else rows
+    longer = draw(torch.cat([x, torch.zeros(pad)]))[:n]
+    assert torch.equal(whole.view(torch.int32), longer.view(torch.int32))
+    monkeypatch.setattr(K, "COMPILE_MIN_NUMEL", 1 << 40)
+    assert torch.equal(draw(x).view(torch.int32), whole.view(torch.int32))
