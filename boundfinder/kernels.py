@@ -135,7 +135,7 @@ def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
     # range; below it, where dc == 23 happens only man_bits binades down, of the code with its hidden bit,
     # which differs by man_bits << 23: one subtraction of code_off serves both.
     code_off = (emin32 - 1 - (fmt.man_bits & 1)) << 23
-    return torch.tensor([d, emin32, 23 - man_sub, max_word, _word(q), _word(q / 2), ovf_nearest, code_off],
+    return torch.tensor([d, emin32, man_sub, max_word, _word(q), _word(q / 2), ovf_nearest, code_off],
                         dtype=torch.int32, device=device)
 
 
@@ -166,7 +166,7 @@ def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor
     ``variant=E8`` (float32's exponent range, IEEE overflow): no binade is below the format's smallest normal
     in a different way than float32's own subnormals, so ``dc = d`` everywhere and only NaN needs a select.
     """
-    d, emin32, sub_d, max_word, q_word = params[0], params[1], params[2], params[3], params[4]
+    d, emin32, man_sub, max_word, q_word = params[0], params[1], params[2], params[3], params[4]
     halfq_word, ovf_nearest, code_off = params[5], params[6], params[7]
     a = w & ABS_MASK
     sign = w ^ a
@@ -198,7 +198,7 @@ def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor
         r = a + torch.where(away, mask, 0)
     else:
         r = a_r + (rbits >> (RAND_BITS - dc))
-    r = r & ~mask
+    r = r & (((-one) << dc) if mode == 4 else ~mask)  # (the same bits: stochastic has no other use of mask)
 
     if variant == E8:
         # a carry out of max_finite reaches exactly infinity's word (truncation never does); a NaN stays NaN
@@ -213,10 +213,12 @@ def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor
     elif mode in (2, 3):
         r = torch.where(tiny, torch.where(away & (a > 0), q_word, 0), r)
     else:
-        # the fraction |x| / q = sig / 2**(sub_d + t) to 30 bits, truncated when longer (a bias below 2**-30);
-        # round up with probability frac / 2**30. (sub_d + t >= 23 here: 23 for float32's subnormals when the
-        # format's smallest normal is float32's and it has no subnormals; sig << 7 < 2**31.)
-        frac = (sig << (RAND_BITS - 23)) >> torch.clamp(sub_d + t - 23, min=0, max=31)
+        # the fraction |x| / q = sig / 2**(23 + s) to 30 bits, truncated when longer (a bias below 2**-30);
+        # round up with probability frac / 2**30. s >= 1 for float32 normals; for float32 subnormals s is
+        # emin32 - 1 - man_sub, negative when the format's smallest normal is within man_sub binades of float32's
+        # (e8m3_sat: -3), and then sig < 2**(23 + s), so sig << (7 - s) < 2**30 still fits.
+        s = t - man_sub
+        frac = ((sig << (RAND_BITS - 23)) << torch.clamp(-s, min=0)) >> torch.clamp(s, min=0, max=31)
         r = torch.where(tiny, torch.where((frac + rbits) >= (1 << RAND_BITS), q_word, 0), r)
 
     # -- overflow, infinities, NaN

@@ -90,3 +90,30 @@ def test_stochastic_result_does_not_depend_on_the_kernel_shape(name, n, monkeypa
     assert torch.equal(whole.view(torch.int32), longer.view(torch.int32))
     monkeypatch.setattr(K, "COMPILE_MIN_NUMEL", 1 << 40)
     assert torch.equal(draw(x).view(torch.int32), whole.view(torch.int32))
+
+
+@pytest.mark.parametrize("fmt", [dict(exp_bits=8, man_bits=3, overflow="saturate"),
+                                 dict(exp_bits=8, man_bits=10, overflow="saturate"),
+                                 dict(exp_bits=8, man_bits=7, overflow="saturate")])
+def test_float32_subnormals_round_up_with_their_fraction_of_the_smallest_subnormal(fmt):
+    """Formats whose smallest normal is within man_bits binades of float32's (e8m3_sat): a float32 subnormal
+    under the format's smallest subnormal q rounds up with probability x / q. (The kernel once shifted its
+    significand the wrong way here: e8m3_sat rounded 2**-131 up with probability 1/32, not 1/4.)"""
+    import numpy as np
+
+    from boundfinder import FloatFormat, reference
+
+    f = FloatFormat(**fmt)
+    q = f.min_subnormal
+    for v in (q / 4, q / 1024, q * 0.75):
+        y = quantize(torch.full((N,), float(np.float32(v))), f, "stochastic")
+        p = float(np.float32(v)) / q
+        assert abs((y > 0).double().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / N) + 1e-5
+    # and bit for bit against the float64 reference, given the same random bits
+    x = np.float32(q) * np.random.default_rng(0).uniform(-1.5, 1.5, 4096).astype(np.float32)
+    rbits = np.random.default_rng(1).integers(0, 2**30, x.size)
+    want = reference.round_float(x, f, "stochastic", rbits)
+    got = K.round_float_bits(torch.from_numpy(x), K.float_params(f, torch.device("cpu")),
+                             torch.from_numpy(rbits.astype(np.int32)), K.MODE["stochastic"],
+                             K.OVERFLOW[f.overflow], K.float_variant(f)).numpy()
+    assert (got.view(np.int32) == want.view(np.int32)).all()
