@@ -309,6 +309,12 @@ def _compiled(kernel: Callable, static: tuple) -> Callable:
     return torch.compile(bound, dynamic=True, fullgraph=True)
 
 
+def compiles(kernel: Callable, numel: int) -> bool:
+    """Whether ``run`` would call the compiled ``kernel`` on ``numel`` elements here and now."""
+    return (numel >= COMPILE_MIN_NUMEL and _compile_enabled() and kernel.__name__ not in _compile_failed
+            and not _in_dispatch_mode())
+
+
 def _in_dispatch_mode() -> bool:
     """Inside a TorchDispatchMode, or its handler (which runs with Python dispatch disabled, as op-level
     emulation's does), compiled code cannot run; that is no reason to give up compiling elsewhere."""
@@ -329,7 +335,7 @@ def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple, *, ele
         if flat.shape != x.shape:
             return run(kernel, flat, tensors, static).view(x.shape)
     name = kernel.__name__
-    if x.numel() < COMPILE_MIN_NUMEL or not _compile_enabled() or name in _compile_failed or _in_dispatch_mode():
+    if not compiles(kernel, x.numel()):
         return kernel(x, *tensors, *static)
     try:
         return _compiled(kernel, static)(x, *tensors)

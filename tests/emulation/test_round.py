@@ -37,6 +37,26 @@ def test_fast_rounder_matches_quantize(fmt, rounding):
     assert bool(same.all()), x[~same][:5]
 
 
+def test_large_fn_tensors_use_the_compiled_kernel_with_the_same_result(monkeypatch):
+    """From FN_COMPILED_MIN_NUMEL elements on, the e4m3fn rounder calls quantize's compiled kernel; both
+    paths give the same bits (checked by forcing the float arithmetic on the same tensor)."""
+    from boundfinder import kernels
+    from boundfinder.emulation import _round
+
+    x = _inputs().repeat(_round.FN_COMPILED_MIN_NUMEL // _inputs().numel() + 1)
+    assert x.numel() >= _round.FN_COMPILED_MIN_NUMEL
+    calls = []
+    real = kernels.run
+    monkeypatch.setattr(kernels, "run", lambda *a, **k: calls.append(a[0].__name__) or real(*a, **k))
+    compiled = make_rounder("e4m3fn")(x)
+    assert calls == ["round_float"]
+    monkeypatch.setattr(_round, "FN_COMPILED_MIN_NUMEL", 1 << 40)
+    arithmetic = make_rounder("e4m3fn")(x)
+    assert len(calls) == 1
+    same = (compiled.view(torch.int32) == arithmetic.view(torch.int32)) | (compiled.isnan() & arithmetic.isnan())
+    assert bool(same.all())
+
+
 def test_non_float32_tensors_go_through_quantize():
     x = torch.randn(100).to(torch.bfloat16)
     assert torch.equal(make_rounder("e4m3fn")(x), quantize(x, "e4m3fn"))
