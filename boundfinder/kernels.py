@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch.utils import _python_dispatch
 
+from boundfinder.compiled_call import DirectCompiled
 from boundfinder.formats import FixedPointFormat, FloatFormat
 
 log = logging.getLogger("boundfinder")
@@ -306,7 +307,7 @@ def _compiled(kernel: Callable, static: tuple) -> Callable:
     name = f"{kernel.__name__}_{'_'.join(str(int(v)) for v in static)}".replace("-", "m")
     code = bound.__code__.replace(co_name=name, co_qualname=name)
     bound = types.FunctionType(code, bound.__globals__, name, None, bound.__closure__)
-    return torch.compile(bound, dynamic=True, fullgraph=True)
+    return DirectCompiled(bound)  # torch.compile(bound, dynamic=True, fullgraph=True), called more cheaply
 
 
 def compiles(kernel: Callable, numel: int) -> bool:

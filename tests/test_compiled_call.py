@@ -1,0 +1,109 @@
+"""DirectCompiled: a compiled kernel called directly once compiled, and through dynamo whenever the arguments
+differ from the compiled graph's in anything dynamo checks; the same results either way."""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import torch
+
+from boundfinder import kernels as K
+from boundfinder import quantize
+from boundfinder.compiled_call import DirectCompiled
+
+_COPIES = itertools.count()
+
+
+def _kernel(x, p, s):
+    # element-wise, plus an exact reduction over rows: a graph run on the wrong number of rows gives other values
+    return torch.where(x > p[0], x * s, x - p[1]) + x.amax(dim=0, keepdim=True)
+
+
+def _counting(fn):
+    """A DirectCompiled of a fresh copy of ``fn`` (dynamo caches graphs per code object) and a list that grows by
+    one per call through dynamo's wrapper."""
+    name = f"{fn.__name__}_{next(_COPIES)}"
+    fn = types.FunctionType(fn.__code__.replace(co_name=name, co_qualname=name), fn.__globals__, name)
+    dc = DirectCompiled(fn)
+    calls = []
+    inner = dc._compiled
+
+    def through_dynamo(*args):
+        calls.append(1)
+        return inner(*args)
+
+    dc._compiled = through_dynamo
+    return dc, calls
+
+
+def test_calls_after_the_first_skip_dynamo_and_agree_with_eager():
+    dc, calls = _counting(_kernel)
+    p, s = torch.tensor([0.5, 2.0]), torch.tensor(3.0)
+    for n in (4096, 5000, 4096, 77, 9):  # sizes that vary: one symbolic graph
+        x = torch.randn(3, n)
+        assert torch.equal(dc(x, p, s), _kernel(x, p, s))
+    assert len(calls) == 1
+
+
+def test_specialised_sizes_are_not_reused_for_other_sizes():
+    """dynamo compiles a size-1 dimension as the constant 1; a later size-3 call must not run that graph."""
+    dc, calls = _counting(_kernel)
+    p, s = torch.tensor([0.5, 2.0]), torch.tensor(3.0)
+    x1, x3 = torch.randn(1, 4096), torch.randn(3, 4096)
+    assert torch.equal(dc(x1, p, s), _kernel(x1, p, s))
+    assert torch.equal(dc(x3, p, s), _kernel(x3, p, s))
+    assert torch.equal(dc(x1, p, s), _kernel(x1, p, s))
+    assert torch.equal(dc(x3, p, s), _kernel(x3, p, s))
+    assert len(calls) == 2  # one graph for rows == 1, one for rows >= 2; then both run directly
+
+
+def test_other_dtypes_layouts_and_global_state_go_through_dynamo():
+    dc, calls = _counting(_kernel)
+    p, s = torch.tensor([0.5, 2.0]), torch.tensor(3.0)
+    x = torch.randn(4, 4096)
+    dc(x, p, s)
+    cases = [
+        (x.t().contiguous().t(), p, s),  # not contiguous
+        (x.double(), p.double(), s.double()),  # another dtype
+        (x.clone().requires_grad_(), p, s),  # requires grad
+        (x, torch.tensor([0.5, 2.0, 9.0]), s),  # a parameter tensor of another shape
+    ]
+    for args in cases:
+        n = len(calls)
+        got = dc(*args)
+        assert len(calls) == n + 1
+        assert torch.equal(got.detach(), _kernel(*[a.detach() for a in args]))
+    n = len(calls)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        assert torch.equal(dc(x, p, s), _kernel(x, p, s))
+        assert len(calls) == n + 1
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        assert torch.equal(dc(x, p, s), _kernel(x, p, s))
+    assert len(calls) == n + 2
+
+
+def test_quantize_runs_its_kernels_directly_with_the_same_bits(monkeypatch):
+    """Through quantize, repeated calls of a kernel run its graph directly, with the eager kernel's bits
+    (float, stochastic rows of lanes, fixed point, per-channel int)."""
+    from boundfinder import compiled_call
+
+    direct = []
+    real = compiled_call._Graph.__call__
+    monkeypatch.setattr(compiled_call._Graph, "__call__", lambda self, args: direct.append(1) or real(self, args))
+    for name, rounding, shape in [("e4m3fn", "nearest", (8192,)), ("fp16", "stochastic", (64, 128)),
+                                  ("fixed8.4", "truncate", (5000,)), ("int8", "nearest", (3, 4096))]:
+        x = torch.randn(shape) * 3
+        runs = [quantize(x, name, rounding, generator=torch.Generator().manual_seed(5)) for _ in range(3)]
+        n = len(direct)
+        with monkeypatch.context() as m:
+            m.setattr(K, "COMPILE_MIN_NUMEL", 1 << 40)
+            eager = quantize(x, name, rounding, generator=torch.Generator().manual_seed(5))
+        assert len(direct) == n
+        for r in runs:
+            assert torch.equal(r.view(torch.int32), eager.view(torch.int32)), name
+    assert len(direct) >= 8  # at least the second and third call of each
