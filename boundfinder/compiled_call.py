@@ -23,6 +23,7 @@ same either way: it is the same compiled code. GPU tensors always take dynamo's 
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 
 __all__ = ["DirectCompiled"]
+
+log = logging.getLogger("boundfinder")
 
 _MAX_NUMEL = 2**31 - 1  # int32 indexing in the compiled code; larger tensors take dynamo's path
 
@@ -40,35 +43,36 @@ def _global_state() -> tuple:
 
 
 class _Graph:
-    """One compiled graph: what Inductor returned, and how to build its arguments from (x, *tensors)."""
+    """One compiled graph: what Inductor returned, how to build its arguments from (x, *tensors), and the shape
+    guards of its symbolic sizes (``ShapeEnv.produce_guards_expression``: static sizes, sizes shared between
+    tensors by duck shaping, and any relation the compilation assumed)."""
 
-    def __init__(self, compiled: Callable, spec: list[tuple[int, Any]], example: tuple[torch.Tensor, ...],
-                 state: tuple) -> None:
+    def __init__(self, compiled: Callable, spec: list[tuple[int, Any]], guards: str | None,
+                 example: tuple[torch.Tensor, ...], state: tuple) -> None:
         self.compiled = compiled
         # per graph input: (argument index, None) for a tensor, (index, dim) for a size, (-1, value) a constant
         self.spec = spec
-        symbolic = {(0, d) for i, d in spec if i == 0 and d is not None}  # only x's sizes may vary
-        # per argument: dtype, and per dimension the compiled size (None where symbolic)
-        self.layout = [(t.dtype, tuple(None if (i, d) in symbolic else n for d, n in enumerate(t.shape)))
-                       for i, t in enumerate(example)]
+        self.guards = compile(guards, "<shape guards>", "eval") if guards else None
+        self.layout = [(t.dtype, t.dim()) for t in example]
         self.state = state
 
-    def matches(self, args: tuple[torch.Tensor, ...]) -> bool:
-        if len(args) != len(self.layout):
-            return False
-        if args[0].numel() > _MAX_NUMEL:
-            return False
-        for t, (dtype, sizes) in zip(args, self.layout, strict=True):
-            if (type(t) is not torch.Tensor or t.dtype != dtype or t.dim() != len(sizes) or t.requires_grad
+    def inputs(self, args: tuple[torch.Tensor, ...]) -> list | None:
+        """The graph's inputs built from ``args``, or None if the graph does not serve them."""
+        if len(args) != len(self.layout) or args[0].numel() > _MAX_NUMEL:
+            return None
+        for t, (dtype, dim) in zip(args, self.layout, strict=True):
+            if (type(t) is not torch.Tensor or t.dtype != dtype or t.dim() != dim or t.requires_grad
                     or not t.is_cpu or not t.is_contiguous()):
-                return False
-            for n, want in zip(t.shape, sizes, strict=True):
-                if (n < 2) if want is None else (n != want):
-                    return False
-        return _global_state() == self.state
+                return None
+        if _global_state() != self.state:
+            return None
+        inputs = [d if i < 0 else args[i] if d is None else args[i].shape[d] for i, d in self.spec]
+        if self.guards is not None:
+            from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
 
-    def __call__(self, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.compiled(*[d if i < 0 else args[i] if d is None else args[i].shape[d] for i, d in self.spec])[0]
+            if not eval(self.guards, SYMPY_INTERP, {"L": {f"t{k}": v for k, v in enumerate(inputs)}}):
+                return None
+        return inputs
 
 
 class DirectCompiled:
@@ -86,7 +90,7 @@ class DirectCompiled:
         self._closure = {name: cell.cell_contents for name, cell in cells}
         self._source = re.compile(r"^L\['(\w+)'\](?:\[(\d+)\])?(?:\.size\(\)\[(\d+)\])?$")
         self._graphs: list[_Graph] = []
-        self._new: tuple[Callable, list] | None = None
+        self._new: tuple[Callable, list, str | None] | None = None
         self._compiled = torch.compile(fn, backend=self._backend, dynamic=True, fullgraph=True)
 
     def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
@@ -103,7 +107,17 @@ class DirectCompiled:
                 spec = None  # an input this class does not know how to build: dynamo's path only
                 break
             spec.append(index)
-        self._new = (compiled, spec) if spec is not None else None
+        self._new = None
+        if spec is not None:
+            fakes = [node.meta.get("example_value") for node in gm.graph.nodes if node.op == "placeholder"]
+            shape_env = getattr(torch._guards.detect_fake_mode(fakes), "shape_env", None)
+            try:
+                # after compile_fx: the guards Inductor added are in the shape environment too
+                guards = shape_env.produce_guards_expression(fakes, ignore_static=False)
+            except Exception:  # a guard these placeholders cannot express: dynamo's path only
+                log.debug("boundfinder: no shape guards for a direct call", exc_info=True)
+            else:
+                self._new = (compiled, spec, guards)
         return compiled
 
     def _argument(self, name: str) -> tuple[int, Any] | None:
@@ -127,15 +141,22 @@ class DirectCompiled:
     def __call__(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         args = (x, *tensors)
         for graph in self._graphs:
-            if graph.matches(args):
-                return graph(args)
+            inputs = graph.inputs(args)
+            if inputs is not None:
+                try:
+                    return graph.compiled(*inputs)[0]
+                except Exception:  # never expected; dynamo's path below decides for itself
+                    log.debug("boundfinder: a direct call of a compiled graph failed; no longer used",
+                              exc_info=True)
+                    self._graphs.remove(graph)
+                    break
         self._new = None
         state = _global_state()
         out = self._compiled(x, *tensors)
         if self._new is not None:  # this call compiled a graph for these arguments: keep it for the next ones
-            compiled, spec = self._new
+            compiled, spec, guards = self._new
             self._new = None
-            graph = _Graph(compiled, spec, args, state)
-            if graph.matches(args):
+            graph = _Graph(compiled, spec, guards, args, state)
+            if graph.inputs(args) is not None:
                 self._graphs.append(graph)
         return out

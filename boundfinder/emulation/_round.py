@@ -9,7 +9,7 @@ equivalent that costs a few ops, each verified bit for bit against ``quantize`` 
   round-to-nearest-even with IEEE overflow). Not e4m3fn: torch's float8_e4m3fn cast saturates where the OCP
   format (and ``quantize``) overflows to NaN, and its conversion back to float32 is slow on CPU;
 - ``nearest`` with ``fn`` formats whose overflow is NaN (e4m3fn): divide by the element's quantum (a power of
-  two built from the exponent bits), round half to even, multiply back; about ten float ops (from 2**15
+  two built from the exponent bits), round half to even, multiply back; about ten float ops (from 2**17
   elements on, where compiled code runs, quantize's one-pass kernel instead);
 - ``nearest`` / ``truncate`` with ``e8m{M}`` (float32's exponent range, IEEE overflow): one integer rounding of
   the float32 word. Subnormals need no special case because the format's subnormal quantum is the float32 word's
@@ -36,10 +36,11 @@ Rounder = Callable[[torch.Tensor], torch.Tensor]
 
 _FP32 = FloatFormat(exp_bits=8, man_bits=23)
 # From this many float32 elements on, an ``fn`` rounder calls quantize's compiled kernel instead of its float
-# arithmetic (CPU, e4m3fn, float arithmetic -> quantize: 32,768 elements 29.8 -> 31.3 us on one thread and
-# 39.6 -> 25.2 us on two; 65,536: 54.4 -> 38.3 and 44.4 -> 32.6 us; 131,072: 120 -> 65 and 64 -> 41 us;
-# below that the float arithmetic is as fast or faster).
-FN_COMPILED_MIN_NUMEL = 1 << 15
+# arithmetic. Measured inside training steps, not alone: alone (CPU, one thread) the two are even at 32,768
+# elements (29.8 and 31.3 us) and the compiled kernel wins above (131,072: 120 -> 65 us), but in an MLP's
+# layer-level step (activations of 32,768 elements) it made the step slower (2.56x -> 2.8x of plain), and
+# LeNet's 65,536-element tensors gained nothing. 262,144 elements: 305 -> 197 us; 2**20: 1803 -> 539 us.
+FN_COMPILED_MIN_NUMEL = 1 << 17
 _CASTS = {
     FloatFormat(exp_bits=5, man_bits=10): torch.float16,
     FloatFormat(exp_bits=8, man_bits=7): torch.bfloat16,
