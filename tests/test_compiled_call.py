@@ -118,3 +118,31 @@ def test_quantize_runs_its_kernels_directly_with_the_same_bits(monkeypatch):
         for r in runs:
             assert torch.equal(r.view(torch.int32), eager.view(torch.int32)), name
     assert len(direct) >= 8  # at least the second and third call of each
+
+
+def test_sizes_dynamo_tied_together_are_checked():
+    """Duck shaping: compiled when x's rows equal the parameter tensor's size, dynamo uses one symbol for both;
+    a later call with other rows must not run that graph with the parameter's size as x's rows."""
+    dc, calls = _counting(_kernel)
+    p, s = torch.arange(8.0) / 8, torch.tensor(3.0)
+    for rows in (8, 32, 8, 32, 5):
+        x = torch.randn(rows, 4096)
+        assert torch.equal(dc(x, p, s), _kernel(x, p, s)), rows
+    assert len(calls) <= 2
+
+
+def _stochastic_e4m3fn(x, params, keys):
+    return K.round_float(x, params, keys, K.MODE["stochastic"], K.OVERFLOW["nan"], K.GENERAL)
+
+
+def test_rows_of_lanes_tied_to_the_parameter_sizes_are_checked():
+    """The case that broke without shape guards: rows of 16 lanes (x: (rows, 16), keys: (16,)) compiled with
+    8 rows, the size of the float parameters (8,), then called with 32 rows."""
+    from boundfinder.formats import parse_format
+
+    dc, _ = _counting(_stochastic_e4m3fn)
+    params = K.float_params(parse_format("e4m3fn"), torch.device("cpu"))
+    keys = K.seed_keys(7)
+    for rows in (8, 32, 8, 64, 16):
+        x = (torch.randn(rows, K.LANES) * 100).view(torch.int32)
+        assert torch.equal(dc(x, params, keys), _stochastic_e4m3fn(x, params, keys)), rows
