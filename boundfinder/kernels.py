@@ -47,7 +47,11 @@ def _wrap32(v: int) -> int:
 
 
 def _lowbias32(h: torch.Tensor) -> torch.Tensor:
-    h = h ^ _srl(h, 16)
+    return _lowbias32_rest(h ^ _srl(h, 16))
+
+
+def _lowbias32_rest(h: torch.Tensor) -> torch.Tensor:
+    """``_lowbias32`` after its first xor-shift."""
     h = h * _wrap32(0x7FEB352D)
     h = h ^ _srl(h, 15)
     h = h * _wrap32(0x846CA68B)
@@ -70,11 +74,14 @@ LANES = 16
 
 
 def seed_keys(seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The stochastic kernels' seed argument: ``key ^ j`` for j < LANES (int32), where ``key`` is the seed hashed
-    once (on the host: no kernel hashes it per element or per iteration). Element ``i`` draws
-    ``lowbias32(i ^ key)``; on CPU ``i ^ key == (i - j) ^ (key ^ j)`` with ``j = i % LANES``."""
+    """The stochastic kernels' seed argument, from ``key``, the seed hashed once (on the host: no kernel hashes
+    it per element or per iteration). Element ``i`` draws ``lowbias32(i ^ key)``. Entry LANES is ``key``
+    (flat tensors); entries j < LANES serve rows of LANES elements on CPU, where ``i = row * LANES + j``:
+    ``h = i ^ key`` and lowbias32's first step ``h ^ (h >>> 16)`` is ``r ^ (r >>> 16) ^ key_j`` with
+    ``r = row * LANES`` and ``key_j = key ^ j ^ (key >>> 16)`` (j and the shift touch disjoint bits)."""
     key = _lowbias32_int(int(seed) * 0x9E3779B1 + 0x632BE5AB)
-    return torch.tensor([_wrap32(key ^ j) for j in range(LANES)], dtype=torch.int32, device=device)
+    lanes = [_wrap32(key ^ j ^ (key >> 16)) for j in range(LANES)]
+    return torch.tensor([*lanes, _wrap32(key)], dtype=torch.int32, device=device)
 
 
 def random_bits(seed: torch.Tensor | int, numel: int, device: torch.device) -> torch.Tensor:
@@ -89,16 +96,16 @@ def rand_like(keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     The hash is Chris Wellons' lowbias32 (two multiply-xorshift rounds) of the element's flat index xor a key
     hashed from the seed, in wrapping int32 arithmetic: the stream is identical on CPU and GPU, eager and
     compiled, and costs no memory pass when fused into a rounding kernel. A CPU tensor of rows of LANES elements
-    (``run`` gives stochastic kernels that shape) takes its index as ``row * LANES ^ keys``: Inductor's CPU
-    code would rebuild a flat index vector element by element in every iteration, which costs more than the
-    hash; here the keys are one vector load and the row one broadcast.
+    (``run`` gives stochastic kernels that shape) starts from the row (see ``seed_keys``): Inductor's CPU code
+    would rebuild a flat index vector element by element in every iteration, which costs more than the hash;
+    here the per-lane keys are one vector load and the row's part of the first xor-shift one broadcast.
     """
     if x.device.type == "cpu" and x.dim() == 2 and x.shape[1] == LANES:
         rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int32)[:, None] * LANES
-        h = rows ^ keys
+        h = _lowbias32_rest((rows ^ _srl(rows, 16)) ^ keys[:LANES])  # the row's part once per row
     else:
-        h = (torch.arange(x.numel(), device=x.device, dtype=torch.int32) ^ keys[0]).view(x.shape)
-    return _lowbias32(h) & ((1 << RAND_BITS) - 1)
+        h = _lowbias32((torch.arange(x.numel(), device=x.device, dtype=torch.int32) ^ keys[LANES]).view(x.shape))
+    return h & ((1 << RAND_BITS) - 1)
 
 
 # -- float formats ----------------------------------------------------------------------------------------------
@@ -217,9 +224,11 @@ def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor
         # round up with probability frac / 2**30. s >= 1 for float32 normals; for float32 subnormals s is
         # emin32 - 1 - man_sub, negative when the format's smallest normal is within man_sub binades of float32's
         # (e8m3_sat: -3), and then sig < 2**(23 + s), so sig << (7 - s) < 2**30 still fits.
-        s = t - man_sub
-        frac = ((sig << (RAND_BITS - 23)) << torch.clamp(-s, min=0)) >> torch.clamp(s, min=0, max=31)
-        r = torch.where(tiny, torch.where((frac + rbits) >= (1 << RAND_BITS), q_word, 0), r)
+        # As one shift each way: u = 7 - s, frac = sig << u (u >= 0) or sig >> -u (capped at 31: sig < 2**24).
+        u = ((RAND_BITS - 23) + man_sub) - t
+        frac = (sig << torch.clamp(u, min=0)) >> torch.clamp(t - ((RAND_BITS - 23) + man_sub), min=0, max=31)
+        # frac + rbits < 2**31: its bit 30 is the decision (a mask from it is cheaper than a compare and select)
+        r = torch.where(tiny, q_word & -((frac + rbits) >> RAND_BITS), r)
 
     # -- overflow, infinities, NaN
     if overflow == 2:

@@ -61,7 +61,7 @@ def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tens
 def _no_seed(device: str) -> torch.Tensor:
     """The seed argument of kernels called without stochastic rounding (unused by them)."""
     with _python_dispatch._disable_current_modes():
-        return torch.zeros(kernels.LANES, dtype=torch.int32, device=device)
+        return torch.zeros(kernels.LANES + 1, dtype=torch.int32, device=device)
 
 
 @functools.lru_cache(maxsize=256)
