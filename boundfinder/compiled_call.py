@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,10 @@ import torch
 __all__ = ["DirectCompiled"]
 
 log = logging.getLogger("boundfinder")
+
+# BOUNDFINDER_DIRECT_CALL=0 sends every call through dynamo (the slower, fully guarded path); benchmarks
+# compare the two by setting ENABLED.
+ENABLED = os.environ.get("BOUNDFINDER_DIRECT_CALL", "1") != "0"
 
 _MAX_NUMEL = 2**31 - 1  # int32 indexing in the compiled code; larger tensors take dynamo's path
 
@@ -140,7 +145,7 @@ class DirectCompiled:
 
     def __call__(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         args = (x, *tensors)
-        for graph in self._graphs:
+        for graph in self._graphs if ENABLED else ():
             inputs = graph.inputs(args)
             if inputs is not None:
                 try:
