@@ -146,3 +146,15 @@ def test_rows_of_lanes_tied_to_the_parameter_sizes_are_checked():
     for rows in (8, 32, 8, 64, 16):
         x = (torch.randn(rows, K.LANES) * 100).view(torch.int32)
         assert torch.equal(dc(x, params, keys), _stochastic_e4m3fn(x, params, keys)), rows
+
+
+def test_direct_calls_can_be_switched_off(monkeypatch):
+    from boundfinder import compiled_call
+
+    dc, calls = _counting(_kernel)
+    p, s = torch.tensor([0.5, 2.0]), torch.tensor(3.0)
+    x = torch.randn(4, 4096)
+    dc(x, p, s)
+    monkeypatch.setattr(compiled_call, "ENABLED", False)
+    assert torch.equal(dc(x, p, s), _kernel(x, p, s))
+    assert len(calls) == 2
