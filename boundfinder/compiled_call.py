@@ -2,22 +2,24 @@
 
 A rounding kernel on a few thousand elements runs in ~3 us on CPU, but the call through ``torch.compile``
 (frame evaluation, guards, nested disable contexts) costs ~20-25 us more. ``DirectCompiled`` compiles through
-dynamo as usual, keeps what Inductor returned for each graph, and calls it directly when the arguments match
-that graph's inputs in every respect dynamo would check for these kernels:
+dynamo as usual, keeps what Inductor returned for each graph (through AOTAutograd's runtime wrapper), and calls
+it directly when the arguments match that graph in every respect dynamo would check for these kernels:
 
 - every argument is a plain ``torch.Tensor`` (not a subclass: no fake or functional tensors while tracing) on
-  the CPU, contiguous, not requiring gradients, with the graph's dtypes and number of dimensions;
-- ``x``'s sizes equal the compiled ones where the graph specialised them, and are at least 2 where it kept
-  them symbolic (dynamo specialises sizes 0 and 1), with fewer than 2**31 elements; the other tensors (the
-  kernels' parameters) have exactly the compiled shapes;
+  the CPU, contiguous, not requiring gradients, with the graph's dtypes and numbers of dimensions, and ``x``
+  has fewer than 2**31 elements;
+- the graph's own shape guards hold (``ShapeEnv.produce_guards_expression`` after compilation, evaluated on
+  the sizes: sizes it specialised, sizes tied together by duck shaping, the lower bound of 2 on symbolic
+  sizes, and anything the compilation assumed);
 - the global state dynamo guards on is the same (grad mode, threads, deterministic algorithms, autocast), and
   no torch function mode is active.
 
-Integers the graph takes from ``fn``'s closure (the kernels' static arguments, made symbolic by
-``dynamic=True``) are passed as the constants they are. Anything else, or a graph with other inputs than those
-tensors, their sizes and such constants, goes through the compiled
-function with all of dynamo's guards (which may compile another graph: it is then kept too). Results are the
-same either way: it is the same compiled code. GPU tensors always take dynamo's path (not measured there).
+Integers the graph takes from ``fn``'s closure are passed as the constants they are (``kernels`` writes its
+static arguments into the code as literals instead, so they are never symbolic). Anything else, or a graph with
+other inputs than those tensors, their sizes and such constants, goes through the compiled function with all
+of dynamo's guards (which may compile another graph: it is then kept too). Results are the same either way: it
+is the same compiled code. GPU tensors always take dynamo's path (not measured there). ``ENABLED`` (environment
+``BOUNDFINDER_DIRECT_CALL=0``) turns direct calls off.
 """
 
 from __future__ import annotations
