@@ -430,7 +430,7 @@ def round_block(blocks: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, 
         # unless it underflows: far below the element's quantum, but it must still round away from zero
         flat = blocks.reshape(-1)
         scaled = torch.where((scaled == 0) & (flat != 0), torch.sign(flat) * 2.0**-126, scaled)
-    rbits = rand_like(seed, scaled.reshape(-1)) if mode == 4 else None
+    rbits = rand_like(seed, scaled) if mode == 4 else None
     if fixed:
         q = round_fixed_bits(scaled, params, rbits, mode)
     else:
