@@ -41,6 +41,8 @@ _FP32 = FloatFormat(exp_bits=8, man_bits=23)
 # layer-level step (activations of 32,768 elements) it made the step slower (2.56x -> 2.8x of plain), and
 # LeNet's 65,536-element tensors gained nothing. 262,144 elements: 305 -> 197 us; 2**20: 1803 -> 539 us.
 FN_COMPILED_MIN_NUMEL = 1 << 17
+# Emulation's calls of quantize run compiled from this many elements on (kernels.compile_from).
+EMULATION_COMPILE_FROM = 2
 _CASTS = {
     FloatFormat(exp_bits=5, man_bits=10): torch.float16,
     FloatFormat(exp_bits=8, man_bits=7): torch.bfloat16,
@@ -147,7 +149,9 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
         return _identity
 
     def slow(x: torch.Tensor) -> torch.Tensor:
-        return quantize(x, fmt, rounding, generator=generator)  # a fresh tensor, never a view
+        # emulation rounds the same small tensors at every step: compiled from a few elements on
+        with kernels.compile_from(EMULATION_COMPILE_FROM):
+            return quantize(x, fmt, rounding, generator=generator)  # a fresh tensor, never a view
 
     fast: Rounder | None = None
     if rounding == "nearest" and fmt in _CASTS:

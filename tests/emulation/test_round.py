@@ -108,3 +108,26 @@ def test_batch_rounding_in_place_matches_quantize(fmt):
             same = (t.view(torch.int32) == expected.view(torch.int32)) | (t.isnan() & expected.isnan())
             assert bool(same.all()), (fmt, ref[~same][:5])
     assert scratch  # small groups keep their buffers
+
+
+def test_emulation_rounds_small_tensors_compiled_with_the_same_bits(monkeypatch):
+    """quantize keeps tensors under COMPILE_MIN_NUMEL eager (no compilation for a few numbers); emulation's
+    rounders, called at every step, compile from EMULATION_COMPILE_FROM elements on: same bits either way."""
+    from boundfinder import kernels
+
+    x = torch.randn(100) * 3
+    real = kernels.compiles
+    for fmt, rounding in [("fixed8.4", "nearest"), ("e4m3fn", "stochastic"), ("e5m2", "truncate")]:
+        compiled_checks: list[bool] = []
+
+        def spy(k, n, checks=compiled_checks):
+            checks.append(real(k, n))
+            return checks[-1]
+
+        monkeypatch.setattr(kernels, "compiles", spy)
+        got = make_rounder(fmt, rounding, torch.Generator().manual_seed(1))(x)
+        assert compiled_checks and all(compiled_checks), fmt
+        monkeypatch.setattr(kernels, "compiles", lambda k, n: False)
+        want = quantize(x, fmt, rounding, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), fmt
+    assert not real(kernels.round_float, 100)  # outside emulation, 100 elements stay eager
