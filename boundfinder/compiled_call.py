@@ -11,8 +11,8 @@ it directly when the arguments match that graph in every respect dynamo would ch
 - the graph's own shape guards hold (``ShapeEnv.produce_guards_expression`` after compilation, evaluated on
   the sizes: sizes it specialised, sizes tied together by duck shaping, the lower bound of 2 on symbolic
   sizes, and anything the compilation assumed);
-- the global state dynamo guards on is the same (grad mode, threads, deterministic algorithms, autocast), and
-  no torch function mode is active.
+- the global state dynamo guards on is the same (grad mode, threads, deterministic algorithms, autocast,
+  default dtype), and no torch function mode is active.
 
 Integers the graph takes from ``fn``'s closure are passed as the constants they are (``kernels`` writes its
 static arguments into the code as literals instead, so they are never symbolic). Anything else, or a graph with
@@ -46,7 +46,7 @@ _MAX_NUMEL = 2**31 - 1  # int32 indexing in the compiled code; larger tensors ta
 
 def _global_state() -> tuple:
     return (torch.is_grad_enabled(), torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_autocast_enabled("cpu"), torch._C._is_torch_function_mode_enabled())
+            torch.is_autocast_enabled("cpu"), torch._C._is_torch_function_mode_enabled(), torch.get_default_dtype())
 
 
 class _Graph:
