@@ -105,6 +105,15 @@ def _predict(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(preds), torch.cat(targets)
 
 
+def _seeded_model(build_model: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``build_model()`` with every generator seeded first: the initial weights depend on the seed alone (torch
+    seeds its default generator differently in every process)."""
+    import lightning.pytorch as pl
+
+    pl.seed_everything(seed, verbose=False)
+    return build_model()
+
+
 def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = ()) -> None:
     import logging
 
@@ -162,7 +171,7 @@ def precision_sweep(
     correct = np.zeros((len(bits), len(seeds), len(datamodule.test_items)), dtype=bool)
     baseline = np.zeros((len(seeds), correct.shape[2]), dtype=bool)
     for s, seed in enumerate(seeds):
-        model = build_model()
+        model = _seeded_model(build_model, seed)
         _train(model, datamodule, epochs=epochs, seed=seed)
         pred, target = _predict(model, datamodule.test_dataloader())
         baseline[s] = (pred == target).numpy()
@@ -172,7 +181,7 @@ def precision_sweep(
             if train_under_emulation:
                 from boundfinder.callbacks import PrecisionEmulation
 
-                trained = build_model()
+                trained = _seeded_model(build_model, seed)
                 _train(trained, datamodule, epochs=epochs, seed=seed,
                        callbacks=[PrecisionEmulation(policy, level=level, rounding=rounding)])
             else:
