@@ -28,6 +28,7 @@ import inspect
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -71,13 +72,16 @@ class _Graph:
             if (type(t) is not torch.Tensor or t.dtype != dtype or t.dim() != dim or t.requires_grad
                     or not t.is_cpu or not t.is_contiguous()):
                 return None
-        if _global_state() != self.state:
-            return None
+        if _global_state() != self.state or torch._C._functorch.peek_interpreter_stack() is not None:
+            return None  # (under vmap or grad transforms the tensors are wrapped: dynamo's path)
         inputs = [d if i < 0 else args[i] if d is None else args[i].shape[d] for i, d in self.spec]
         if self.guards is not None:
             from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
 
-            if not eval(self.guards, SYMPY_INTERP, {"L": {f"t{k}": v for k, v in enumerate(inputs)}}):
+            try:
+                if not eval(self.guards, SYMPY_INTERP, {"L": {f"t{k}": v for k, v in enumerate(inputs)}}):
+                    return None
+            except Exception:  # noqa: BLE001 - a guard that does not apply to these arguments: not this graph's
                 return None
         return inputs
 
@@ -97,7 +101,9 @@ class DirectCompiled:
         self._closure = {name: cell.cell_contents for name, cell in cells}
         self._source = re.compile(r"^L\['(\w+)'\](?:\[(\d+)\])?(?:\.size\(\)\[(\d+)\])?$")
         self._graphs: list[_Graph] = []
-        self._new: tuple[Callable, list, str | None] | None = None
+        # what the backend compiled during this thread's current call (the backend runs in the calling thread;
+        # another thread's compilation must not be paired with this call's arguments)
+        self._local = threading.local()
         self._compiled = torch.compile(fn, backend=self._backend, dynamic=True, fullgraph=True)
 
     def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
@@ -114,7 +120,7 @@ class DirectCompiled:
                 spec = None  # an input this class does not know how to build: dynamo's path only
                 break
             spec.append(index)
-        self._new = None
+        self._local.new = None
         if spec is not None:
             fakes = [node.meta.get("example_value") for node in gm.graph.nodes if node.op == "placeholder"]
             shape_env = getattr(torch._guards.detect_fake_mode(fakes), "shape_env", None)
@@ -124,7 +130,7 @@ class DirectCompiled:
             except Exception:  # a guard these placeholders cannot express: dynamo's path only
                 log.debug("boundfinder: no shape guards for a direct call", exc_info=True)
             else:
-                self._new = (compiled, spec, guards)
+                self._local.new = (compiled, spec, guards)
         return compiled
 
     def _argument(self, name: str) -> tuple[int, Any] | None:
@@ -157,12 +163,12 @@ class DirectCompiled:
                               exc_info=True)
                     self._graphs.remove(graph)
                     break
-        self._new = None
+        self._local.new = None
         state = _global_state()
         out = self._compiled(x, *tensors)
-        if self._new is not None:  # this call compiled a graph for these arguments: keep it for the next ones
-            compiled, spec, guards = self._new
-            self._new = None
+        new, self._local.new = getattr(self._local, "new", None), None
+        if new is not None:  # this call compiled a graph for these arguments: keep it for the next ones
+            compiled, spec, guards = new
             graph = _Graph(compiled, spec, guards, args, state)
             if graph.inputs(args) is not None:
                 self._graphs.append(graph)

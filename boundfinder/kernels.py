@@ -306,7 +306,7 @@ _min_numel: contextvars.ContextVar[int | None] = contextvars.ContextVar("boundfi
 
 @contextlib.contextmanager
 def compile_from(numel: int) -> Iterator[None]:
-    """Within the block, kernels run compiled from ``numel`` elements on instead of COMPILE_MIN_NUMEL.
+    """Within the block, kernels run compiled from ``numel`` elements on, if that is below COMPILE_MIN_NUMEL.
 
     For long-running callers (emulation rounds the same small tensors, a layer's bias or logits, at every step):
     a compiled call costs ~20-40 us at any size against ~60-150 us for the eager kernel's ~40 ops, and the one
@@ -339,15 +339,17 @@ def _compiled(kernel: Callable, static: tuple) -> Callable:
 def compiles(kernel: Callable, numel: int) -> bool:
     """Whether ``run`` would call the compiled ``kernel`` on ``numel`` elements here and now."""
     low = _min_numel.get()
-    return (numel >= (COMPILE_MIN_NUMEL if low is None else low) and _compile_enabled()
+    return (numel >= (COMPILE_MIN_NUMEL if low is None else min(low, COMPILE_MIN_NUMEL)) and _compile_enabled()
             and kernel.__name__ not in _compile_failed and not _in_dispatch_mode())
 
 
 def _in_dispatch_mode() -> bool:
     """Inside a TorchDispatchMode, or its handler (which runs with Python dispatch disabled, as op-level
-    emulation's does), compiled code cannot run; that is no reason to give up compiling elsewhere."""
+    emulation's does), or a torch.func transform (vmap, grad), compiled code cannot run; that is no reason to
+    give up compiling elsewhere."""
     return (_python_dispatch._get_current_dispatch_mode() is not None
-            or torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.Python))
+            or torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.Python)
+            or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
 def run(kernel: Callable, x: torch.Tensor, tensors: tuple, static: tuple, *, elementwise: bool = False,

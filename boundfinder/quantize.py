@@ -102,7 +102,8 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
         raise FormatError(f"stochastic rounding takes at most 2**31 - 1 elements per call, but got {x.numel()}; "
                           "round the tensor in chunks.")
     # every kernel input is detached (no autograd graph is recorded), so no no_grad() context is needed
-    x32 = x.detach().to(torch.float32).contiguous()
+    # resolve_neg: a lazily negated view (torch._neg_view) must reach the kernels with its values, not its storage
+    x32 = x.detach().to(torch.float32).resolve_neg().contiguous()
     seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
     out = _dispatch(x32, fmt, mode, seed)
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
@@ -202,7 +203,8 @@ def fake_quantize_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     check_rounding(rounding)
     seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
     with torch.no_grad():
-        out = _fake_quant(x.detach().to(torch.float32).contiguous(), torch.as_tensor(scale, dtype=torch.float32),
+        out = _fake_quant(x.detach().to(torch.float32).resolve_neg().contiguous(),
+                          torch.as_tensor(scale, dtype=torch.float32),
                           torch.as_tensor(zero_point), fmt, kernels.MODE[rounding], seed)
     return out.to(x.dtype)
 

@@ -158,3 +158,49 @@ def test_direct_calls_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(compiled_call, "ENABLED", False)
     assert torch.equal(dc(x, p, s), _kernel(x, p, s))
     assert len(calls) == 2
+
+
+def test_a_compilation_in_another_thread_is_not_taken_for_this_calls_graph():
+    """Thread A is inside dynamo's call when thread B compiles another graph: A must keep its own graph (for
+    its own arguments), and both then run directly with the right results."""
+    import threading
+
+    from boundfinder.formats import parse_format
+
+    dc, _ = _counting(_stochastic_e4m3fn)
+    params = K.float_params(parse_format("e4m3fn"), torch.device("cpu"))
+    keys = K.seed_keys(7)
+    x_flat = (torch.randn(4099) * 100).view(torch.int32)
+    x_rows = (torch.randn(256, K.LANES) * 100).view(torch.int32)
+    inner = dc._compiled
+    injected = []
+
+    def racing(*args):
+        out = inner(*args)
+        if not injected:
+            injected.append(1)
+            t = threading.Thread(target=dc, args=(x_rows, params, keys))
+            t.start()
+            t.join()
+        return out
+
+    dc._compiled = racing
+    assert torch.equal(dc(x_flat, params, keys), _stochastic_e4m3fn(x_flat, params, keys))
+    assert sorted(len(g.layout) and g.layout[0][1] for g in dc._graphs) == [1, 2]
+    for x in (x_flat, x_rows):
+        assert torch.equal(dc(x, params, keys), _stochastic_e4m3fn(x, params, keys))
+
+
+def test_negated_views_are_rounded_by_value():
+    """A lazily negated view (its storage holds -x) is rounded as the values it shows, compiled or not."""
+    z = torch.randn(4096) * 3
+    nz = torch._neg_view(z)
+    for fmt in ("fixed8.4", "e4m3fn", "int8"):
+        assert torch.equal(quantize(nz, fmt), quantize(-z, fmt)), fmt
+
+
+def test_vmap_runs_the_eager_kernel_and_leaves_compilation_on():
+    x = torch.randn(3, 4096)
+    y = torch.vmap(lambda row: quantize(row, "fixed8.4"))(x)
+    assert torch.equal(y, quantize(x, "fixed8.4"))
+    assert "round_fixed" not in K._compile_failed
