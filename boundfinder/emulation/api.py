@@ -66,7 +66,8 @@ class Emulation:
         """Take every hook away; the model, its parameters and its forward are as before ``emulate``.
 
         Idempotent. At batch level, rounding already applied to parameters by training steps stays (that is
-        the training result); nothing else was ever changed.
+        the training result); parameters that were kept as views into one buffer (see ``emulation/flat.py``)
+        get their own storage back, with the same values; nothing else was ever changed.
         """
         for part in (self._layer, self._op, self._batch):
             if part is not None:

@@ -7,6 +7,10 @@ in float32. Which tensors are rounded:
 - with an ``optimizer_state`` format, every floating-point state tensor of those parameters that has the
   parameter's shape (``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ...); scalars such as Adam's ``step``
   counter are left alone, since rounding a step count is not a storage format.
+
+Float32 CPU parameters whose format has an in-place fast path (nearest fp16 / bf16 / e5m2 / e4m3fn) are kept as
+views into one buffer per format while emulation is on (``flat.py``), so each step rounds them with one or two
+calls; removal gives them their own storage back.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from boundfinder.formats import Format
 from boundfinder.policy import parameter_role
 
 from ._round import Rounder, is_identity, make_rounder
+from .flat import FlatParameters, qualifies
 
 __all__ = ["BatchEmulator"]
 
@@ -61,10 +66,41 @@ class BatchEmulator:
                     self.state_rounders[id(param)] = (param, s)
         self._handles: list[Any] = []
         self._scratch: dict = {}  # buffers of _round_in_place, reused between steps
+        # Parameters whose rounder is a deterministic in-place fast path (a cast to fp16 / bf16 / e5m2 and back,
+        # or the e4m3fn float arithmetic) live in one buffer per rounder and are rounded by one call on it
+        # (flat.py); the rest, and any group whose parameters stop qualifying, go through _round_in_place.
+        flat: dict[int, tuple[Rounder, list[nn.Parameter]]] = {}
+        self._one_by_one: list[tuple[torch.Tensor, Rounder]] = []
+        for param, r in self.parameters:
+            if getattr(r, "in_place", None) is not None and qualifies(param):
+                flat.setdefault(id(r), (r, []))[1].append(param)
+            else:
+                self._one_by_one.append((param, r))
+        self._flat = [(r, FlatParameters(params)) for r, params in flat.values()]
+        self._flat_scratch: dict[int, torch.Tensor] = {}
 
     def round_parameters(self) -> None:
         with torch.no_grad():
-            _round_in_place(self.parameters, self._scratch)
+            todo = self._one_by_one
+            for r, group in self._flat:
+                buf = group.buffer()
+                if buf is None:
+                    todo = todo + [(p, r) for p in group.params]
+                else:
+                    self._round_flat(buf, r)
+            if todo:
+                _round_in_place(todo, self._scratch)
+
+    def _round_flat(self, buf: torch.Tensor, r: Rounder) -> None:
+        cast = getattr(r, "cast_dtype", None)
+        if cast is None:
+            r.in_place(buf)  # type: ignore[attr-defined]
+            return
+        tmp = self._flat_scratch.get(id(buf))
+        if tmp is None or tmp.numel() != buf.numel() or tmp.dtype != cast:
+            tmp = self._flat_scratch[id(buf)] = torch.empty(buf.numel(), dtype=cast)
+        tmp.copy_(buf)  # round to nearest even, as Tensor.to
+        buf.copy_(tmp)
 
     def round_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.state_rounders:
@@ -99,6 +135,9 @@ class BatchEmulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for _, group in self._flat:
+            group.detach()
+        self._flat_scratch.clear()
 
 
 def _round_in_place(items: list[tuple[torch.Tensor, Rounder]], scratch: dict | None = None) -> None:

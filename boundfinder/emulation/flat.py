@@ -1,0 +1,79 @@
+"""Parameters kept as views into one buffer, so that batch-level rounding is one call over all of them.
+
+Rounding a small model's parameters after every optimizer step costs more in per-tensor calls (and in copying
+them into one buffer and back) than in arithmetic: on a 0.6 ms MLP step, the two grouped fp16 conversions and
+their copies took ~9% of the step. ``FlatParameters`` moves the parameters' data into one float32 buffer once
+(``param.data`` becomes a view of it; the Parameter objects, their values and shapes stay), and each step rounds
+that buffer in place with one or two calls.
+
+Each parameter starts at a multiple of 16 elements (64 bytes, the alignment of a fresh CPU allocation), so the
+layer arithmetic sees data aligned as before and gives the same results bit for bit. Before each use the views
+are checked (data pointer and shape): anything that replaced a parameter's data (a move to another device,
+``param.data = ...``) makes the group fall back to per-tensor rounding and re-attach later. ``detach`` gives every
+parameter its own storage again (values unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["FlatParameters", "qualifies"]
+
+ALIGN = 16  # elements of float32: 64 bytes
+
+
+def qualifies(param: torch.Tensor) -> bool:
+    """A float32 CPU parameter with plain, contiguous, non-empty data."""
+    data = param.data
+    return (type(data) is torch.Tensor and data.dtype == torch.float32 and data.is_cpu and data.is_contiguous()
+            and data.numel() > 0 and not data.is_neg() and not data.is_conj())
+
+
+class FlatParameters:
+    """Parameters of one rounder as aligned views into one float32 buffer (see the module docstring)."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+        self.flat: torch.Tensor | None = None
+        self._views: list[tuple[int, torch.Size]] = []
+
+    def buffer(self) -> torch.Tensor | None:
+        """The buffer every parameter is a view of (attaching them first if needed), or None if one does not
+        qualify: round those tensors one by one instead."""
+        if self.flat is not None and self._intact():
+            return self.flat
+        self.detach()
+        if not all(qualifies(p) for p in self.params):
+            return None
+        self._attach()
+        return self.flat
+
+    def _intact(self) -> bool:
+        return all(p.data_ptr() == ptr and p.shape == shape for p, (ptr, shape) in zip(self.params, self._views,
+                                                                                       strict=True))
+
+    def _attach(self) -> None:
+        offsets, total = [], 0
+        for p in self.params:
+            offsets.append(total)
+            total += -(-p.numel() // ALIGN) * ALIGN
+        flat = torch.zeros(total, dtype=torch.float32)
+        with torch.no_grad():
+            for p, offset in zip(self.params, offsets, strict=True):
+                view = flat[offset:offset + p.numel()].view(p.shape)
+                view.copy_(p.data)
+                p.data = view
+        self.flat = flat
+        self._views = [(p.data_ptr(), p.shape) for p in self.params]
+
+    def detach(self) -> None:
+        """Give each parameter still viewing the buffer its own storage again (same values)."""
+        if self.flat is None:
+            return
+        with torch.no_grad():
+            for p, (ptr, shape) in zip(self.params, self._views, strict=True):
+                if p.data_ptr() == ptr and p.shape == shape:
+                    p.data = p.data.clone()
+        self.flat = None
+        self._views = []
