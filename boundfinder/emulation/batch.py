@@ -24,7 +24,7 @@ from boundfinder.formats import Format
 from boundfinder.policy import parameter_role
 
 from ._round import Rounder, is_identity, make_rounder
-from .flat import FlatParameters, qualifies
+from .flat import FlatParameters, FlatState, qualifies
 
 __all__ = ["BatchEmulator"]
 
@@ -78,6 +78,7 @@ class BatchEmulator:
                 self._one_by_one.append((param, r))
         self._flat = [(r, FlatParameters(params)) for r, params in flat.values()]
         self._flat_scratch: dict[int, torch.Tensor] = {}
+        self._state_flat: FlatState | None = None
 
     def round_parameters(self) -> None:
         with torch.no_grad():
@@ -105,20 +106,33 @@ class BatchEmulator:
     def round_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.state_rounders:
             return
-        todo: list[tuple[torch.Tensor, Rounder]] = []
+        if self._state_flat is not None and self._state_flat.serves(optimizer):
+            with torch.no_grad():
+                for r, buf in self._state_flat.buffers:
+                    self._round_flat(buf, r)
+            return
+        slots: list[tuple[torch.Tensor, str, torch.Tensor, Rounder]] = []
         for group in optimizer.param_groups:
             for param in group["params"]:
                 entry = self.state_rounders.get(id(param))
                 state = optimizer.state.get(param)
                 if entry is None or not state:
                     continue
-                todo.extend(
-                    (value, entry[1])
-                    for value in state.values()
+                slots.extend(
+                    (param, key, value, entry[1])
+                    for key, value in state.items()
                     if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == param.shape
                 )
+        if self._state_flat is not None:
+            self._state_flat.detach()
+            self._state_flat = None
+        if slots and all(getattr(r, "in_place", None) is not None and qualifies(v) for _, _, v, r in slots):
+            # every tensor can live in a buffer: from now on one or two calls per buffer and step
+            self._state_flat = FlatState(optimizer, slots)
+            self.round_optimizer_state(optimizer)
+            return
         with torch.no_grad():
-            _round_in_place(todo, self._scratch)
+            _round_in_place([(value, r) for _, _, value, r in slots], self._scratch)
 
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None) -> None:
         self.round_parameters()
@@ -137,6 +151,9 @@ class BatchEmulator:
         self._handles.clear()
         for _, group in self._flat:
             group.detach()
+        if self._state_flat is not None:
+            self._state_flat.detach()
+            self._state_flat = None
         self._flat_scratch.clear()
 
 

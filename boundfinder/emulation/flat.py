@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["FlatParameters", "qualifies"]
+__all__ = ["FlatParameters", "FlatState", "qualifies"]
 
 ALIGN = 16  # elements of float32: 64 bytes
 
@@ -54,15 +54,9 @@ class FlatParameters:
                                                                                        strict=True))
 
     def _attach(self) -> None:
-        offsets, total = [], 0
-        for p in self.params:
-            offsets.append(total)
-            total += -(-p.numel() // ALIGN) * ALIGN
-        flat = torch.zeros(total, dtype=torch.float32)
         with torch.no_grad():
-            for p, offset in zip(self.params, offsets, strict=True):
-                view = flat[offset:offset + p.numel()].view(p.shape)
-                view.copy_(p.data)
+            flat, views = _aligned_buffer([p.data for p in self.params])
+            for p, view in zip(self.params, views, strict=True):
                 p.data = view
         self.flat = flat
         self._views = [(p.data_ptr(), p.shape) for p in self.params]
@@ -77,3 +71,64 @@ class FlatParameters:
                     p.data = p.data.clone()
         self.flat = None
         self._views = []
+
+
+def _aligned_buffer(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A zeroed float32 buffer and, per tensor, an aligned view of it holding that tensor's values."""
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.numel() // ALIGN) * ALIGN
+    flat = torch.zeros(total, dtype=torch.float32)
+    views = []
+    for t, offset in zip(tensors, offsets, strict=True):
+        view = flat[offset:offset + t.numel()].view(t.shape)
+        view.copy_(t)
+        views.append(view)
+    return flat, views
+
+
+def _state_fingerprint(optimizer: torch.optim.Optimizer) -> tuple:
+    return tuple(len(s) for s in optimizer.state.values())
+
+
+class FlatState:
+    """Optimizer state tensors (momentum, Adam's moments) as aligned views into one buffer per rounder: each
+    ``optimizer.state[param][key]`` is replaced by its view once; optimizers update their state in place, so the
+    views stay. ``serves`` tells whether the state is still exactly those views (same entries, same objects):
+    a new entry or a replaced tensor (``load_state_dict``) means building anew."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 slots: list[tuple[torch.Tensor, str, torch.Tensor, object]]) -> None:
+        """``slots``: (parameter, state key, state tensor, rounder) for each tensor to keep in a buffer."""
+        self.optimizer = optimizer
+        groups: dict[int, tuple[object, list[tuple[torch.Tensor, dict, str, torch.Tensor]]]] = {}
+        for param, key, value, rounder in slots:
+            groups.setdefault(id(rounder), (rounder, []))[1].append((param, optimizer.state[param], key, value))
+        self.buffers: list[tuple[object, torch.Tensor]] = []
+        self.slots: list[tuple[torch.Tensor, dict, str, torch.Tensor]] = []
+        with torch.no_grad():
+            for rounder, entries in groups.values():
+                flat, views = _aligned_buffer([value for *_, value in entries])
+                for (param, state, key, _), view in zip(entries, views, strict=True):
+                    state[key] = view
+                    self.slots.append((param, state, key, view))
+                self.buffers.append((rounder, flat))
+        self.fingerprint = _state_fingerprint(optimizer)
+
+    def serves(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether the optimizer's state is still exactly these views: the same per-parameter dicts (a
+        ``load_state_dict`` makes new ones), the same entries, the same tensor objects."""
+        if optimizer is not self.optimizer or _state_fingerprint(optimizer) != self.fingerprint:
+            return False
+        current = optimizer.state
+        return all(current.get(param) is state and state.get(key) is view for param, state, key, view in self.slots)
+
+    def detach(self) -> None:
+        """Give each state tensor still viewing a buffer its own storage again (same values)."""
+        with torch.no_grad():
+            for _, state, key, view in self.slots:
+                if state.get(key) is view:
+                    state[key] = view.clone()
+        self.slots = []
+        self.buffers = []

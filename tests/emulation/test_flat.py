@@ -97,3 +97,50 @@ def test_parameters_that_do_not_qualify_are_rounded_one_by_one():
     assert not model.weight.is_contiguous()
     for p in model.parameters():
         assert torch.equal(quantize(p.detach(), "bf16"), p.detach())
+
+
+def _train_with_state(fmt: str, opt_name: str, steps: int = 12, reload_at: int | None = None):
+    torch.manual_seed(0)
+    model = _models()["mlp"]
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    em = emulate(model, PrecisionPolicy.from_spec(fmt), level="batch", optimizer=opt)  # weights + optimizer state
+    losses = []
+    for step in range(steps):
+        if step == reload_at:
+            opt.load_state_dict(opt.state_dict())  # new state tensors, same values
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    states = [v.detach().clone() for s in opt.state.values() for v in s.values()
+              if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return [p.detach().clone() for p in model.parameters()], states, losses, em, opt
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("fmt", ["e5m10", "e4m3fn"])
+def test_optimizer_state_in_buffers_trains_exactly_as_one_by_one(fmt, opt_name, monkeypatch):
+    params, states, losses, em, opt = _train_with_state(fmt, opt_name, reload_at=5)
+    assert em._batch._state_flat is not None and em._batch._state_flat.serves(opt)
+    for s in states:
+        assert _same(quantize(s, fmt), s)  # the state is on the grid (Adam's e4m3fn moments may reach NaN)
+    em.remove()
+    for s in opt.state.values():  # own storage again
+        for v in s.values():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                assert v._base is None
+    monkeypatch.setattr("boundfinder.emulation.batch.qualifies", lambda p: False)
+    params_ref, states_ref, losses_ref, _, _ = _train_with_state(fmt, opt_name, reload_at=5)
+    assert _same(torch.tensor(losses), torch.tensor(losses_ref))
+    for a, b in zip(params + states, params_ref + states_ref, strict=True):
+        assert _same(a, b)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit, NaN equal to NaN."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
