@@ -332,6 +332,28 @@ def test_crash_cleans_up_and_resume_continues_under_the_policy(tmp_path, level):
     assert no_hooks_left(resumed)
 
 
+@pytest.mark.parametrize("fmt", ["e5m10", "e4m3fn"])
+def test_batch_level_buffers_checkpoint_and_resume(tmp_path, fmt):
+    """Formats whose batch-level parameters live in one buffer (emulation/flat.py): checkpoints written under
+    the buffer restore into a fresh model, and a crash gives the parameters their own storage back."""
+    model = MODELS["lenet"](lr=0.1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    t = trainer(max_steps=10, limit_val_batches=0, enable_checkpointing=True,
+                callbacks=[PrecisionEmulation(fmt, level="batch"), ckpt, CrashAt(3)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        t.fit(model, digits())
+    assert no_hooks_left(model)
+    assert all(p.data._base is None for p in model.parameters())  # own storage again
+    saved = torch.load(tmp_path / "epoch=0-step=2.ckpt", weights_only=False)["state_dict"]
+    assert all(on_grid(v, fmt) for v in saved.values() if v.is_floating_point())
+    resumed = MODELS["lenet"](lr=0.1)
+    t2 = trainer(max_steps=5, limit_val_batches=0, callbacks=[PrecisionEmulation(fmt, level="batch")])
+    t2.fit(resumed, digits(), ckpt_path=tmp_path / "epoch=0-step=2.ckpt")
+    assert t2.global_step == 5
+    assert all(on_grid(p, fmt) for p in resumed.parameters())
+    assert all(p.data._base is None for p in resumed.parameters())
+
+
 # -- more Trainer set-ups -------------------------------------------------------------------------------------
 def test_batch_level_rounds_after_manual_optimization_steps():
     from lightning.pytorch.demos.boring_classes import ManualOptimBoringModel
