@@ -77,7 +77,6 @@ class BatchEmulator:
             else:
                 self._one_by_one.append((param, r))
         self._flat = [(r, FlatParameters(params)) for r, params in flat.values()]
-        self._flat_scratch: dict[int, torch.Tensor] = {}
         self._state_flat: FlatState | None = None
 
     def round_parameters(self) -> None:
@@ -88,20 +87,9 @@ class BatchEmulator:
                 if buf is None:
                     todo = todo + [(p, r) for p in group.params]
                 else:
-                    self._round_flat(buf, r)
+                    _round_flat(buf, r, group.scratch)
             if todo:
                 _round_in_place(todo, self._scratch)
-
-    def _round_flat(self, buf: torch.Tensor, r: Rounder) -> None:
-        cast = getattr(r, "cast_dtype", None)
-        if cast is None:
-            r.in_place(buf)  # type: ignore[attr-defined]
-            return
-        tmp = self._flat_scratch.get(id(buf))
-        if tmp is None or tmp.numel() != buf.numel() or tmp.dtype != cast:
-            tmp = self._flat_scratch[id(buf)] = torch.empty(buf.numel(), dtype=cast)
-        tmp.copy_(buf)  # round to nearest even, as Tensor.to
-        buf.copy_(tmp)
 
     def round_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.state_rounders:
@@ -109,7 +97,7 @@ class BatchEmulator:
         if self._state_flat is not None and self._state_flat.serves(optimizer):
             with torch.no_grad():
                 for r, buf in self._state_flat.buffers:
-                    self._round_flat(buf, r)
+                    _round_flat(buf, r, self._state_flat.scratch)
             return
         slots: list[tuple[torch.Tensor, str, torch.Tensor, Rounder]] = []
         for group in optimizer.param_groups:
@@ -154,7 +142,20 @@ class BatchEmulator:
         if self._state_flat is not None:
             self._state_flat.detach()
             self._state_flat = None
-        self._flat_scratch.clear()
+
+
+def _round_flat(buf: torch.Tensor, r: Rounder, scratch: dict) -> None:
+    """Round a buffer of flat.py in place; ``scratch`` (the buffer owner's, emptied with its buffers) keeps the
+    cast dtype's copy between steps."""
+    cast = getattr(r, "cast_dtype", None)
+    if cast is None:
+        r.in_place(buf)  # type: ignore[attr-defined]
+        return
+    tmp = scratch.get(id(buf))
+    if tmp is None:
+        tmp = scratch[id(buf)] = torch.empty(buf.numel(), dtype=cast)
+    tmp.copy_(buf)  # round to nearest even, as Tensor.to
+    buf.copy_(tmp)
 
 
 def _round_in_place(items: list[tuple[torch.Tensor, Rounder]], scratch: dict | None = None) -> None:

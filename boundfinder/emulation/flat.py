@@ -37,6 +37,7 @@ class FlatParameters:
         self.params = params
         self.flat: torch.Tensor | None = None
         self._views: list[tuple[int, torch.Size]] = []
+        self.scratch: dict = {}  # the rounder's working copies of ``flat`` (batch.py), dropped with it
 
     def buffer(self) -> torch.Tensor | None:
         """The buffer every parameter is a view of (attaching them first if needed), or None if one does not
@@ -71,6 +72,7 @@ class FlatParameters:
                     p.data = p.data.clone()
         self.flat = None
         self._views = []
+        self.scratch = {}
 
 
 def _aligned_buffer(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -107,6 +109,7 @@ class FlatState:
             groups.setdefault(id(rounder), (rounder, []))[1].append((param, optimizer.state[param], key, value))
         self.buffers: list[tuple[object, torch.Tensor]] = []
         self.slots: list[tuple[torch.Tensor, dict, str, torch.Tensor]] = []
+        self.scratch: dict = {}  # the rounder's working copies of the buffers (batch.py), dropped with them
         with torch.no_grad():
             for rounder, entries in groups.values():
                 flat, views = _aligned_buffer([value for *_, value in entries])
@@ -132,3 +135,4 @@ class FlatState:
                     state[key] = view.clone()
         self.slots = []
         self.buffers = []
+        self.scratch = {}
