@@ -14,12 +14,12 @@ it directly when the arguments match that graph in every respect dynamo would ch
 - the global state dynamo guards on is the same (grad mode, threads, deterministic algorithms, autocast,
   default dtype), and no torch function mode is active.
 
-Integers the graph takes from ``fn``'s closure are passed as the constants they are (``kernels`` writes its
-static arguments into the code as literals instead, so they are never symbolic). Anything else, or a graph with
-other inputs than those tensors, their sizes and such constants, goes through the compiled function with all
-of dynamo's guards (which may compile another graph: it is then kept too). Results are the same either way: it
-is the same compiled code. GPU tensors always take dynamo's path (not measured there). ``ENABLED`` (environment
-``BOUNDFINDER_DIRECT_CALL=0``) turns direct calls off.
+A graph with other inputs than ``fn``'s tensor arguments and their sizes (a symbolic integer from a closure,
+say: ``kernels`` writes its static arguments into the code as literals, so they are constants), and any
+arguments that do not match, go through the compiled function with all of dynamo's guards (which may compile
+another graph: it is then kept too). Results are the same either way: it is the same compiled code. GPU tensors
+always take dynamo's path (not measured there). ``ENABLED`` (environment ``BOUNDFINDER_DIRECT_CALL=0``) turns
+direct calls off.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ class _Graph:
     guards of its symbolic sizes (``ShapeEnv.produce_guards_expression``: static sizes, sizes shared between
     tensors by duck shaping, and any relation the compilation assumed)."""
 
-    def __init__(self, compiled: Callable, spec: list[tuple[int, Any]], guards: str | None,
+    def __init__(self, compiled: Callable, spec: list[tuple[int, int | None]], guards: str | None,
                  example: tuple[torch.Tensor, ...], state: tuple) -> None:
         self.compiled = compiled
-        # per graph input: (argument index, None) for a tensor, (index, dim) for a size, (-1, value) a constant
+        # per graph input: (argument index, None) for a tensor, (argument index, dim) for one of its sizes
         self.spec = spec
         self.guards = compile(guards, "<shape guards>", "eval") if guards else None
         self.layout = [(t.dtype, t.dim()) for t in example]
@@ -74,7 +74,7 @@ class _Graph:
                 return None
         if _global_state() != self.state or torch._C._functorch.peek_interpreter_stack() is not None:
             return None  # (under vmap or grad transforms the tensors are wrapped: dynamo's path)
-        inputs = [d if i < 0 else args[i] if d is None else args[i].shape[d] for i, d in self.spec]
+        inputs = [args[i] if d is None else args[i].shape[d] for i, d in self.spec]
         if self.guards is not None:
             from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
 
@@ -96,9 +96,6 @@ class DirectCompiled:
         code = fn.__code__
         self._positional = code.co_varnames[:code.co_argcount]
         self._varargs = code.co_varnames[code.co_argcount] if code.co_flags & inspect.CO_VARARGS else None
-        # fn's closure variables are constants of this function object (the kernels' static arguments)
-        cells = zip(code.co_freevars, fn.__closure__ or (), strict=True)
-        self._closure = {name: cell.cell_contents for name, cell in cells}
         self._source = re.compile(r"^L\['(\w+)'\](?:\[(\d+)\])?(?:\.size\(\)\[(\d+)\])?$")
         self._graphs: list[_Graph] = []
         # what the backend compiled during this thread's current call (the backend runs in the calling thread;
@@ -110,7 +107,7 @@ class DirectCompiled:
         from torch._inductor.compile_fx import compile_fx
 
         compiled = compile_fx(gm, example_inputs)
-        spec: list[tuple[int, Any]] | None = []
+        spec: list[tuple[int, int | None]] | None = []
         for node in gm.graph.nodes:
             if node.op != "placeholder":
                 continue
@@ -133,16 +130,13 @@ class DirectCompiled:
                 self._local.new = (compiled, spec, guards)
         return compiled
 
-    def _argument(self, name: str) -> tuple[int, Any] | None:
-        """(argument index, size dimension or None) of a graph input named ``name``, or (-1, value) for an
-        integer taken from fn's closure; None if unknown."""
+    def _argument(self, name: str) -> tuple[int, int | None] | None:
+        """(argument index, size dimension or None) of a graph input named ``name``; None if it is anything
+        else (a closure variable, a global): then the graph is only called through dynamo."""
         m = self._source.match(name)
         if m is None:
             return None
         param, item, dim = m.group(1), m.group(2), m.group(3)
-        if param in self._closure and dim is None:
-            value = self._closure[param] if item is None else self._closure[param][int(item)]
-            return (-1, value) if type(value) is int else None
         if item is None and param in self._positional:
             index = self._positional.index(param)
         elif item is not None and param == self._varargs:
