@@ -9,6 +9,8 @@ state (SGD momentum).
 
     python benchmarks/bench_training.py                       # CPU (and CUDA when available)
     python benchmarks/bench_training.py --batch-size 256 --rounds 30 --device cpu
+    python benchmarks/bench_training.py --device cpu --models mlp --levels layer \
+        --formats fixed16.8 e4m3fn:stochastic bf16:stochastic        # formats that go through quantize
 
 Optionally a QPyTorch (``qtorch``) Quantizer-based equivalent of the layer level is measured beside it when
 ``qtorch`` imports (its CPU kernels are compiled on first use; pass --no-qtorch to skip).
@@ -124,20 +126,23 @@ def bench(device: torch.device, args) -> list[tuple[str, str, str, float, float]
     factories, _ = model_factories()
     rows = []
     for model_name, factory in factories.items():
+        if model_name not in args.models:
+            continue
         configs: dict[str, tuple] = {}
         torch.manual_seed(0)
         plain = factory().to(device)
         configs["plain"] = (make_step(plain, x, y), None)
-        for fmt in ("e5m10", "e4m3fn"):
-            for level in ("batch", "batch+state", "layer", "op"):
+        for spec in args.formats:
+            fmt, _, rounding = spec.partition(":")
+            for level in args.levels:
                 torch.manual_seed(0)
                 m = factory().to(device)
                 # batch: the parameter-server setting (parameters only); batch+state: optimizer state too
                 roles = ("weight", "bias") if level == "batch" else None
-                policy = PrecisionPolicy.from_spec(fmt, roles=roles)
+                policy = PrecisionPolicy.from_spec(fmt, roles=roles, rounding=rounding or "nearest")
                 em = emulate(m, policy, level=level.split("+")[0])
-                configs[f"{level}/{fmt}"] = (make_step(m, x, y, em, op=(level == "op")), em)
-            if args.qtorch and device.type == "cpu":
+                configs[f"{level}/{spec}"] = (make_step(m, x, y, em, op=(level == "op")), em)
+            if args.qtorch and device.type == "cpu" and spec in ("e5m10", "e4m3fn") and "layer" in args.levels:
                 try:
                     torch.manual_seed(0)
                     m = factory().to(device)
@@ -178,6 +183,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadiest figures)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     parser.add_argument("--no-qtorch", dest="qtorch", action="store_false")
+    parser.add_argument("--models", nargs="+", default=["lenet", "mlp"], choices=["lenet", "mlp"])
+    parser.add_argument("--levels", nargs="+", default=["batch", "batch+state", "layer", "op"],
+                        choices=["batch", "batch+state", "layer", "op"])
+    parser.add_argument("--formats", nargs="+", default=["e5m10", "e4m3fn"],
+                        help="format names, optionally with a rounding mode: fixed16.8 e4m3fn:stochastic")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = []
