@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
+from boundfinder import native
 from boundfinder.formats import BinaryFormat, Format
 from boundfinder.policy import parameter_role
 from boundfinder.quantize import quantize_ste
@@ -172,13 +174,19 @@ class _Side:
     used for outputs, where the hook sees exactly the gradient with respect to the layer's output.
     """
 
-    __slots__ = ("bwd", "fwd", "hook_grad", "key")
+    __slots__ = ("bwd", "ext", "fwd", "hook_grad", "key", "nbwd", "nfwd")
 
-    def __init__(self, fwd: Rounder | None, bwd: Rounder | None, key: Any, hook_grad: bool) -> None:
+    def __init__(self, fwd: Rounder | None, bwd: Rounder | None, key: Any, hook_grad: bool,
+                 ext: Any = None, nfwd: native.Spec | None = None, nbwd: native.Spec | None = None) -> None:
         self.fwd = fwd
         self.bwd = bwd
         self.key = key
         self.hook_grad = hook_grad
+        # the native extension and its parameters for both passes (``[]``: nothing to round), when it covers
+        # both; then float32 CPU tensors get one C++ autograd node instead of a Python function or tensor hook
+        self.ext = ext
+        self.nfwd = nfwd
+        self.nbwd = nbwd
 
     def apply(self, x: Any) -> Any:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -189,7 +197,16 @@ class _Side:
         if fwd is not None and key is not None and is_marked(x, _MARK, key):
             fwd = None  # already rounded to this grid (and not modified since): rounding again is a no-op
         grad = x.requires_grad and torch.is_grad_enabled()
-        if fwd is not None:
+        if self.ext is not None and native.usable(x):
+            nfwd = self.nfwd if fwd is not None else []
+            if grad and fwd is None and self.hook_grad and self.bwd is not None:
+                self.ext.hook_grad(x, self.nbwd)  # a C++ hook: no copy, no Python in the backward pass
+                out = x
+            elif grad and (self.bwd is not None or fwd is not None):
+                out = self.ext.round_ste(x, nfwd, self.nbwd)
+            else:
+                out = self.ext.round(x, nfwd) if fwd is not None else x
+        elif fwd is not None:
             # straight through: the gradient passes unchanged, or rounded when the side has a gradient role
             out = _Boundary.apply(x, fwd, self.bwd) if grad else fwd(x)
         elif not grad or self.bwd is None:
@@ -259,7 +276,9 @@ class LayerEmulator:
         self._outside_dispatch = outside_dispatch
         self._handles: list[Any] = []
         self._swapped: dict[int, tuple[nn.Module, dict[str, nn.Parameter]]] = {}
+        self._forwards: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
         self._rounders: dict[Format, Rounder] = {}
+        self._ext: Any = None  # the native extension, loaded when a rounding of the plan can use it
         self._groups: dict[tuple[Format, Format | None], _WeightGroup] = {}
         self.rounding = rounding
         self.generator = generator
@@ -278,6 +297,20 @@ class LayerEmulator:
             self._rounders[fmt] = make_rounder(fmt, self.rounding, self.generator)
         return self._rounders[fmt]
 
+    def _native(self, fmt: Format | None) -> native.Spec | None:
+        """The native extension's parameters for ``fmt`` (``[]``: nothing to round), or None if it cannot
+        round it (or is unavailable). Not at the op level, whose dispatch mode must see every rounding op."""
+        if fmt is None or is_identity(fmt):
+            return []
+        if self._outside_dispatch:
+            return None
+        spec = native.spec(fmt, self.rounding)
+        if spec is None:
+            return None
+        if self._ext is None:
+            self._ext = native.load()
+        return spec if self._ext is not None else None
+
     def _key(self, fmt: Format | None) -> Any:
         if fmt is None or not is_elementwise_idempotent(fmt, self.rounding):
             return None
@@ -292,9 +325,13 @@ class LayerEmulator:
         key = self._key(fwd_fmt) if (fwd is not None or skip_fwd) else None
         if fwd is None and bwd is None and key is None:
             return None
+        nfwd = self._native(fwd_fmt) if fwd is not None else []
+        nbwd = self._native(bwd_fmt) if bwd is not None else []
         if bwd is not None:
             bwd = _mark_backward(bwd, self._key(bwd_fmt))
-        return _Side(fwd, bwd, key, hook_grad=output)
+        if nfwd is None or nbwd is None:
+            return _Side(fwd, bwd, key, hook_grad=output)
+        return _Side(fwd, bwd, key, hook_grad=output, ext=self._ext, nfwd=nfwd, nbwd=nbwd)
 
     def _install(self, name: str, module: nn.Module, formats: dict[str, Format]) -> None:
         params: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
@@ -313,7 +350,11 @@ class LayerEmulator:
                 group = self._groups.get((fmt, grad_fmt))
                 if group is None:
                     group = self._groups[(fmt, grad_fmt)] = _WeightGroup(rounder, grad_rounder)
-                params.append((pname, functools.partial(group.get, group.add(param))))
+                fn = functools.partial(group.get, group.add(param))
+                wspec, gspec = self._native(fmt), self._native(grad_fmt)
+                if wspec is not None and gspec is not None:
+                    fn = _native_weight(self._ext, wspec, gspec, fn)
+                params.append((pname, fn))
                 continue
             if rounder is not None:
                 params.append((pname, self._weight_function(fmt, rounder)))
@@ -328,19 +369,49 @@ class LayerEmulator:
         if not params and inputs is None and outputs is None and "weight_grad" not in formats:
             return
         self.installed[name] = tuple(formats)
-        if params or inputs is not None:
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(params, inputs), with_kwargs=True))
+        pre_hook = self._pre_hook(params, inputs) if (params or inputs is not None) else None
         output_hook = None
         if outputs is not None:
             # A layer whose backward keeps the grid hands back input gradients that are already rounded: mark
             # them (a hook on its autograd node, no tensor op) so the previous layer does not round them again.
             grad_key = self._key(formats.get("grad_input")) if (bwd_keeps and same_bwd) else None
-            output_hook = _output_hook(outputs, grad_key)
+            # (native gradient rounding needs no marks to skip work: it costs about as much as the check)
+            output_hook = _output_hook(outputs, grad_key if outputs.ext is None else None)
+        post_hook = self._restore_hook(output_hook) if params else output_hook
+        specs = self._linear_specs(module, formats)
+        if specs is not None:
+            # nn.Linear on 2-D float32 CPU inputs: one native autograd node does every role; other inputs take
+            # the hooks' path, called from the same forward
+            forward = _linear_forward(self._ext, specs, inputs.key if inputs is not None else None,
+                                      outputs.key if outputs is not None else None, pre_hook, post_hook,
+                                      always_post=bool(params))
+            module.forward = types.MethodType(forward, module)
+            self._forwards.append((module, module.forward))
+            return
+        if pre_hook is not None:
+            self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         if params:
             # one hook restores the parameters (always, even when forward raises) and rounds the outputs
-            self._handles.append(module.register_forward_hook(self._restore_hook(output_hook), always_call=True))
+            self._handles.append(module.register_forward_hook(post_hook, always_call=True))
         elif output_hook is not None:
             self._handles.append(module.register_forward_hook(output_hook))
+
+    def _linear_specs(self, module: nn.Module, formats: dict[str, Format]) -> torch.Tensor | None:
+        """The native fused Linear's parameters, one row per role (``_FUSED_ROLES``), or None where it does not
+        apply: not exactly an ``nn.Linear`` (a subclass may compute something else), a role format the
+        extension cannot round, a ``forward`` already overridden on the instance, or the op level."""
+        if (not FUSE_LINEAR or type(module) is not nn.Linear or "forward" in module.__dict__
+                or self._outside_dispatch):
+            return None
+        rows = []
+        for role in _FUSED_ROLES:
+            spec = self._native(formats.get(role))
+            if spec is None:
+                return None
+            rows.append(spec or [0.0] * 7)
+        if self._ext is None:
+            return None  # nothing to round at all (every role fp32): the hooks' path has nothing to do either
+        return torch.tensor(rows, dtype=torch.float64)
 
     def _weight_function(self, fmt: Format, rounder: Rounder) -> Callable[[torch.Tensor], torch.Tensor]:
         if isinstance(fmt, BinaryFormat):
@@ -403,12 +474,77 @@ class LayerEmulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module, forward in self._forwards:
+            if module.__dict__.get("forward") is forward:
+                del module.forward
+        self._forwards.clear()
         # Only reachable if remove() runs inside a forward: put the real parameters back.
         for module, originals in self._swapped.values():
             module._parameters.update(originals)
         self._swapped.clear()
         for group in self._groups.values():
             group.clear()
+
+
+# Whether emulators built from now on fuse nn.Linear layers into one native node (tests turn it off to check
+# the hooks' path, which records what it rounds where a spy can see it, and to compare the two).
+FUSE_LINEAR = True
+# The roles of the native fused Linear, in the order of its parameter rows (csrc/round.cpp, ``Role``).
+_FUSED_ROLES = ("input", "weight", "bias", "activation", "grad_output", "grad_input", "weight_grad")
+
+
+def _linear_forward(ext: Any, specs: torch.Tensor, input_key: Any, output_key: Any, pre_hook, post_hook,
+                    *, always_post: bool):
+    """The forward set on an emulated ``nn.Linear`` (bound to it: a deep copy of the model binds the copy).
+
+    ``input_key`` / ``output_key``: the marks of the input and output grids, as the hooks' path uses them (an
+    input already on the input grid is not rounded again; the output is marked for the next layer).
+    ``pre_hook`` / ``post_hook``: the hooks' path, for inputs the native node does not take."""
+
+    def forward(self: nn.Linear, input: Any) -> Any:
+        weight, bias = self.weight, self.bias
+        if (
+            isinstance(input, torch.Tensor)
+            and input.dim() == 2
+            and native.usable(input)
+            and native.usable(weight)
+            and (bias is None or native.usable(bias))
+        ):
+            round_input = input_key is None or not is_marked(input, _MARK, input_key)
+            out = ext.fused_linear(input, weight, bias, specs, round_input)
+            if output_key is not None:
+                mark(out, _MARK, output_key)
+            return out
+        args: tuple = (input,)
+        if pre_hook is not None:
+            changed = pre_hook(self, args, {})
+            if changed is not None:
+                args = changed[0]
+        if post_hook is None:
+            return nn.Linear.forward(self, *args)
+        out = None
+        try:
+            out = nn.Linear.forward(self, *args)
+        finally:
+            if always_post or out is not None:
+                result = post_hook(self, args, out)
+        return out if result is None else result
+
+    return forward
+
+
+def _native_weight(ext: Any, spec: native.Spec, grad_spec: native.Spec, fallback: Callable) -> Callable:
+    """A parameter's rounding through the native extension (straight through, the gradient rounded to
+    ``grad_spec`` on its way to the parameter), where it applies; else ``fallback`` (the group's)."""
+
+    def weight(p: torch.Tensor) -> torch.Tensor:
+        if not native.usable(p):
+            return fallback(p)
+        if torch.is_grad_enabled() and p.requires_grad:
+            return ext.round_ste(p, spec, grad_spec)
+        return ext.round(p, spec)
+
+    return weight
 
 
 def _output_hook(outputs: _Side, grad_key: Any = None):

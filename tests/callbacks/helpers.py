@@ -42,13 +42,15 @@ def on_grid(t: torch.Tensor, fmt: str) -> bool:
 
 
 def no_hooks_left(model: nn.Module) -> bool:
-    """True when no module of ``model`` carries a hook or a shadowed / swapped parameter."""
+    """True when no module of ``model`` carries a hook, a shadowed / swapped parameter or an own ``forward``."""
     for module in model.modules():
         if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
             return False
         if any(not isinstance(p, nn.Parameter) for p in module._parameters.values() if p is not None):
             return False
         if any(name in module.__dict__ for name in module._parameters):
+            return False
+        if "forward" in module.__dict__:  # the fused native Linear's forward, set on the instance
             return False
     return True
 

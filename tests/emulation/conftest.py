@@ -60,3 +60,12 @@ def zoo():
     import types
 
     return types.SimpleNamespace(logistic=make_logistic, lenet=make_lenet, mlp=make_mlp, train=train)
+
+
+@pytest.fixture
+def hooks_path(monkeypatch):
+    """Layer-level emulators built in the test round nn.Linear layers through hooks at their boundaries (where
+    a spy's hooks can see each rounded tensor) instead of the fused native node."""
+    from boundfinder.emulation import layer
+
+    monkeypatch.setattr(layer, "FUSE_LINEAR", False)

@@ -24,11 +24,15 @@ def no_hooks_left(model: nn.Module) -> bool:
             return False
         if m._forward_hooks_always_called or m._forward_hooks_with_kwargs or m._forward_pre_hooks_with_kwargs:
             return False
+        if "forward" in m.__dict__:  # the fused native Linear's forward, set on the instance
+            return False
     return all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
 
 
 @pytest.mark.parametrize("fmt", ["e8m3", "e4m3fn", "e3m4"])  # word fast path, float fast path, quantize
-def test_recorded_tensors_are_on_the_grid(model_factory, batch, fmt):
+def test_recorded_tensors_are_on_the_grid(model_factory, batch, fmt, hooks_path):
+    # (on the hooks' path, where the spy's hooks see every rounded tensor at the layer boundaries; the fused
+    # native Linear rounds inside its forward and equals this path bit for bit: test_native.py)
     model = model_factory()
     layers = layer_modules(model)
     raw_out: dict[str, torch.Tensor] = {}

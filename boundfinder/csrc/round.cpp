@@ -1,0 +1,340 @@
+// Element-wise float rounding of float32 CPU tensors in one pass, and a straight-through autograd op that
+// rounds its input forward and its gradient backward, so that emulation adds C++ autograd nodes only.
+// The arithmetic is that of boundfinder/emulation/_round.py's fast rounders (verified bit for bit against
+// boundfinder.quantize in tests/emulation/test_native.py); built and loaded by boundfinder/native.py.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+// The loops are compiled for AVX2 and for the baseline, picked at load time (GCC's function multiversioning);
+// -fno-trapping-math (native.py) lets them vectorise their selects. Neither changes a result: no reassociation,
+// no contraction, default rounding mode.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define BF_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define BF_HAS_F16C 1
+#else
+#define BF_CLONES
+#endif
+
+namespace {
+
+enum Kind : int64_t { kIdentity = 0, kWord = 1, kFloat = 2, kHalf = 3 };
+enum Overflow : int64_t { kInf = 0, kNan = 1, kSaturate = 2 };
+
+// kWord: a format with float32's exponent range (e8m{M}): integer rounding of the float32 word, dropping
+//   `drop` = 23 - M bits (nearest: ties to even, the carry rounds into the next binade or to infinity;
+//   truncate: toward zero). NaN inputs get their quiet bit set (rounding a payload could carry into inf).
+// kFloat: round to nearest even: q = 2**(max(exponent of x, emin) - M), built as a float32 word (a normal
+//   float32 for every format with emin - M >= -126), y = rint(x * (1 / q)) * q (all exact), then the overflow
+//   policy where |y| > max_finite. rint is the 2**23 addition (exact ties to even under the default rounding
+//   mode) so the loop vectorises without SSE4.1.
+// kHalf: IEEE binary16 (fp16) round to nearest even: the hardware conversion to binary16 and back (F16C), where
+//   the CPU has it; elsewhere kFloat with the same parameters (the same results).
+struct Spec {
+  int64_t kind = kIdentity;
+  int64_t truncate = 0;
+  int64_t drop = 0;
+  int64_t min_normal_word = 0;
+  int64_t shift = 0;
+  double max_finite = 0.0;
+  int64_t overflow = kInf;
+};
+
+inline uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+inline float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+BF_CLONES void round_word(const float* __restrict in, float* __restrict out, int64_t n, int64_t drop, bool truncate) {
+  const uint32_t keep = ~((uint32_t(1) << drop) - 1);
+  const uint32_t half = (uint32_t(1) << (drop - 1)) - 1;
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(in);
+  uint32_t* r = reinterpret_cast<uint32_t*>(out);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t x = w[i];
+    const uint32_t y = truncate ? (x & keep) : ((((x >> drop) & 1u) + half + x) & keep);
+    const uint32_t nan = (((x & 0x7FFFFFFFu) + 0x007FFFFFu) >> 31) * 0x7FC00000u;
+    r[i] = y | nan;
+  }
+}
+
+BF_CLONES void round_float(const float* __restrict in, float* __restrict out, int64_t n, const Spec& s) {
+  const uint32_t min_word = static_cast<uint32_t>(s.min_normal_word);
+  const uint32_t shift = static_cast<uint32_t>(s.shift);
+  const float max_finite = static_cast<float>(s.max_finite);
+  const float two23 = 8388608.0f;
+  const float inf = std::numeric_limits<float>::infinity();
+  const float over = s.overflow == kNan ? std::numeric_limits<float>::quiet_NaN()
+                   : s.overflow == kInf ? inf : max_finite;
+  const bool keep_sign = s.overflow != kNan;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = in[i];
+    uint32_t qw = bits(x) & 0x7F800000u;
+    qw = (qw < min_word ? min_word : qw) - shift;
+    // 1 / q, exact: a power of two whose exponent is the negated one (2**-126 where that would be 2**-127,
+    // which only an infinite or NaN input reaches, with M = 1: any finite factor leaves those as they are)
+    const uint32_t iw = 0x7F000000u - qw;
+    const float q = from_bits(qw);
+    const float v = x * from_bits(iw < 0x00800000u ? 0x00800000u : iw);
+    const float a = std::fabs(v);
+    const float ra = a < two23 ? (a + two23) - two23 : a;  // NaN and inf compare false and stay
+    const float y = std::copysign(ra, v) * q;
+    const float o = keep_sign ? std::copysign(over, y) : over;
+    out[i] = std::fabs(y) > max_finite ? o : y;
+  }
+}
+
+#ifdef BF_HAS_F16C
+__attribute__((target("avx2,f16c"))) void round_half(const float* __restrict in, float* __restrict out,
+                                                     int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+  if (i < n) {  // the last few elements, through a zero-padded block
+    alignas(32) float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(tail, in + i, (n - i) * sizeof(float));
+    const __m128i h = _mm256_cvtps_ph(_mm256_load_ps(tail), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_store_ps(tail, _mm256_cvtph_ps(h));
+    std::memcpy(out + i, tail, (n - i) * sizeof(float));
+  }
+}
+
+bool has_f16c() {
+  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
+Spec to_spec(const std::vector<double>& p) {
+  Spec s;
+  if (p.empty()) return s;
+  TORCH_CHECK(p.size() == 7, "boundfinder native rounder: expected 7 parameters, got ", p.size());
+  s.kind = static_cast<int64_t>(p[0]);
+  s.truncate = static_cast<int64_t>(p[1]);
+  s.drop = static_cast<int64_t>(p[2]);
+  s.min_normal_word = static_cast<int64_t>(p[3]);
+  s.shift = static_cast<int64_t>(p[4]);
+  s.max_finite = p[5];
+  s.overflow = static_cast<int64_t>(p[6]);
+  return s;
+}
+
+void check(const torch::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu(),
+              "boundfinder native rounder: expected a float32 CPU tensor, got ", x.scalar_type(), " on ",
+              x.device());
+}
+
+void round_block(const float* in, float* o, int64_t n, const Spec& s) {
+  if (s.kind == kWord) {
+    round_word(in, o, n, s.drop, s.truncate != 0);
+  } else if (s.kind == kFloat) {
+    round_float(in, o, n, s);
+  } else if (s.kind == kHalf) {
+#ifdef BF_HAS_F16C
+    if (has_f16c()) {
+      round_half(in, o, n);
+      return;
+    }
+#endif
+    round_float(in, o, n, s);
+  } else if (o != in) {
+    std::memcpy(o, in, n * sizeof(float));
+  }
+}
+
+// Rounds `x` into `out` (same number of elements, contiguous; may be `x` itself).
+void round_into(const torch::Tensor& x, torch::Tensor& out, const Spec& s) {
+  const float* in = x.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, x.numel(), 1 << 16,
+                   [&](int64_t begin, int64_t end) { round_block(in + begin, o + begin, end - begin, s); });
+}
+
+// Whether rounding `x` would leave every word as it is. Rounds block by block into a buffer on the stack and
+// stops at the first block that differs, so a tensor off the grid costs one block.
+bool on_grid(const torch::Tensor& x, const Spec& s) {
+  constexpr int64_t kBlock = 512;
+  alignas(64) float buf[kBlock];
+  const float* in = x.data_ptr<float>();
+  const int64_t n = x.numel();
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = std::min(kBlock, n - i);
+    round_block(in + i, buf, m, s);
+    if (std::memcmp(buf, in + i, m * sizeof(float)) != 0) return false;
+  }
+  return true;
+}
+
+torch::Tensor round_out(const torch::Tensor& x, const Spec& s) {
+  check(x);
+  const torch::Tensor c = x.contiguous();
+  torch::Tensor out = torch::empty_like(c, at::MemoryFormat::Contiguous);
+  round_into(c, out, s);
+  return out;
+}
+
+torch::Tensor round_tensor(const torch::Tensor& x, const std::vector<double>& params) {
+  torch::NoGradGuard no_grad;
+  return round_out(x, to_spec(params));
+}
+
+void round_tensor_(torch::Tensor& x, const std::vector<double>& params) {
+  check(x);
+  TORCH_CHECK(x.is_contiguous(), "boundfinder native rounder: in-place rounding needs a contiguous tensor");
+  torch::NoGradGuard no_grad;
+  round_into(x, x, to_spec(params));
+}
+
+// A gradient rounded: `g` itself when it is already on the grid (no copy), else a rounded copy.
+torch::Tensor round_grad(const torch::Tensor& g, const Spec& s) {
+  const torch::Tensor c = g.contiguous();
+  return (c.scalar_type() == torch::kFloat32 && on_grid(c, s)) ? c : round_out(c, s);
+}
+
+torch::Tensor round_grad_py(const torch::Tensor& g, const std::vector<double>& params) {
+  torch::NoGradGuard no_grad;
+  return round_grad(g, to_spec(params));
+}
+
+// A hook on `x` (which requires grad) that rounds the gradient with respect to `x` (passing it on when it is
+// on the grid already): the rounding of a layer's output gradient when the output itself needs no rounding.
+void hook_grad(torch::Tensor& x, const std::vector<double>& params) {
+  const Spec s = to_spec(params);
+  x.register_hook([s](const torch::Tensor& g) {
+    torch::NoGradGuard no_grad;
+    return round_grad(g, s);
+  });
+}
+
+class RoundSTE : public torch::autograd::Function<RoundSTE> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const std::vector<double>& fwd, const std::vector<double>& bwd) {
+    ctx->saved_data["bwd"] = c10::IValue(c10::List<double>(bwd));
+    return round_out(x, to_spec(fwd));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::Tensor& g = grads[0];
+    std::vector<double> bwd = ctx->saved_data["bwd"].toDoubleVector();
+    if (!g.defined() || bwd.empty()) return {g, torch::Tensor(), torch::Tensor()};
+    // A gradient already on the grid (handed back by the next layer's own rounding, through a ReLU or a max
+    // pooling) is passed on as it is: no copy, no allocation.
+    torch::Tensor gx = round_grad(g, to_spec(bwd));
+    return {gx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// Forward: `x` rounded with `fwd` (a copy when `fwd` is empty); backward: the gradient rounded with `bwd`
+// (passed through when `bwd` is empty): the straight-through estimator with a rounded gradient.
+torch::Tensor round_ste(const torch::Tensor& x, const std::vector<double>& fwd, const std::vector<double>& bwd) {
+  return RoundSTE::apply(x, fwd, bwd);
+}
+
+// Layer-level rounding of an nn.Linear on a 2-D input in one autograd node: forward rounds the input, weight
+// and bias, computes the layer as torch does (at::linear: addmm, or mm without a bias) and rounds the output;
+// backward rounds the output gradient, computes the input, weight and bias gradients with the products and
+// the reduction torch's own addmm / mm backward uses (mm_mat1_backward / mm_mat2_backward for a row-major
+// input and a transposed weight; sum_to for the bias), and rounds each. Same results as rounding around
+// torch's autograd, in one node instead of six, with no Python in the backward pass.
+// `specs`: float64 [7, 7], one row of parameters per role (kind 0: nothing to round), in the order below.
+enum Role : int64_t { kInput = 0, kWeight, kBias, kActivation, kGradOutput, kGradInput, kWeightGrad, kRoles };
+
+Spec row(const torch::Tensor& specs, int64_t r) {
+  const double* p = specs.data_ptr<double>() + r * 7;
+  return to_spec(std::vector<double>(p, p + 7));
+}
+
+torch::Tensor maybe_round(const torch::Tensor& t, const Spec& s) {
+  return s.kind == kIdentity ? t : round_out(t, s);
+}
+
+torch::Tensor maybe_round_grad(const torch::Tensor& g, const Spec& s) {
+  return s.kind == kIdentity ? g : round_grad(g, s);
+}
+
+class FusedLinear : public torch::autograd::Function<FusedLinear> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                               const torch::Tensor& specs, bool round_input) {
+    const torch::Tensor xr = round_input ? maybe_round(x, row(specs, kInput)) : x;
+    const torch::Tensor wr = maybe_round(w, row(specs, kWeight));
+    const bool has_bias = b.has_value() && b->defined();
+    const torch::Tensor br = has_bias ? maybe_round(*b, row(specs, kBias)) : torch::Tensor();
+    torch::Tensor y = at::linear(xr, wr, has_bias ? c10::optional<torch::Tensor>(br) : c10::nullopt);
+    const Spec act = row(specs, kActivation);
+    if (act.kind != kIdentity) {
+      round_into(y, y, act);  // y is this node's own fresh result
+    }
+    ctx->save_for_backward({xr, wr});
+    ctx->saved_data["specs"] = specs;
+    ctx->saved_data["has_bias"] = has_bias;
+    if (has_bias) ctx->saved_data["bias_sizes"] = b->sizes().vec();
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& xr = saved[0];
+    const torch::Tensor& wr = saved[1];
+    const torch::Tensor specs = ctx->saved_data["specs"].toTensor();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    torch::Tensor gx, gw, gb;
+    if (grads[0].defined()) {
+      const torch::Tensor g = maybe_round_grad(grads[0], row(specs, kGradOutput));
+      // torch's mm backward with mat1 = xr and mat2 = wr.t(): a column-major operand gets its gradient
+      // computed column-major (mm_mat1_backward / mm_mat2_backward), and so here
+      const torch::Tensor mat2 = wr.t();
+      if (ctx->needs_input_grad(0)) {
+        const bool col = xr.stride(0) == 1 && xr.stride(1) == xr.size(0);
+        gx = maybe_round_grad(col ? mat2.mm(g.t()).t() : g.mm(mat2.t()), row(specs, kGradInput));
+      }
+      if (ctx->needs_input_grad(1)) {
+        const bool col = mat2.stride(0) == 1 && mat2.stride(1) == mat2.size(0);
+        gw = maybe_round_grad((col ? g.t().mm(xr).t() : xr.t().mm(g)).t(), row(specs, kWeightGrad));
+      }
+      if (has_bias && ctx->needs_input_grad(2)) {
+        gb = maybe_round_grad(at::sum_to(g, ctx->saved_data["bias_sizes"].toIntVector()), row(specs, kWeightGrad));
+      }
+    }
+    return {gx, gw, gb, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor fused_linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                           const torch::Tensor& specs, bool round_input) {
+  return FusedLinear::apply(x, w, b, specs, round_input);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("round", &round_tensor, "x rounded to a format (a new tensor)");
+  m.def("round_", &round_tensor_, "x rounded to a format in place");
+  m.def("round_grad", &round_grad_py, "g rounded, or g itself when it is on the grid already");
+  m.def("hook_grad", &hook_grad, "register a hook rounding x's gradient");
+  m.def("fused_linear", &fused_linear, "an nn.Linear with its layer-level roundings, one autograd node");
+  m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward");
+}

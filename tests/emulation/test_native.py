@@ -1,0 +1,244 @@
+"""The native rounding extension (boundfinder/native.py, csrc/round.cpp) and the layer level's use of it.
+
+Its roundings equal ml_dtypes / gfloat (and quantize) bit for bit; a layer-level training run through it (fused
+nn.Linear nodes, native boundary nodes and hooks) equals the Python path bit for bit; it is removed without a
+trace, and where it cannot be built the Python path runs and a log line says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from boundfinder import FloatFormat, native, parse_format, quantize
+from boundfinder.emulation import emulate, layer
+from tests.oracles import ML_DTYPES, bits_equal, corner_inputs, gfloat_round, mismatches
+
+ext = native.load()
+needs_ext = pytest.mark.skipif(ext is None, reason="the native extension could not be built here")
+
+# e8m{M}: the word kind; fp16: the hardware conversion (F16C) where the CPU has it; the rest: the float kind.
+GENERIC = [(2, 1), (3, 2), (4, 3), (5, 2), (5, 7), (6, 3), (7, 9), (4, 12), (8, 3), (8, 10), (8, 1)]
+
+
+def _check(fmt: FloatFormat, rounding: str, want: np.ndarray, x: np.ndarray) -> None:
+    spec = native.spec(fmt, rounding)
+    assert spec is not None, (fmt, rounding)
+    got = ext.round(torch.from_numpy(x), spec)
+    assert bits_equal(got, want), mismatches(got, want, x)
+    assert bits_equal(got, quantize(torch.from_numpy(x), fmt, rounding)), fmt
+    # an odd length (the vector loops' tails) and a non-contiguous view give the same values
+    odd = torch.from_numpy(x[: len(x) // 8 * 8 - 3].copy())
+    assert bits_equal(ext.round(odd, spec), want[: len(odd)])
+    strided = torch.from_numpy(x).reshape(-1)[: len(x) // 2 * 2].view(-1, 2).t()
+    assert bits_equal(ext.round(strided, spec), want[: len(x) // 2 * 2].reshape(-1, 2).T)
+
+
+@needs_ext
+@pytest.mark.parametrize("name", sorted(ML_DTYPES))
+def test_named_formats_match_ml_dtypes(name):
+    fmt = parse_format(name)
+    x = corner_inputs(fmt)
+    if fmt.encoding == "finite":  # ml_dtypes has no NaN there and returns an arbitrary code (quantize: NaN)
+        x = x[~np.isnan(x)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(ML_DTYPES[name]).astype(np.float32)
+    _check(fmt, "nearest", want, x)
+
+
+@needs_ext
+@pytest.mark.parametrize(("exp_bits", "man_bits"), GENERIC)
+@pytest.mark.parametrize("overflow", ["default", "saturate"])
+def test_generic_formats_match_gfloat(exp_bits, man_bits, overflow):
+    fmt = FloatFormat(exp_bits=exp_bits, man_bits=man_bits,
+                      **({} if overflow == "default" else {"overflow": "saturate"}))
+    x = corner_inputs(fmt)
+    for rounding in ("nearest", "truncate"):
+        if native.spec(fmt, rounding) is not None:
+            _check(fmt, rounding, gfloat_round(x, fmt, rounding), x)
+
+
+@needs_ext
+def test_e8_truncation_is_the_bitmask_and():
+    g = torch.Generator().manual_seed(0)
+    words = torch.randint(-(2**31), 2**31 - 1, (1 << 14,), generator=g, dtype=torch.int64).to(torch.int32)
+    x = words.view(torch.float32)
+    got = ext.round(x, native.spec(parse_format("e8m7"), "truncate"))
+    finite = torch.isfinite(x)  # (NaN inputs come back with their quiet bit set)
+    assert torch.equal(got.view(torch.int32)[finite], (words & ~0xFFFF)[finite])
+    assert torch.isnan(got[torch.isnan(x)]).all()
+
+
+def test_spec_covers_only_what_the_kernels_round_exactly():
+    assert native.spec(parse_format("e4m3fn"), "stochastic") is None
+    assert native.spec(parse_format("e4m3fn"), "truncate") is None  # (the float kind rounds to nearest only)
+    assert native.spec(parse_format("fixed16.8"), "nearest") is None
+    assert native.spec(parse_format("int8"), "nearest") is None
+    assert native.spec(FloatFormat(exp_bits=4, man_bits=3, subnormals=False), "nearest") is None
+    assert native.spec(FloatFormat(exp_bits=4, man_bits=0), "nearest") is None  # q could be infinite
+    assert native.spec(parse_format("fp32"), "nearest") is None
+    assert native.spec(parse_format("e8m3"), "truncate") is not None
+
+
+@needs_ext
+def test_straight_through_op_rounds_forward_and_gradient():
+    s16, s8 = native.spec(parse_format("fp16"), "nearest"), native.spec(parse_format("e4m3fn"), "nearest")
+    x = torch.randn(1000, requires_grad=True)
+    g = torch.randn(1000)
+    y = ext.round_ste(x, s16, s8)
+    assert bits_equal(y.detach(), quantize(x.detach(), "fp16"))
+    y.backward(g)
+    assert bits_equal(x.grad, quantize(g, "e4m3fn"))
+    # empty parameters: a copy forward (never the input itself), the gradient passed through
+    x.grad = None
+    y = ext.round_ste(x, [], [])
+    assert y is not x and torch.equal(y, x)
+    y.backward(g)
+    assert torch.equal(x.grad, g)
+    # a gradient already on the grid comes back as the same tensor, without a copy
+    on = quantize(g, "e4m3fn")
+    assert ext.round_grad(on, s8) is on
+    assert ext.round_grad(g, s8) is not g
+
+
+@needs_ext
+def test_wrong_tensors_are_refused_with_a_message():
+    spec = native.spec(parse_format("fp16"), "nearest")
+    with pytest.raises(RuntimeError, match="float32 CPU tensor"):
+        ext.round(torch.zeros(3, dtype=torch.float64), spec)
+    with pytest.raises(RuntimeError, match="7 parameters"):
+        ext.round(torch.zeros(3), [1.0, 2.0])
+
+
+# -- the layer level through the extension equals its Python path, bit for bit ---------------------------------
+
+
+class _Mixed(nn.Module):
+    """Linear layers on 2-D and 3-D inputs (the fused node, and the hooks' path inside the same forward), one
+    without a bias, a convolution and a pooling (native boundary nodes and hooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.seq = nn.Linear(4, 8)
+        self.fc = nn.Linear(128, 16, bias=False)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.pool(F.relu(self.conv(x)))  # (B, 4, 4, 4)
+        h = self.seq(h.flatten(2).transpose(1, 2))  # a 3-D input: (B, 16, 8)
+        return self.out(F.relu(self.fc(h.flatten(1))))
+
+
+MODELS = {
+    "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+    "lenet": lambda: nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)),
+    "mixed": _Mixed,
+}
+POLICIES = {
+    "e5m10": "e5m10",
+    "e4m3fn": "e4m3fn",
+    "bf16": "bf16",
+    "e8m3-truncate": ("e8m3", "truncate"),
+    # per role, some roles not rounded
+    "roles": {"*": {"weight": "e4m3fn", "bias": "e5m10", "activation": "e5m2", "grad_output": "e4m3fn",
+                    "weight_grad": "bf16"}},
+    # a weight format the extension cannot round: Linear layers take the hooks' path, the boundaries are native
+    "fixed-weight": {"*": {"weight": "fixed16.8", "activation": "e4m3fn", "grad_input": "e5m10"}},
+}
+
+
+def _run(make, policy, data, *, python: bool, monkeypatch, steps: int = 3):
+    """Train a few steps (SGD with momentum, two backward passes per step: gradient accumulation), then
+    evaluate; returns the parameters, the last gradients, the logits in eval mode and the emulation."""
+    with monkeypatch.context() as m:
+        if python:
+            m.setattr(native, "load", lambda: None)
+            m.setattr(layer, "FUSE_LINEAR", False)
+        torch.manual_seed(0)
+        model = make()
+        spec, rounding = policy if isinstance(policy, tuple) else (policy, "nearest")
+        em = emulate(model, spec, level="layer", rounding=rounding)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = data
+    for _ in range(steps):
+        opt.zero_grad()
+        for half in (slice(0, 8), slice(8, 16)):
+            F.cross_entropy(model(x[half]), y[half]).backward()
+        opt.step()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        logits = model.eval()(x)
+    return [p.detach().clone() for p in model.parameters()], grads, logits, em, model
+
+
+@needs_ext
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_training_through_the_extension_equals_the_python_path(model, policy, batch, monkeypatch):
+    fast = _run(MODELS[model], POLICIES[policy], batch, python=False, monkeypatch=monkeypatch)
+    slow = _run(MODELS[model], POLICIES[policy], batch, python=True, monkeypatch=monkeypatch)
+    for a, b in zip(fast[0] + fast[1] + [fast[2]], slow[0] + slow[1] + [slow[2]], strict=True):
+        assert bits_equal(a, b)
+    fused = [m for m in fast[4].modules() if "forward" in m.__dict__]
+    assert bool(fused) == (policy != "fixed-weight")  # the fused node was used, where it applies
+    assert not any("forward" in m.__dict__ for m in slow[4].modules())
+
+
+@needs_ext
+def test_fused_linear_is_removed_and_a_deep_copy_uses_its_own_parameters(batch):
+    model = MODELS["mlp"]()
+    x = batch[0]
+    before = model(x)
+    em = emulate(model, "e4m3fn", level="layer")
+    fc = model[1]
+    assert "forward" in fc.__dict__
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(2)
+    assert not torch.equal(twin(x), model(x))  # the copy's forward computes with the copy's parameters
+    em.remove()
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert torch.equal(model(x), before)
+
+
+def test_without_the_extension_the_python_path_runs_and_says_so(monkeypatch, caplog, batch):
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setenv("BOUNDFINDER_NATIVE", "0")
+    with caplog.at_level(logging.INFO, logger="boundfinder"):
+        assert native.load() is None
+        assert native.load() is None
+    assert sum("native rounding off" in r.getMessage() for r in caplog.records) == 1
+    model = MODELS["mlp"]()
+    em = emulate(model, "e4m3fn", level="layer")
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    model(batch[0]).sum().backward()
+    em.remove()
+
+
+def test_a_failed_build_is_one_warning_and_the_python_path(monkeypatch, caplog):
+    import torch.utils.cpp_extension as cpp
+
+    def fail(**kwargs):
+        raise RuntimeError("Error building extension 'boundfinder_round': no compiler")
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.delenv("BOUNDFINDER_NATIVE", raising=False)
+    monkeypatch.setattr(cpp, "load", fail)
+    with caplog.at_level(logging.WARNING, logger="boundfinder"):
+        assert native.load() is None
+        assert native.load() is None
+    msgs = [r.getMessage() for r in caplog.records if "not built" in r.getMessage()]
+    assert len(msgs) == 1 and "no compiler" in msgs[0] and "Python path" in msgs[0]
