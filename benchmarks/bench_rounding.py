@@ -4,7 +4,8 @@
     python benchmarks/bench_rounding.py --log2n 28 --device cuda
     python benchmarks/bench_rounding.py --threads 1       # when another job holds a core
 
-Each row times one call of ``quantize`` (or an anchor emulator) on the same tensor; GB/s counts one read and
+Each row times one call of ``quantize`` (or of the native extension's kernel that emulation uses on CPU
+tensors, or of an anchor emulator) on the same tensor; GB/s counts one read and
 one write of the float32 data, as for clone(). Each row times the case and clone() alternately, ``--repeats``
 times each after warm-up, and divides the medians, so that a noisy neighbour moves both sides of a ratio alike.
 """
@@ -80,6 +81,25 @@ def anchors(x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:
     return out
 
 
+NATIVE_ROWS = [("e4m3fn", "nearest"), ("fp16", "nearest"), ("bf16", "nearest"), ("bf16", "truncate"),
+               ("e3m2fn", "nearest")]
+
+
+def native_cases(x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:
+    """The native extension's kernels (what emulation rounds float32 CPU tensors with), when it is built."""
+    from boundfinder import native, parse_format
+
+    ext = native.load()
+    if ext is None:
+        print("# native extension unavailable: its rows are left out")
+        return []
+    cases = []
+    for fmt, mode in NATIVE_ROWS:
+        spec = native.spec(parse_format(fmt), mode)
+        cases.append((f"native {fmt} {mode} (emulation)", lambda spec=spec: ext.round(x, spec)))
+    return cases
+
+
 def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> list[tuple[str, float, float]]:
     n = 1 << log2n
     x = torch.randn(n, device=device) * 3
@@ -93,6 +113,8 @@ def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> l
         for mode in modes:
             xx = x.view(1 << 10, -1) if fmt.endswith("_ch0") else x
             cases.append((f"{label} {mode}", lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode)))
+    if device.type == "cpu":
+        cases += native_cases(x)
     if with_anchors and device.type == "cpu":
         cases += anchors(x)
     clone_times = []

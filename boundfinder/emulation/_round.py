@@ -16,7 +16,9 @@ equivalent that costs a few ops, each verified bit for bit against ``quantize`` 
   bit ``23 - M``; NaN inputs get their quiet bit set because rounding a NaN payload can carry it into infinity
   (so a NaN stays NaN, its payload bits may differ from ``quantize``'s).
 
-Everything else calls ``quantize``.
+Everything else calls ``quantize``. Where the native extension (boundfinder/native.py) is built and covers the
+format, float32 CPU tensors go through its one-pass kernel instead, with the same results; the paths above
+serve other tensors and machines without it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from boundfinder import kernels
+from boundfinder import kernels, native
 from boundfinder.formats import FloatFormat, Format, parse_format
 from boundfinder.quantize import quantize
 
@@ -147,6 +149,38 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
     fmt = parse_format(fmt)
     if is_identity(fmt):
         return _identity
+    rounder = _python_rounder(fmt, rounding, generator)
+    spec = native.spec(fmt, rounding)
+    ext = native.load() if spec is not None else None
+    return rounder if ext is None else _with_native(rounder, ext, spec)
+
+
+def _with_native(base: Rounder, ext, spec: native.Spec) -> Rounder:
+    """``base`` with the native extension's one-pass kernel for the tensors it takes (float32 on the CPU, outside
+    dispatch modes); the same results bit for bit (tests/emulation/test_native.py)."""
+
+    def rounder(x: torch.Tensor) -> torch.Tensor:
+        return ext.round(x, spec) if native.usable(x) else base(x)
+
+    base_in_place = getattr(base, "in_place", None)
+
+    def in_place(t: torch.Tensor) -> None:
+        if native.usable(t) and t.is_contiguous():
+            ext.round_(t, spec)
+        elif base_in_place is not None:
+            base_in_place(t)
+        else:
+            t.copy_(base(t))
+
+    rounder.elementwise = True  # type: ignore[attr-defined]  # (every format the extension rounds is)
+    rounder.in_place = in_place  # type: ignore[attr-defined]
+    if getattr(base, "cast_dtype", None) is not None:
+        rounder.cast_dtype = base.cast_dtype  # type: ignore[attr-defined]
+    return rounder
+
+
+def _python_rounder(fmt: Format, rounding: str, generator: torch.Generator | None) -> Rounder:
+    """make_rounder without the native extension: a fast path in torch ops where one exists, else quantize."""
 
     def slow(x: torch.Tensor) -> torch.Tensor:
         # emulation rounds the same small tensors at every step: compiled from a few elements on

@@ -1,12 +1,20 @@
-"""The emulation's fast rounders equal quantize bit for bit (NaN payloads aside: NaN stays NaN)."""
+"""The emulation's fast rounders equal quantize bit for bit (NaN payloads aside: NaN stays NaN), with the native
+extension (where it is built) and without it (the torch-op fast paths, which machines without it use)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from boundfinder import quantize
+from boundfinder import native, quantize
 from boundfinder.emulation._round import make_rounder
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def path(request, monkeypatch):
+    if request.param == "python":
+        monkeypatch.setattr(native, "load", lambda: None)
+    return request.param
 
 
 def _inputs() -> torch.Tensor:
@@ -43,6 +51,7 @@ def test_large_fn_tensors_use_the_compiled_kernel_with_the_same_result(monkeypat
     from boundfinder import kernels
     from boundfinder.emulation import _round
 
+    monkeypatch.setattr(native, "load", lambda: None)  # (the native kernel would take float32 CPU tensors)
     x = _inputs().repeat(_round.FN_COMPILED_MIN_NUMEL // _inputs().numel() + 1)
     assert x.numel() >= _round.FN_COMPILED_MIN_NUMEL
     calls = []
