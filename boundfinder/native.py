@@ -1,5 +1,6 @@
-"""The native rounding extension (``csrc/round.cpp``): one-pass element-wise rounding of float32 CPU tensors and
-a straight-through autograd op that rounds forward and rounds the gradient backward, all in C++.
+"""The native rounding extension (``csrc/round.cpp``): one-pass element-wise rounding of float32 CPU tensors,
+straight-through autograd ops that round forward and round the gradient backward, and fused ``nn.Linear`` /
+``nn.Conv{N}d`` nodes with their layer-level roundings, all in C++.
 
 Layer-level emulation calls it for every rounding it can do (:func:`spec`), which keeps a training step free of
 Python autograd functions. It is compiled with ``torch.utils.cpp_extension`` on first use (about a minute,
@@ -89,6 +90,14 @@ def spec(fmt: Format, rounding: str) -> Spec | None:
     kind = 3.0 if fmt == _FP16 else 2.0
     return [kind, 0.0, 0.0, float(min_normal_word), float(fmt.man_bits << 23), float(fmt.max_finite),
             float(_OVERFLOW[fmt.overflow])]
+
+
+def all_usable(tensors: list[torch.Tensor]) -> bool:
+    """:func:`usable` for each of ``tensors`` (the global conditions checked once)."""
+    if torch._C._len_torch_dispatch_stack() != 0 or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return all((type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and x.dtype is torch.float32
+               and x.is_cpu for x in tensors)
 
 
 def usable(x: torch.Tensor) -> bool:

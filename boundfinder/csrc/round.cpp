@@ -1,10 +1,14 @@
-// Element-wise float rounding of float32 CPU tensors in one pass, and a straight-through autograd op that
-// rounds its input forward and its gradient backward, so that emulation adds C++ autograd nodes only.
+// Element-wise float rounding of float32 CPU tensors in one pass; straight-through autograd ops that round
+// forward and round the gradient backward (one tensor, or a layer's parameters as one node); and nn.Linear /
+// nn.Conv{N}d layers with their layer-level roundings as one node each, so that emulation adds C++ autograd
+// nodes only.
 // The arithmetic is that of boundfinder/emulation/_round.py's fast rounders (verified bit for bit against
 // boundfinder.quantize in tests/emulation/test_native.py); built and loaded by boundfinder/native.py.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <cmath>
 #if defined(__x86_64__)
@@ -210,6 +214,36 @@ torch::Tensor round_grad(const torch::Tensor& g, const Spec& s) {
   return (c.scalar_type() == torch::kFloat32 && on_grid(c, s)) ? c : round_out(c, s);
 }
 
+// Whether `t` can be rounded in place without anyone seeing it: a contiguous float32 CPU tensor not tracked by
+// autograd that covers its whole storage (so its layout stays what a rounded copy's would be), held by at most
+// `max_refs` handles (the caller's), whose storage nobody else shares and was allocated by torch (resizable:
+// not memory borrowed from NumPy or a blob). Autograd's AccumulateGrad makes the same kind of test before it
+// steals a gradient instead of copying it.
+bool sole_owner(const torch::Tensor& t, int64_t max_refs) {
+  return t.defined() && t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && !t.requires_grad() &&
+         t.use_count() <= max_refs && t.storage().use_count() == 1 && t.storage().resizable() &&
+         t.storage_offset() == 0 && t.is_contiguous() &&
+         static_cast<int64_t>(t.storage().nbytes()) == t.numel() * static_cast<int64_t>(sizeof(float));
+}
+
+// Rounds every element of a tensor that covers its storage, in place.
+void round_storage(torch::Tensor& t, const Spec& s) {
+  float* p = t.data_ptr<float>();
+  at::parallel_for(0, t.numel(), 1 << 16,
+                   [&](int64_t begin, int64_t end) { round_block(p + begin, p + begin, end - begin, s); });
+}
+
+// A gradient rounded, in place when `g` has no other holder than the caller's `max_refs` handles (a fresh
+// result, or a gradient the autograd engine hands over and drops after this node): no allocation, no check.
+torch::Tensor round_grad_owned(torch::Tensor g, const Spec& s, int64_t max_refs) {
+  if (s.kind == kIdentity) return g;
+  if (sole_owner(g, max_refs)) {
+    round_storage(g, s);
+    return g;
+  }
+  return round_grad(g, s);
+}
+
 torch::Tensor round_grad_py(const torch::Tensor& g, const std::vector<double>& params) {
   torch::NoGradGuard no_grad;
   return round_grad(g, to_spec(params));
@@ -225,30 +259,111 @@ void hook_grad(torch::Tensor& x, const std::vector<double>& params) {
   });
 }
 
+// Handles on a gradient the autograd engine holds while a C++ node's backward runs (CppNode::apply's list of
+// inputs), besides the one that node's backward takes over; tests/emulation/test_native.py checks that a
+// gradient anyone else can see is never rounded in place.
+constexpr int64_t kEngineRefs = 1;
+
 class RoundSTE : public torch::autograd::Function<RoundSTE> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const std::vector<double>& fwd, const std::vector<double>& bwd) {
+                               const std::vector<double>& fwd, const std::vector<double>& bwd,
+                               const c10::optional<torch::Tensor>& consumed) {
     ctx->saved_data["bwd"] = c10::IValue(c10::List<double>(bwd));
+    if (consumed.has_value() && consumed->defined()) ctx->saved_data["consumed"] = *consumed;
     return round_out(x, to_spec(fwd));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const torch::Tensor& g = grads[0];
+    if (ctx->saved_data.count("consumed")) {
+      ctx->saved_data["consumed"].toTensor().data_ptr<uint8_t>()[0] = 1;
+    }
+    torch::Tensor g = std::move(grads[0]);
     std::vector<double> bwd = ctx->saved_data["bwd"].toDoubleVector();
-    if (!g.defined() || bwd.empty()) return {g, torch::Tensor(), torch::Tensor()};
-    // A gradient already on the grid (handed back by the next layer's own rounding, through a ReLU or a max
-    // pooling) is passed on as it is: no copy, no allocation.
-    torch::Tensor gx = round_grad(g, to_spec(bwd));
-    return {gx, torch::Tensor(), torch::Tensor()};
+    if (!g.defined() || bwd.empty()) return {g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    // The engine keeps one handle of its own while this runs (two with a post hook on the node, which then
+    // reads the gradient: not in place); any other holder (a tensor hook that kept it, a view of it elsewhere)
+    // makes a copy. A gradient already on the grid that cannot be rounded in place is passed on as it is.
+    return {round_grad_owned(std::move(g), to_spec(bwd), kEngineRefs + 1), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
 // Forward: `x` rounded with `fwd` (a copy when `fwd` is empty); backward: the gradient rounded with `bwd`
-// (passed through when `bwd` is empty): the straight-through estimator with a rounded gradient.
-torch::Tensor round_ste(const torch::Tensor& x, const std::vector<double>& fwd, const std::vector<double>& bwd) {
-  return RoundSTE::apply(x, fwd, bwd);
+// (passed through when `bwd` is empty): the straight-through estimator with a rounded gradient. `consumed`, a
+// one-byte uint8 tensor, is set to 1 when the backward pass runs (a cache of rounded parameters learns from it
+// that its graph was used).
+torch::Tensor round_ste(const torch::Tensor& x, const std::vector<double>& fwd, const std::vector<double>& bwd,
+                        const c10::optional<torch::Tensor>& consumed) {
+  if (consumed.has_value() && consumed->defined()) {
+    TORCH_CHECK(consumed->scalar_type() == torch::kUInt8 && consumed->device().is_cpu() && consumed->numel() >= 1,
+                "boundfinder native rounder: `consumed` must be a uint8 CPU tensor");
+  }
+  return RoundSTE::apply(x, fwd, bwd, consumed);
+}
+
+// Autograd nodes are held by std::shared_ptr in older torch releases and by c10::intrusive_ptr in newer ones.
+template <typename Ptr>
+struct NodeMaker;
+template <typename T>
+struct NodeMaker<std::shared_ptr<T>> {
+  template <typename N>
+  static std::shared_ptr<N> make() { return std::make_shared<N>(); }
+};
+template <typename T>
+struct NodeMaker<c10::intrusive_ptr<T>> {
+  template <typename N>
+  static c10::intrusive_ptr<N> make() { return c10::make_intrusive<N>(); }
+};
+
+// The backward of round_params: each parameter's gradient straight through, rounded (in place where the engine
+// hands it over alone), and the node's generation written to `consumed`.
+struct RoundParamsBackward : public torch::autograd::Node {
+  Spec bwd;
+  torch::Tensor consumed;
+  int64_t generation = 0;
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    consumed.data_ptr<int64_t>()[0] = generation;
+    torch::autograd::variable_list out(grads.size());
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined() || !should_compute_output(i)) continue;
+      // (the engine moves the gradients in, and keeps a copy only when the node has post hooks)
+      out[i] = round_grad_owned(std::move(grads[i]), bwd, 1);
+    }
+    return out;
+  }
+
+  std::string name() const override { return "RoundParamsBackward"; }
+};
+
+// A layer's parameters rounded with `fwd` for use in its forward, as one autograd node: the straight-through
+// estimator whose backward rounds each parameter's gradient with `bwd` (the sum over every use of the rounded
+// tensor in the graph, as autograd accumulates it). When the backward pass runs, it writes `generation` into
+// `consumed` (an int64 CPU tensor), so the caller's cache of rounded parameters knows this graph was used.
+std::vector<torch::Tensor> round_params(const std::vector<torch::Tensor>& params, const std::vector<double>& fwd,
+                                        const std::vector<double>& bwd, const torch::Tensor& consumed,
+                                        int64_t generation) {
+  TORCH_CHECK(consumed.scalar_type() == torch::kInt64 && consumed.device().is_cpu() && consumed.numel() >= 1,
+              "boundfinder native rounder: `consumed` must be an int64 CPU tensor");
+  const Spec s = to_spec(fwd);
+  std::vector<torch::Tensor> out;
+  out.reserve(params.size());
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : params) out.push_back(round_out(p, s));
+  }
+  bool any = false;
+  for (const auto& p : params) any = any || p.requires_grad();
+  if (!any || !torch::GradMode::is_enabled()) return out;
+  auto node = NodeMaker<decltype(torch::autograd::Edge::function)>::make<RoundParamsBackward>();
+  node->bwd = to_spec(bwd);
+  node->consumed = consumed;
+  node->generation = generation;
+  node->set_next_edges(torch::autograd::collect_next_edges(params));
+  for (auto& o : out) torch::autograd::create_gradient_edge(o, node);
+  return out;
 }
 
 // Layer-level rounding of an nn.Linear on a 2-D input in one autograd node: forward rounds the input, weight
@@ -269,9 +384,6 @@ torch::Tensor maybe_round(const torch::Tensor& t, const Spec& s) {
   return s.kind == kIdentity ? t : round_out(t, s);
 }
 
-torch::Tensor maybe_round_grad(const torch::Tensor& g, const Spec& s) {
-  return s.kind == kIdentity ? g : round_grad(g, s);
-}
 
 class FusedLinear : public torch::autograd::Function<FusedLinear> {
  public:
@@ -303,20 +415,24 @@ class FusedLinear : public torch::autograd::Function<FusedLinear> {
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     torch::Tensor gx, gw, gb;
     if (grads[0].defined()) {
-      const torch::Tensor g = maybe_round_grad(grads[0], row(specs, kGradOutput));
+      const torch::Tensor g = round_grad_owned(std::move(grads[0]), row(specs, kGradOutput), kEngineRefs + 1);
       // torch's mm backward with mat1 = xr and mat2 = wr.t(): a column-major operand gets its gradient
       // computed column-major (mm_mat1_backward / mm_mat2_backward), and so here
       const torch::Tensor mat2 = wr.t();
       if (ctx->needs_input_grad(0)) {
         const bool col = xr.stride(0) == 1 && xr.stride(1) == xr.size(0);
-        gx = maybe_round_grad(col ? mat2.mm(g.t()).t() : g.mm(mat2.t()), row(specs, kGradInput));
+        // (each product is this node's own fresh tensor: rounded in place, before any transposed view of it)
+        const Spec s = row(specs, kGradInput);
+        gx = col ? round_grad_owned(mat2.mm(g.t()), s, 1).t() : round_grad_owned(g.mm(mat2.t()), s, 1);
       }
       if (ctx->needs_input_grad(1)) {
         const bool col = mat2.stride(0) == 1 && mat2.stride(1) == mat2.size(0);
-        gw = maybe_round_grad((col ? g.t().mm(xr).t() : xr.t().mm(g)).t(), row(specs, kWeightGrad));
+        const Spec s = row(specs, kWeightGrad);
+        gw = col ? round_grad_owned(g.t().mm(xr), s, 1) : round_grad_owned(xr.t().mm(g), s, 1).t();
       }
       if (has_bias && ctx->needs_input_grad(2)) {
-        gb = maybe_round_grad(at::sum_to(g, ctx->saved_data["bias_sizes"].toIntVector()), row(specs, kWeightGrad));
+        gb = round_grad_owned(at::sum_to(g, ctx->saved_data["bias_sizes"].toIntVector()), row(specs, kWeightGrad),
+                              1);
       }
     }
     return {gx, gw, gb, torch::Tensor(), torch::Tensor()};
@@ -328,6 +444,77 @@ torch::Tensor fused_linear(const torch::Tensor& x, const torch::Tensor& w, const
   return FusedLinear::apply(x, w, b, specs, round_input);
 }
 
+// Layer-level rounding of an nn.Conv{1,2,3}d (zero padding, batched input) in one autograd node, as FusedLinear
+// does for nn.Linear: forward rounds the input, weight and bias, computes at::convolution (what F.conv{N}d
+// dispatches to) and rounds the output in place; backward rounds the output gradient, computes the gradients
+// with at::convolution_backward and the mask torch's own ConvolutionBackward0 passes (the inputs that need a
+// gradient), and rounds each in place.
+class FusedConv : public torch::autograd::Function<FusedConv> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                               const torch::Tensor& specs, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                               std::vector<int64_t> dilation, int64_t groups, bool round_input) {
+    const torch::Tensor xr = round_input ? maybe_round(x, row(specs, kInput)) : x;
+    const torch::Tensor wr = maybe_round(w, row(specs, kWeight));
+    const bool has_bias = b.has_value() && b->defined();
+    const torch::Tensor br = has_bias ? maybe_round(*b, row(specs, kBias)) : torch::Tensor();
+    const std::vector<int64_t> output_padding(stride.size(), 0);
+    torch::Tensor y = at::convolution(xr, wr, has_bias ? c10::optional<torch::Tensor>(br) : c10::nullopt, stride,
+                                      padding, dilation, /*transposed=*/false, output_padding, groups);
+    const Spec act = row(specs, kActivation);
+    if (act.kind != kIdentity) {
+      if (sole_owner(y, 1)) {
+        round_storage(y, act);  // this node's own fresh result
+      } else {
+        y = round_out(y, act);
+      }
+    }
+    ctx->save_for_backward({xr, wr});
+    ctx->saved_data["specs"] = specs;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_bias"] = has_bias;
+    if (has_bias) ctx->saved_data["bias_sizes"] = b->sizes().vec();
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor specs = ctx->saved_data["specs"].toTensor();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    torch::Tensor gx, gw, gb;
+    if (grads[0].defined()) {
+      const torch::Tensor g = round_grad_owned(std::move(grads[0]), row(specs, kGradOutput), kEngineRefs + 1);
+      const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector();
+      const std::vector<int64_t> output_padding(stride.size(), 0);
+      c10::optional<std::vector<int64_t>> bias_sizes;
+      if (has_bias) bias_sizes = ctx->saved_data["bias_sizes"].toIntVector();
+      const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                        has_bias && ctx->needs_input_grad(2)};
+      auto [dx, dw, db] = at::convolution_backward(
+          g, saved[0], saved[1], bias_sizes ? c10::optional<at::IntArrayRef>(*bias_sizes) : c10::nullopt, stride,
+          ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(), /*transposed=*/false,
+          output_padding, ctx->saved_data["groups"].toInt(), mask);
+      if (mask[0]) gx = round_grad_owned(std::move(dx), row(specs, kGradInput), 1);
+      if (mask[1]) gw = round_grad_owned(std::move(dw), row(specs, kWeightGrad), 1);
+      if (mask[2]) gb = round_grad_owned(std::move(db), row(specs, kWeightGrad), 1);
+    }
+    return {gx, gw, gb, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+torch::Tensor fused_conv(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                         const torch::Tensor& specs, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                         std::vector<int64_t> dilation, int64_t groups, bool round_input) {
+  return FusedConv::apply(x, w, b, specs, std::move(stride), std::move(padding), std::move(dilation), groups,
+                          round_input);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -336,5 +523,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("round_grad", &round_grad_py, "g rounded, or g itself when it is on the grid already");
   m.def("hook_grad", &hook_grad, "register a hook rounding x's gradient");
   m.def("fused_linear", &fused_linear, "an nn.Linear with its layer-level roundings, one autograd node");
-  m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward");
+  m.def("round_params", &round_params, "parameters rounded forward, their gradients rounded backward (one node)");
+  m.def("fused_conv", &fused_conv, "an nn.Conv{1,2,3}d with its layer-level roundings, one autograd node");
+  m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward", pybind11::arg("x"),
+        pybind11::arg("fwd"), pybind11::arg("bwd"), pybind11::arg("consumed") = pybind11::none());
 }

@@ -87,7 +87,8 @@ class _WeightGroup:
     With gradients, the whole group is one autograd node (:class:`_GroupSTE`), not a cat / split / view chain.
     """
 
-    def __init__(self, rounder: Rounder, grad_rounder: Rounder | None) -> None:
+    def __init__(self, rounder: Rounder, grad_rounder: Rounder | None,
+                 native_specs: tuple[Any, native.Spec, native.Spec] | None = None) -> None:
         self.rounder = rounder
         self.grad_rounder = grad_rounder
         self.params: list[torch.Tensor] = []
@@ -95,6 +96,13 @@ class _WeightGroup:
         self.versions: list[int] = []
         self.with_graph = False
         self.generation = 0
+        # (extension, format, gradient format): with gradients, float32 CPU parameters are rounded by one C++
+        # node (``round_params``) instead of _GroupSTE; it rounds the gradients and, when its backward runs,
+        # writes its generation into ``consumed`` (read through a NumPy view of it: no tensor op)
+        self.native_specs = native_specs
+        self.consumed = torch.zeros(1, dtype=torch.int64) if native_specs is not None else None
+        self.consumed_view = self.consumed.numpy() if native_specs is not None else None
+        self.native_graph = False  # whether the current graph is round_params'
 
     def add(self, param: torch.Tensor) -> int:
         self.params.append(param)
@@ -108,6 +116,7 @@ class _WeightGroup:
             self.tensors is None
             or param._version != self.versions[index]
             or (not self.with_graph and torch.is_grad_enabled() and param.requires_grad)
+            or (self.native_graph and self.consumed_view[0] == self.generation)
         ):
             self._compute()
         return self.tensors[index]
@@ -122,9 +131,15 @@ class _WeightGroup:
 
     def _compute(self) -> None:
         params = self.params
+        self.native_graph = False
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self.generation += 1
-            self.tensors = list(_GroupSTE.apply(self, *params))
+            if self.native_specs is not None and native.all_usable(params):
+                ext, spec, grad_spec = self.native_specs
+                self.tensors = ext.round_params(params, spec, grad_spec, self.consumed, self.generation)
+                self.native_graph = True
+            else:
+                self.tensors = list(_GroupSTE.apply(self, *params))
             self.with_graph = True
         else:
             self.tensors = self.round_all(params)
@@ -133,6 +148,7 @@ class _WeightGroup:
 
     def clear(self) -> None:
         self.tensors = None
+        self.native_graph = False
 
 
 class _GroupSTE(torch.autograd.Function):
@@ -349,12 +365,10 @@ class LayerEmulator:
                 # rounded on its way to the parameter, in the group's backward
                 group = self._groups.get((fmt, grad_fmt))
                 if group is None:
-                    group = self._groups[(fmt, grad_fmt)] = _WeightGroup(rounder, grad_rounder)
-                fn = functools.partial(group.get, group.add(param))
-                wspec, gspec = self._native(fmt), self._native(grad_fmt)
-                if wspec is not None and gspec is not None:
-                    fn = _native_weight(self._ext, wspec, gspec, fn)
-                params.append((pname, fn))
+                    wspec, gspec = self._native(fmt), self._native(grad_fmt)
+                    specs = (self._ext, wspec, gspec) if wspec is not None and gspec is not None else None
+                    group = self._groups[(fmt, grad_fmt)] = _WeightGroup(rounder, grad_rounder, specs)
+                params.append((pname, functools.partial(group.get, group.add(param))))
                 continue
             if rounder is not None:
                 params.append((pname, self._weight_function(fmt, rounder)))
@@ -378,13 +392,13 @@ class LayerEmulator:
             # (native gradient rounding needs no marks to skip work: it costs about as much as the check)
             output_hook = _output_hook(outputs, grad_key if outputs.ext is None else None)
         post_hook = self._restore_hook(output_hook) if params else output_hook
-        specs = self._linear_specs(module, formats)
+        specs = self._fused_specs(module, formats)
         if specs is not None:
-            # nn.Linear on 2-D float32 CPU inputs: one native autograd node does every role; other inputs take
-            # the hooks' path, called from the same forward
-            forward = _linear_forward(self._ext, specs, inputs.key if inputs is not None else None,
-                                      outputs.key if outputs is not None else None, pre_hook, post_hook,
-                                      always_post=bool(params))
+            # nn.Linear on 2-D and nn.Conv{N}d on batched float32 CPU inputs: one native autograd node does
+            # every role; other inputs take the hooks' path, called from the same forward
+            forward = _fused_forward(self._ext, specs, dict(params), inputs.key if inputs is not None else None,
+                                     outputs.key if outputs is not None else None, pre_hook, post_hook,
+                                     always_post=bool(params))
             module.forward = types.MethodType(forward, module)
             self._forwards.append((module, module.forward))
             return
@@ -396,19 +410,21 @@ class LayerEmulator:
         elif output_hook is not None:
             self._handles.append(module.register_forward_hook(output_hook))
 
-    def _linear_specs(self, module: nn.Module, formats: dict[str, Format]) -> torch.Tensor | None:
-        """The native fused Linear's parameters, one row per role (``_FUSED_ROLES``), or None where it does not
-        apply: not exactly an ``nn.Linear`` (a subclass may compute something else), a role format the
-        extension cannot round, a ``forward`` already overridden on the instance, or the op level."""
-        if (not FUSE_LINEAR or type(module) is not nn.Linear or "forward" in module.__dict__
-                or self._outside_dispatch):
+    def _fused_specs(self, module: nn.Module, formats: dict[str, Format]) -> torch.Tensor | None:
+        """The native fused layer's parameters, one row per role (``_FUSED_ROLES``), or None where it does not
+        apply: not exactly an ``nn.Linear`` or a zero-padded ``nn.Conv{1,2,3}d`` with numeric padding (a
+        subclass may compute something else; other padding modes pad first), a role format the extension cannot
+        round, a ``forward`` already overridden on the instance, or the op level."""
+        if not FUSE or "forward" in module.__dict__ or self._outside_dispatch or not _fusable(module):
             return None
         rows = []
         for role in _FUSED_ROLES:
             spec = self._native(formats.get(role))
             if spec is None:
                 return None
-            rows.append(spec or [0.0] * 7)
+            # the parameters arrive rounded, by the same functions as on the hooks' path (a group's cached
+            # straight-through nodes, which also round their gradients): the node rounds the rest
+            rows.append([0.0] * 7 if role in _PARAMETER_ROLES else (spec or [0.0] * 7))
         if self._ext is None:
             return None  # nothing to round at all (every role fp32): the hooks' path has nothing to do either
         return torch.tensor(rows, dtype=torch.float64)
@@ -486,32 +502,57 @@ class LayerEmulator:
             group.clear()
 
 
-# Whether emulators built from now on fuse nn.Linear layers into one native node (tests turn it off to check
-# the hooks' path, which records what it rounds where a spy can see it, and to compare the two).
-FUSE_LINEAR = True
-# The roles of the native fused Linear, in the order of its parameter rows (csrc/round.cpp, ``Role``).
+# Whether emulators built from now on fuse nn.Linear and nn.Conv{N}d layers into one native node (tests turn it
+# off to check the hooks' path, which records what it rounds where a spy can see it, and to compare the two).
+FUSE = True
+# The roles of the native fused layers, in the order of their parameter rows (csrc/round.cpp, ``Role``).
 _FUSED_ROLES = ("input", "weight", "bias", "activation", "grad_output", "grad_input", "weight_grad")
+# Roles of the fused node that emulation leaves to the parameters' own rounding (so that a layer used twice in
+# one forward gets its weight gradient rounded once, summed over both uses, as on the hooks' path).
+_PARAMETER_ROLES = ("weight", "bias", "weight_grad")
+# The batched input rank each fused layer type takes (unbatched inputs take the hooks' path).
+_FUSED_RANK = {nn.Linear: 2, nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
 
 
-def _linear_forward(ext: Any, specs: torch.Tensor, input_key: Any, output_key: Any, pre_hook, post_hook,
-                    *, always_post: bool):
-    """The forward set on an emulated ``nn.Linear`` (bound to it: a deep copy of the model binds the copy).
+def _fusable(module: nn.Module) -> bool:
+    if type(module) is nn.Linear:
+        return True
+    return (type(module) in _FUSED_RANK and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def _fused_forward(ext: Any, specs: torch.Tensor, params: dict[str, Callable], input_key: Any, output_key: Any,
+                   pre_hook, post_hook, *, always_post: bool):
+    """The forward set on an emulated ``nn.Linear`` or ``nn.Conv{N}d`` (bound to it: a deep copy of the model
+    binds the copy).
 
     ``input_key`` / ``output_key``: the marks of the input and output grids, as the hooks' path uses them (an
     input already on the input grid is not rounded again; the output is marked for the next layer).
+    ``params``: the rounding of each parameter the layer rounds (by name), as the hooks' path swaps them in.
     ``pre_hook`` / ``post_hook``: the hooks' path, for inputs the native node does not take."""
+    round_weight = params.get("weight")
+    round_bias = params.get("bias")
 
-    def forward(self: nn.Linear, input: Any) -> Any:
+    def forward(self: nn.Module, input: Any) -> Any:
         weight, bias = self.weight, self.bias
+        cls = type(self)
         if (
             isinstance(input, torch.Tensor)
-            and input.dim() == 2
+            and input.dim() == _FUSED_RANK[cls]
             and native.usable(input)
             and native.usable(weight)
             and (bias is None or native.usable(bias))
         ):
+            if round_weight is not None:
+                weight = round_weight(weight)
+            if round_bias is not None and bias is not None:
+                bias = round_bias(bias)
             round_input = input_key is None or not is_marked(input, _MARK, input_key)
-            out = ext.fused_linear(input, weight, bias, specs, round_input)
+            if cls is nn.Linear:
+                out = ext.fused_linear(input, weight, bias, specs, round_input)
+            else:
+                out = ext.fused_conv(input, weight, bias, specs, self.stride, self.padding, self.dilation,
+                                     self.groups, round_input)
             if output_key is not None:
                 mark(out, _MARK, output_key)
             return out
@@ -521,30 +562,16 @@ def _linear_forward(ext: Any, specs: torch.Tensor, input_key: Any, output_key: A
             if changed is not None:
                 args = changed[0]
         if post_hook is None:
-            return nn.Linear.forward(self, *args)
+            return cls.forward(self, *args)
         out = None
         try:
-            out = nn.Linear.forward(self, *args)
+            out = cls.forward(self, *args)
         finally:
             if always_post or out is not None:
                 result = post_hook(self, args, out)
         return out if result is None else result
 
     return forward
-
-
-def _native_weight(ext: Any, spec: native.Spec, grad_spec: native.Spec, fallback: Callable) -> Callable:
-    """A parameter's rounding through the native extension (straight through, the gradient rounded to
-    ``grad_spec`` on its way to the parameter), where it applies; else ``fallback`` (the group's)."""
-
-    def weight(p: torch.Tensor) -> torch.Tensor:
-        if not native.usable(p):
-            return fallback(p)
-        if torch.is_grad_enabled() and p.requires_grad:
-            return ext.round_ste(p, spec, grad_spec)
-        return ext.round(p, spec)
-
-    return weight
 
 
 def _output_hook(outputs: _Side, grad_key: Any = None):

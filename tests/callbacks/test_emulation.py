@@ -151,7 +151,7 @@ class _GridSpy(Callback):
 def test_layer_level_activations_and_gradients_are_on_the_grid(name, monkeypatch):
     # the hooks' path, whose roundings sit at the layer boundaries the spy watches (the fused native Linear
     # rounds inside its forward, with the same results: tests/emulation/test_native.py)
-    monkeypatch.setattr(layer, "FUSE_LINEAR", False)
+    monkeypatch.setattr(layer, "FUSE", False)
     model = MODELS[name]()
     spy = _GridSpy("e5m2")
     t = trainer(max_steps=3, limit_val_batches=0, callbacks=[spy, PrecisionEmulation("e5m2", level="layer")])

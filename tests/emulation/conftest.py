@@ -68,4 +68,4 @@ def hooks_path(monkeypatch):
     a spy's hooks can see each rounded tensor) instead of the fused native node."""
     from boundfinder.emulation import layer
 
-    monkeypatch.setattr(layer, "FUSE_LINEAR", False)
+    monkeypatch.setattr(layer, "FUSE", False)

@@ -137,12 +137,49 @@ class _Mixed(nn.Module):
         return self.out(F.relu(self.fc(h.flatten(1))))
 
 
+class _Convs(nn.Module):
+    """Convolutions the fused node takes (stride, dilation, groups, no bias; Conv1d, Conv2d, Conv3d), two it does
+    not (reflect padding, ``padding="same"``) and an unbatched input (the hooks' path inside the fused forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strided = nn.Conv2d(1, 4, 3, stride=2, padding=2, dilation=2)
+        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)
+        self.reflect = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+        self.same = nn.Conv2d(4, 4, 3, padding="same")
+        self.c1 = nn.Conv1d(4, 6, 3, padding=1)
+        self.c3 = nn.Conv3d(1, 2, 3, padding=1)
+        self.out = nn.Linear(6 * 16 + 2 * 64, 10)
+
+    def forward(self, x):
+        h = F.relu(self.strided(x))  # (B, 4, 4, 4)
+        h = self.same(self.reflect(self.grouped(h)))
+        a = self.c1(h.flatten(2))  # (B, 6, 16)
+        b = self.c3(h.unsqueeze(1))  # (B, 2, 4, 4, 4)
+        unbatched = self.grouped(h[0])  # (4, 4, 4)
+        return self.out(torch.cat([a.flatten(1), b.flatten(1)], 1)) + unbatched.mean()
+
+
+class _Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 16)
+        self.twice = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(self.twice(F.relu(self.twice(F.relu(self.inp(x.flatten(1)))))))
+
+
 MODELS = {
     "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
     "lenet": lambda: nn.Sequential(
         nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
         nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)),
     "mixed": _Mixed,
+    "convs": _Convs,
+    # one Linear used twice in a forward: its weight gradient is the sum over both uses, rounded once per pass
+    "shared": lambda: _Shared(),
 }
 POLICIES = {
     "e5m10": "e5m10",
@@ -152,6 +189,8 @@ POLICIES = {
     # per role, some roles not rounded
     "roles": {"*": {"weight": "e4m3fn", "bias": "e5m10", "activation": "e5m2", "grad_output": "e4m3fn",
                     "weight_grad": "bf16"}},
+    # a weight gradient format without a weight format: .grad rounded after each accumulation
+    "grad-only": {"*": {"weight_grad": "bf16", "activation": "e4m3fn"}},
     # a weight format the extension cannot round: Linear layers take the hooks' path, the boundaries are native
     "fixed-weight": {"*": {"weight": "fixed16.8", "activation": "e4m3fn", "grad_input": "e5m10"}},
 }
@@ -163,7 +202,7 @@ def _run(make, policy, data, *, python: bool, monkeypatch, steps: int = 3):
     with monkeypatch.context() as m:
         if python:
             m.setattr(native, "load", lambda: None)
-            m.setattr(layer, "FUSE_LINEAR", False)
+            m.setattr(layer, "FUSE", False)
         torch.manual_seed(0)
         model = make()
         spec, rounding = policy if isinstance(policy, tuple) else (policy, "nearest")
@@ -192,6 +231,49 @@ def test_training_through_the_extension_equals_the_python_path(model, policy, ba
     fused = [m for m in fast[4].modules() if "forward" in m.__dict__]
     assert bool(fused) == (policy != "fixed-weight")  # the fused node was used, where it applies
     assert not any("forward" in m.__dict__ for m in slow[4].modules())
+
+
+@needs_ext
+def test_only_exact_zero_padded_convolutions_are_fused():
+    model = _Convs()
+    emulate(model, "e4m3fn", level="layer")
+    fused = {name for name, m in model.named_modules() if "forward" in m.__dict__}
+    assert fused == {"strided", "grouped", "c1", "c3", "out"}
+
+
+# A gradient is rounded in place only where nothing else can see it; each case below keeps a handle on the
+# gradient arriving at an emulated layer's node, which must still hold the value it had when it arrived.
+_HOLDERS = ["tensor hook", "node post hook"]
+_LAYERS = {
+    "linear": (lambda: nn.Linear(8, 6), (5, 8)),
+    "conv": (lambda: nn.Conv2d(2, 3, 3, padding=1), (4, 2, 5, 5)),
+    "boundary": (lambda: nn.Tanh(), (5, 8)),  # the straight-through node of a layer's output
+}
+
+
+@needs_ext
+@pytest.mark.parametrize("holder", _HOLDERS)
+@pytest.mark.parametrize("kind", sorted(_LAYERS))
+def test_a_gradient_someone_else_holds_is_not_rounded_in_place(kind, holder):
+    make, shape = _LAYERS[kind]
+    torch.manual_seed(0)
+    module = make()
+    emulate(module, "e4m3fn", level="layer")
+    x = torch.randn(*shape, requires_grad=True)
+    out = module(x)
+    kept = []
+    if holder == "tensor hook":
+        out.register_hook(lambda g: kept.append((g, g.clone())))
+    else:
+        out.grad_fn.register_hook(lambda grad_inputs, grad_outputs: kept.append(
+            (grad_outputs[0], grad_outputs[0].clone())))
+    weights = torch.randn(out.shape)  # an upstream gradient off the e4m3fn grid
+    (out * weights).sum().backward()
+    held, copy_then = kept[0]
+    if holder == "tensor hook":
+        assert torch.equal(held, weights)
+    assert torch.equal(held, copy_then)
+    assert bits_equal(x.grad, quantize(x.grad, "e4m3fn"))  # the layer's gradients were rounded all the same
 
 
 @needs_ext
