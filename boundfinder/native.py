@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ _OVERFLOW = {"inf": 0, "nan": 1, "saturate": 2}
 # No -ffast-math (it would reassociate and change results); -fno-trapping-math only lets the loops vectorise
 # their selects, -ffp-contract=off keeps x / q and r * q separate operations.
 _CFLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"]
+# The kernels split large tensors over torch's intra-op threads (at::parallel_for), which with torch's OpenMP
+# backend is an OpenMP region compiled into the extension: without -fopenmp it would run on one thread. The
+# extension then needs libgomp.so.1, the runtime torch has loaded already (the same soname: one thread pool, and
+# torch.set_num_threads applies). Where that build fails, the extension is built without it (one thread).
+_OPENMP = ["-fopenmp"]
 _lock = threading.Lock()
 _module: Any = None
 _tried = False
@@ -42,6 +48,10 @@ _tried = False
 
 def enabled() -> bool:
     return os.environ.get("BOUNDFINDER_NATIVE", "1") != "0"
+
+
+def _openmp_available() -> bool:
+    return sys.platform.startswith("linux") and torch.backends.openmp.is_available()
 
 
 def load() -> Any:
@@ -55,16 +65,20 @@ def load() -> Any:
         if not enabled():
             log.info("boundfinder: native rounding off (BOUNDFINDER_NATIVE=0); emulation uses its Python path")
         else:
-            try:
-                from torch.utils.cpp_extension import load as build
+            from torch.utils.cpp_extension import load as build
 
-                _module = build(name="boundfinder_round", sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                                verbose=False)
-            except Exception as exc:  # noqa: BLE001 - any build failure means: no native path, say so once
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                log.warning("boundfinder: native rounding extension not built (%s: %s); emulation uses its "
-                            "Python path (same results, slower)", type(exc).__name__, first)
-                _module = None
+            for flags in ([_OPENMP, []] if _openmp_available() else [[]]):
+                try:
+                    _module = build(name="boundfinder_round", sources=[str(_SOURCE)],
+                                    extra_cflags=_CFLAGS + flags, extra_ldflags=flags, verbose=False)
+                    break
+                except Exception as exc:  # noqa: BLE001 - any build failure means: no native path, say so once
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    failure = f"{type(exc).__name__}: {first}"
+                    _module = None
+            if _module is None:
+                log.warning("boundfinder: native rounding extension not built (%s); emulation uses its Python "
+                            "path (same results, slower)", failure)
         _tried = True
     return _module
 

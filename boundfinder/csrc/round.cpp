@@ -16,6 +16,7 @@
 #endif
 #include <cstdint>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 
@@ -173,19 +174,22 @@ void round_into(const torch::Tensor& x, torch::Tensor& out, const Spec& s) {
                    [&](int64_t begin, int64_t end) { round_block(in + begin, o + begin, end - begin, s); });
 }
 
-// Whether rounding `x` would leave every word as it is. Rounds block by block into a buffer on the stack and
-// stops at the first block that differs, so a tensor off the grid costs one block.
+// Whether rounding `x` would leave every word as it is. Each thread rounds its part block by block into a buffer
+// on its stack and stops at the first block that differs (or once another thread found one), so a tensor off
+// the grid costs about one block per thread.
 bool on_grid(const torch::Tensor& x, const Spec& s) {
   constexpr int64_t kBlock = 512;
-  alignas(64) float buf[kBlock];
   const float* in = x.data_ptr<float>();
-  const int64_t n = x.numel();
-  for (int64_t i = 0; i < n; i += kBlock) {
-    const int64_t m = std::min(kBlock, n - i);
-    round_block(in + i, buf, m, s);
-    if (std::memcmp(buf, in + i, m * sizeof(float)) != 0) return false;
-  }
-  return true;
+  std::atomic<bool> off{false};
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    alignas(64) float buf[kBlock];
+    for (int64_t i = begin; i < end && !off.load(std::memory_order_relaxed); i += kBlock) {
+      const int64_t m = std::min(kBlock, end - i);
+      round_block(in + i, buf, m, s);
+      if (std::memcmp(buf, in + i, m * sizeof(float)) != 0) off.store(true, std::memory_order_relaxed);
+    }
+  });
+  return !off.load();
 }
 
 torch::Tensor round_out(const torch::Tensor& x, const Spec& s) {
