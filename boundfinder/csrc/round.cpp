@@ -512,6 +512,37 @@ class FusedConv : public torch::autograd::Function<FusedConv> {
   }
 };
 
+// Layer-level rounding of an nn.ReLU (not in place) in one autograd node: forward rounds the input, computes
+// at::relu and rounds the output; backward rounds the output gradient, computes torch's ReluBackward0
+// (threshold_backward on the unrounded result) and rounds the input gradient. Rows as for FusedLinear (the
+// parameter rows unused); emulation leaves the roundings a ReLU keeps on the grid by itself as kind 0.
+class FusedReLU : public torch::autograd::Function<FusedReLU> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& specs, bool round_input) {
+    const torch::Tensor xr = round_input ? maybe_round(x, row(specs, kInput)) : x;
+    torch::Tensor y = at::relu(xr);
+    ctx->save_for_backward({y});
+    ctx->saved_data["specs"] = specs;
+    const Spec act = row(specs, kActivation);
+    // (a rounded copy: backward needs the result as ReLU computed it)
+    return act.kind == kIdentity ? y : round_out(y, act);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const torch::Tensor specs = ctx->saved_data["specs"].toTensor();
+    const torch::Tensor g = round_grad_owned(std::move(grads[0]), row(specs, kGradOutput), kEngineRefs + 1);
+    torch::Tensor gx = at::threshold_backward(g, ctx->get_saved_variables()[0], 0);
+    return {round_grad_owned(std::move(gx), row(specs, kGradInput), 1), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor fused_relu(const torch::Tensor& x, const torch::Tensor& specs, bool round_input) {
+  return FusedReLU::apply(x, specs, round_input);
+}
+
 torch::Tensor fused_conv(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
                          const torch::Tensor& specs, std::vector<int64_t> stride, std::vector<int64_t> padding,
                          std::vector<int64_t> dilation, int64_t groups, bool round_input) {
@@ -528,6 +559,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("hook_grad", &hook_grad, "register a hook rounding x's gradient");
   m.def("fused_linear", &fused_linear, "an nn.Linear with its layer-level roundings, one autograd node");
   m.def("round_params", &round_params, "parameters rounded forward, their gradients rounded backward (one node)");
+  m.def("fused_relu", &fused_relu, "an nn.ReLU with its layer-level roundings, one autograd node");
   m.def("fused_conv", &fused_conv, "an nn.Conv{1,2,3}d with its layer-level roundings, one autograd node");
   m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward", pybind11::arg("x"),
         pybind11::arg("fwd"), pybind11::arg("bwd"), pybind11::arg("consumed") = pybind11::none());

@@ -392,10 +392,11 @@ class LayerEmulator:
             # (native gradient rounding needs no marks to skip work: it costs about as much as the check)
             output_hook = _output_hook(outputs, grad_key if outputs.ext is None else None)
         post_hook = self._restore_hook(output_hook) if params else output_hook
-        specs = self._fused_specs(module, formats)
+        specs = self._fused_specs(module, formats, skip_activation=bool(fwd_keeps and same_fwd),
+                                  skip_grad_input=bool(bwd_keeps and same_bwd))
         if specs is not None:
-            # nn.Linear on 2-D and nn.Conv{N}d on batched float32 CPU inputs: one native autograd node does
-            # every role; other inputs take the hooks' path, called from the same forward
+            # nn.Linear on 2-D, nn.Conv{N}d on batched, nn.ReLU on any float32 CPU inputs: one native autograd
+            # node does every role; other inputs take the hooks' path, called from the same forward
             forward = _fused_forward(self._ext, specs, dict(params), inputs.key if inputs is not None else None,
                                      outputs.key if outputs is not None else None, pre_hook, post_hook,
                                      always_post=bool(params))
@@ -410,11 +411,13 @@ class LayerEmulator:
         elif output_hook is not None:
             self._handles.append(module.register_forward_hook(output_hook))
 
-    def _fused_specs(self, module: nn.Module, formats: dict[str, Format]) -> torch.Tensor | None:
+    def _fused_specs(self, module: nn.Module, formats: dict[str, Format], *, skip_activation: bool = False,
+                     skip_grad_input: bool = False) -> torch.Tensor | None:
         """The native fused layer's parameters, one row per role (``_FUSED_ROLES``), or None where it does not
-        apply: not exactly an ``nn.Linear`` or a zero-padded ``nn.Conv{1,2,3}d`` with numeric padding (a
-        subclass may compute something else; other padding modes pad first), a role format the extension cannot
-        round, a ``forward`` already overridden on the instance, or the op level."""
+        apply: not exactly an ``nn.Linear``, a zero-padded ``nn.Conv{1,2,3}d`` with numeric padding or an
+        ``nn.ReLU`` that is not in place (a subclass may compute something else; other padding modes pad first;
+        an in-place ReLU changes its input), a role format the extension cannot round, a ``forward`` already
+        overridden on the instance, or the op level. ``skip_*``: roundings the hooks' path skips as no-ops."""
         if not FUSE or "forward" in module.__dict__ or self._outside_dispatch or not _fusable(module):
             return None
         rows = []
@@ -424,7 +427,9 @@ class LayerEmulator:
                 return None
             # the parameters arrive rounded, by the same functions as on the hooks' path (a group's cached
             # straight-through nodes, which also round their gradients): the node rounds the rest
-            rows.append([0.0] * 7 if role in _PARAMETER_ROLES else (spec or [0.0] * 7))
+            skipped = ((role == "activation" and skip_activation) or (role == "grad_input" and skip_grad_input)
+                       or role in _PARAMETER_ROLES)
+            rows.append([0.0] * 7 if skipped else (spec or [0.0] * 7))
         if self._ext is None:
             return None  # nothing to round at all (every role fp32): the hooks' path has nothing to do either
         return torch.tensor(rows, dtype=torch.float64)
@@ -510,15 +515,17 @@ _FUSED_ROLES = ("input", "weight", "bias", "activation", "grad_output", "grad_in
 # Roles of the fused node that emulation leaves to the parameters' own rounding (so that a layer used twice in
 # one forward gets its weight gradient rounded once, summed over both uses, as on the hooks' path).
 _PARAMETER_ROLES = ("weight", "bias", "weight_grad")
-# The batched input rank each fused layer type takes (unbatched inputs take the hooks' path).
-_FUSED_RANK = {nn.Linear: 2, nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
+# The batched input rank each fused layer type takes (unbatched inputs take the hooks' path; None: any rank).
+_FUSED_RANK = {nn.Linear: 2, nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5, nn.ReLU: None}
 
 
 def _fusable(module: nn.Module) -> bool:
-    if type(module) is nn.Linear:
+    cls = type(module)
+    if cls is nn.Linear:
         return True
-    return (type(module) in _FUSED_RANK and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str))
+    if cls is nn.ReLU:
+        return not module.inplace
+    return cls in _FUSED_RANK and module.padding_mode == "zeros" and not isinstance(module.padding, str)
 
 
 def _fused_forward(ext: Any, specs: torch.Tensor, params: dict[str, Callable], input_key: Any, output_key: Any,
@@ -534,8 +541,15 @@ def _fused_forward(ext: Any, specs: torch.Tensor, params: dict[str, Callable], i
     round_bias = params.get("bias")
 
     def forward(self: nn.Module, input: Any) -> Any:
-        weight, bias = self.weight, self.bias
         cls = type(self)
+        if cls is nn.ReLU:
+            if isinstance(input, torch.Tensor) and native.usable(input):
+                out = ext.fused_relu(input, specs, input_key is None or not is_marked(input, _MARK, input_key))
+                if output_key is not None:
+                    mark(out, _MARK, output_key)
+                return out
+            return hooks_path(self, input)
+        weight, bias = self.weight, self.bias
         if (
             isinstance(input, torch.Tensor)
             and input.dim() == _FUSED_RANK[cls]
@@ -556,6 +570,10 @@ def _fused_forward(ext: Any, specs: torch.Tensor, params: dict[str, Callable], i
             if output_key is not None:
                 mark(out, _MARK, output_key)
             return out
+        return hooks_path(self, input)
+
+    def hooks_path(self: nn.Module, input: Any) -> Any:
+        cls = type(self)
         args: tuple = (input,)
         if pre_hook is not None:
             changed = pre_hook(self, args, {})

@@ -264,6 +264,31 @@ def test_only_exact_zero_padded_convolutions_are_fused():
     assert fused == {"strided", "grouped", "c1", "c3", "out"}
 
 
+@needs_ext
+def test_fused_relu_masks_its_gradient_with_the_unrounded_result(monkeypatch):
+    # 1e-9 > 0 passes its gradient through the ReLU, though its output rounds to 0 in e4m3fn
+    x0 = torch.tensor([1e-9, -1.0, 2.0, 3e-8, 0.3, -2e-9])
+    policy = {"*": {"activation": "e4m3fn", "grad_output": "e5m10", "grad_input": "bf16"}}
+    results = []
+    for python in (False, True):
+        with monkeypatch.context() as m:
+            if python:
+                m.setattr(native, "load", lambda: None)
+                m.setattr(layer, "FUSE", False)
+            relu = nn.ReLU()
+            emulate(relu, policy, level="layer")
+        assert ("forward" in relu.__dict__) is not python
+        x = x0.clone().requires_grad_()
+        y = relu(x)
+        (y * torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])).sum().backward()
+        results.append((y.detach(), x.grad))
+    assert bits_equal(results[0][0], results[1][0]) and bits_equal(results[0][1], results[1][1])
+    assert results[0][0][0] == 0 and results[0][1][0] != 0
+    inplace = nn.Sequential(nn.ReLU(inplace=True))
+    emulate(inplace, "e4m3fn", level="layer")
+    assert "forward" not in inplace[0].__dict__  # it changes its input: the hooks' path
+
+
 # A gradient is rounded in place only where nothing else can see it; each case below keeps a handle on the
 # gradient arriving at an emulated layer's node, which must still hold the value it had when it arrived.
 _HOLDERS = ["tensor hook", "node post hook"]
