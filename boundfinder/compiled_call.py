@@ -106,7 +106,14 @@ class DirectCompiled:
     def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
         from torch._inductor.compile_fx import compile_fx
 
-        compiled = compile_fx(gm, example_inputs)
+        # Inductor's CPU code decides between an OpenMP region and a plain loop from the size of the example it
+        # compiles on, and the graph is dynamic: a kernel first compiled on a bias of 16 elements would then
+        # round every later tensor, however large, on one thread (measured: 0.63x of clone() on 2**24 elements
+        # with 2 threads, against 0.91x), in this process and, through Inductor's on-disk cache, in later ones.
+        # So the minimum chunk is one element: with more than one thread every kernel gets its parallel region,
+        # as one compiled on a large example does; with one thread the code stays a plain loop (dynamo recompiles
+        # when the thread count changes: the global state below).
+        compiled = compile_fx(gm, example_inputs, config_patches={"cpp.min_chunk_size": 1})
         spec: list[tuple[int, int | None]] | None = []
         for node in gm.graph.nodes:
             if node.op != "placeholder":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import types
+from pathlib import Path
 
 import torch
 
@@ -204,3 +205,28 @@ def test_vmap_runs_the_eager_kernel_and_leaves_compilation_on():
     y = torch.vmap(lambda row: quantize(row, "fixed8.4"))(x)
     assert torch.equal(y, quantize(x, "fixed8.4"))
     assert "round_fixed" not in K._compile_failed
+
+
+def _elementwise(x, p):
+    return torch.where(x > p[0], x * 3.0, x - p[1])
+
+
+def test_a_kernel_first_compiled_on_a_few_elements_still_runs_in_parallel():
+    # Inductor chooses between an OpenMP region and a plain loop from the example it compiles on; the graph
+    # is dynamic, so a kernel first compiled on a bias would otherwise round every later tensor on one thread
+    from torch._inductor.codecache import PyCodeCache
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loaded = len(PyCodeCache.modules)
+        dc, _ = _counting(_elementwise)
+        x, p = torch.randn(16), torch.tensor([0.5, 1.0])
+        assert torch.equal(dc(x, p), _elementwise(x, p))
+        sources = [Path(m.__file__).read_text() for m in PyCodeCache.modules[loaded:] if getattr(m, "__file__", None)]
+        kernels = [s for s in sources if "cpp_fused" in s]
+        assert kernels and all("#pragma omp parallel" in s for s in kernels)
+        big = torch.randn(1 << 16)
+        assert torch.equal(dc(big, p), _elementwise(big, p))  # the same graph serves every size
+    finally:
+        torch.set_num_threads(threads)
