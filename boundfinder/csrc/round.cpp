@@ -389,24 +389,47 @@ torch::Tensor maybe_round(const torch::Tensor& t, const Spec& s) {
 }
 
 
+// What a fused layer's forward computes on: its input (rounded unless already on the grid), weight and bias
+// rounded with their rows, and the bias as at::linear / at::convolution take it.
+struct LayerOperands {
+  torch::Tensor x, w, b;
+  bool has_bias;
+  c10::optional<torch::Tensor> bias() const { return has_bias ? c10::optional<torch::Tensor>(b) : c10::nullopt; }
+};
+
+LayerOperands round_operands(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                             const torch::Tensor& specs, bool round_input) {
+  const bool has_bias = b.has_value() && b->defined();
+  return {round_input ? maybe_round(x, row(specs, kInput)) : x, maybe_round(w, row(specs, kWeight)),
+          has_bias ? maybe_round(*b, row(specs, kBias)) : torch::Tensor(), has_bias};
+}
+
+// A layer's fresh result rounded with its activation row: in place when nobody else holds it.
+torch::Tensor round_result(torch::Tensor y, const torch::Tensor& specs) {
+  const Spec act = row(specs, kActivation);
+  if (act.kind == kIdentity) return y;
+  if (!sole_owner(y, 1)) return round_out(y, act);
+  round_storage(y, act);
+  return y;
+}
+
+// What every fused layer's backward needs: the operands it computed on, its rows and its bias's shape.
+void save_operands(torch::autograd::AutogradContext* ctx, const LayerOperands& op, const torch::Tensor& specs,
+                   const c10::optional<torch::Tensor>& b) {
+  ctx->save_for_backward({op.x, op.w});
+  ctx->saved_data["specs"] = specs;
+  ctx->saved_data["has_bias"] = op.has_bias;
+  if (op.has_bias) ctx->saved_data["bias_sizes"] = b->sizes().vec();
+}
+
 class FusedLinear : public torch::autograd::Function<FusedLinear> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
                                const torch::Tensor& specs, bool round_input) {
-    const torch::Tensor xr = round_input ? maybe_round(x, row(specs, kInput)) : x;
-    const torch::Tensor wr = maybe_round(w, row(specs, kWeight));
-    const bool has_bias = b.has_value() && b->defined();
-    const torch::Tensor br = has_bias ? maybe_round(*b, row(specs, kBias)) : torch::Tensor();
-    torch::Tensor y = at::linear(xr, wr, has_bias ? c10::optional<torch::Tensor>(br) : c10::nullopt);
-    const Spec act = row(specs, kActivation);
-    if (act.kind != kIdentity) {
-      round_into(y, y, act);  // y is this node's own fresh result
-    }
-    ctx->save_for_backward({xr, wr});
-    ctx->saved_data["specs"] = specs;
-    ctx->saved_data["has_bias"] = has_bias;
-    if (has_bias) ctx->saved_data["bias_sizes"] = b->sizes().vec();
+    const LayerOperands op = round_operands(x, w, b, specs, round_input);
+    torch::Tensor y = round_result(at::linear(op.x, op.w, op.bias()), specs);
+    save_operands(ctx, op, specs, b);
     return y;
   }
 
@@ -459,29 +482,16 @@ class FusedConv : public torch::autograd::Function<FusedConv> {
                                const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
                                const torch::Tensor& specs, std::vector<int64_t> stride, std::vector<int64_t> padding,
                                std::vector<int64_t> dilation, int64_t groups, bool round_input) {
-    const torch::Tensor xr = round_input ? maybe_round(x, row(specs, kInput)) : x;
-    const torch::Tensor wr = maybe_round(w, row(specs, kWeight));
-    const bool has_bias = b.has_value() && b->defined();
-    const torch::Tensor br = has_bias ? maybe_round(*b, row(specs, kBias)) : torch::Tensor();
+    const LayerOperands op = round_operands(x, w, b, specs, round_input);
     const std::vector<int64_t> output_padding(stride.size(), 0);
-    torch::Tensor y = at::convolution(xr, wr, has_bias ? c10::optional<torch::Tensor>(br) : c10::nullopt, stride,
-                                      padding, dilation, /*transposed=*/false, output_padding, groups);
-    const Spec act = row(specs, kActivation);
-    if (act.kind != kIdentity) {
-      if (sole_owner(y, 1)) {
-        round_storage(y, act);  // this node's own fresh result
-      } else {
-        y = round_out(y, act);
-      }
-    }
-    ctx->save_for_backward({xr, wr});
-    ctx->saved_data["specs"] = specs;
+    torch::Tensor y = round_result(at::convolution(op.x, op.w, op.bias(), stride, padding, dilation,
+                                                   /*transposed=*/false, output_padding, groups),
+                                   specs);
+    save_operands(ctx, op, specs, b);
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_bias"] = has_bias;
-    if (has_bias) ctx->saved_data["bias_sizes"] = b->sizes().vec();
     return y;
   }
 
