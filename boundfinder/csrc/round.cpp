@@ -210,6 +210,7 @@ void round_tensor_(torch::Tensor& x, const std::vector<double>& params) {
   TORCH_CHECK(x.is_contiguous(), "boundfinder native rounder: in-place rounding needs a contiguous tensor");
   torch::NoGradGuard no_grad;
   round_into(x, x, to_spec(params));
+  torch::autograd::impl::bump_version(x);  // as any in-place op: autograd and the version marks see the change
 }
 
 // A gradient rounded: `g` itself when it is already on the grid (no copy), else a rounded copy.
@@ -239,8 +240,15 @@ void round_storage(torch::Tensor& t, const Spec& s) {
 
 // A gradient rounded, in place when `g` has no other holder than the caller's `max_refs` handles (a fresh
 // result, or a gradient the autograd engine hands over and drops after this node): no allocation, no check.
+// Under a backward pass that builds a graph (create_graph=True: a gradient penalty), a gradient that requires
+// grad is rounded by a straight-through node, so the double backward treats the rounding as the identity (as the
+// Python path does) instead of losing the graph.
+bool builds_graph(const torch::Tensor& g) { return g.requires_grad() && torch::GradMode::is_enabled(); }
+torch::Tensor round_straight_through(const torch::Tensor& g, const Spec& s);
+
 torch::Tensor round_grad_owned(torch::Tensor g, const Spec& s, int64_t max_refs) {
   if (s.kind == kIdentity) return g;
+  if (builds_graph(g)) return round_straight_through(g, s);
   if (sole_owner(g, max_refs)) {
     round_storage(g, s);
     return g;
@@ -258,6 +266,7 @@ torch::Tensor round_grad_py(const torch::Tensor& g, const std::vector<double>& p
 void hook_grad(torch::Tensor& x, const std::vector<double>& params) {
   const Spec s = to_spec(params);
   x.register_hook([s](const torch::Tensor& g) {
+    if (builds_graph(g)) return round_straight_through(g, s);
     torch::NoGradGuard no_grad;
     return round_grad(g, s);
   });
@@ -294,6 +303,16 @@ class RoundSTE : public torch::autograd::Function<RoundSTE> {
   }
 };
 
+std::vector<double> to_params(const Spec& s) {
+  return {static_cast<double>(s.kind),     static_cast<double>(s.truncate), static_cast<double>(s.drop),
+          static_cast<double>(s.min_normal_word), static_cast<double>(s.shift), s.max_finite,
+          static_cast<double>(s.overflow)};
+}
+
+torch::Tensor round_straight_through(const torch::Tensor& g, const Spec& s) {
+  return RoundSTE::apply(g, to_params(s), std::vector<double>(), c10::nullopt);
+}
+
 // Forward: `x` rounded with `fwd` (a copy when `fwd` is empty); backward: the gradient rounded with `bwd`
 // (passed through when `bwd` is empty): the straight-through estimator with a rounded gradient. `consumed`, a
 // one-byte uint8 tensor, is set to 1 when the backward pass runs (a cache of rounded parameters learns from it
@@ -329,7 +348,8 @@ struct RoundParamsBackward : public torch::autograd::Node {
   int64_t generation = 0;
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
-    consumed.data_ptr<int64_t>()[0] = generation;
+    int64_t* latest = consumed.data_ptr<int64_t>();
+    *latest = std::max(*latest, generation);  // (an older graph run again must not hide a newer one's use)
     torch::autograd::variable_list out(grads.size());
     for (size_t i = 0; i < grads.size(); ++i) {
       if (!grads[i].defined() || !should_compute_output(i)) continue;

@@ -116,7 +116,7 @@ class _WeightGroup:
             self.tensors is None
             or param._version != self.versions[index]
             or (not self.with_graph and torch.is_grad_enabled() and param.requires_grad)
-            or (self.native_graph and self.consumed_view[0] == self.generation)
+            or (self.native_graph and self.consumed_view[0] >= self.generation)
         ):
             self._compute()
         return self.tensors[index]
@@ -259,6 +259,21 @@ def _preserves_grid(module: nn.Module) -> tuple[bool, bool]:
     return False, False
 
 
+def _straight_through_grad(rounder: Rounder | None) -> Rounder | None:
+    """A gradient rounder for backward passes that build a graph (``create_graph=True``, a gradient penalty):
+    there a gradient that requires grad is rounded through a straight-through node, so the double backward
+    treats the rounding as the identity, whatever torch ops the rounder uses (the native nodes do the same)."""
+    if rounder is None:
+        return None
+
+    def round_grad(g: torch.Tensor) -> torch.Tensor:
+        if g.requires_grad and torch.is_grad_enabled():
+            return _WeightSTE.apply(g, rounder)
+        return rounder(g)
+
+    return round_grad
+
+
 def _mark_backward(rounder: Rounder, key: Any) -> Rounder:
     """Wrap a gradient rounder so it skips gradients already rounded to ``key`` and marks its results."""
     if key is None:
@@ -337,7 +352,7 @@ class LayerEmulator:
         """``skip_fwd`` / ``skip_bwd``: the layer keeps that pass on the grid by itself (see _preserves_grid)."""
         fwd_fmt, bwd_fmt = formats.get(fwd_role), formats.get(bwd_role)
         fwd = None if skip_fwd else self._rounder(fwd_fmt)
-        bwd = None if skip_bwd else self._rounder(bwd_fmt)
+        bwd = None if skip_bwd else _straight_through_grad(self._rounder(bwd_fmt))
         key = self._key(fwd_fmt) if (fwd is not None or skip_fwd) else None
         if fwd is None and bwd is None and key is None:
             return None
@@ -367,7 +382,8 @@ class LayerEmulator:
                 if group is None:
                     wspec, gspec = self._native(fmt), self._native(grad_fmt)
                     specs = (self._ext, wspec, gspec) if wspec is not None and gspec is not None else None
-                    group = self._groups[(fmt, grad_fmt)] = _WeightGroup(rounder, grad_rounder, specs)
+                    group = self._groups[(fmt, grad_fmt)] = _WeightGroup(
+                        rounder, _straight_through_grad(grad_rounder), specs)
                 params.append((pname, functools.partial(group.get, group.add(param))))
                 continue
             if rounder is not None:

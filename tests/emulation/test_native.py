@@ -119,8 +119,10 @@ def test_large_tensors_split_over_threads_round_the_same(name):
         want = quantize(x, name)
         assert bits_equal(ext.round(x, spec), want)
         y = x.clone()
+        version = y._version
         ext.round_(y, spec)
         assert bits_equal(y, want)
+        assert y._version > version  # an in-place change autograd and the rounding marks can see
         # the on-grid check looks at every chunk: one value off the grid at the very end is found
         assert ext.round_grad(want, spec) is want
         off = want.clone()
@@ -254,6 +256,60 @@ def test_training_through_the_extension_equals_the_python_path(model, policy, ba
     fused = [m for m in fast[4].modules() if "forward" in m.__dict__]
     assert bool(fused) == (policy != "fixed-weight")  # the fused node was used, where it applies
     assert not any("forward" in m.__dict__ for m in slow[4].modules())
+
+
+def _penalty_step(make, policy, data, *, python: bool, monkeypatch):
+    """One step of a loss with a gradient penalty (``create_graph=True``): the gradient with respect to the
+    input must stay differentiable, the rounding of gradients counting as the identity in the double backward."""
+    with monkeypatch.context() as m:
+        if python:
+            m.setattr(native, "load", lambda: None)
+            m.setattr(layer, "FUSE", False)
+        torch.manual_seed(0)
+        model = make()
+        emulate(model, policy, level="layer")
+    x, y = data
+    x = x.clone().requires_grad_()
+    loss = F.cross_entropy(model(x), y)
+    (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+    (loss + 10.0 * gx.pow(2).sum()).backward()
+    return gx.requires_grad, [p.grad for p in model.parameters()]
+
+
+@needs_ext
+@pytest.mark.parametrize("policy", ["e5m10", "e4m3fn", "bf16"])
+@pytest.mark.parametrize("model", ["mlp", "lenet", "convs"])
+def test_a_gradient_penalty_through_the_extension_equals_the_python_path(model, policy, batch, monkeypatch):
+    fast = _penalty_step(MODELS[model], policy, batch, python=False, monkeypatch=monkeypatch)
+    slow = _penalty_step(MODELS[model], policy, batch, python=True, monkeypatch=monkeypatch)
+    assert fast[0] and slow[0]
+    for a, b in zip(fast[1], slow[1], strict=True):
+        assert bits_equal(a, b)
+
+
+@needs_ext
+def test_a_retained_graph_run_again_does_not_hide_a_newer_ones_use(monkeypatch):
+    # the rounded parameters are cached until their graph's backward ran; running an older graph's backward
+    # again must not make the cache take the newer, consumed graph for a live one
+    results = []
+    for python in (False, True):
+        with monkeypatch.context() as m:
+            if python:
+                m.setattr(native, "load", lambda: None)
+                m.setattr(layer, "FUSE", False)
+            torch.manual_seed(0)
+            lin = nn.Linear(16, 4)
+            em = emulate(lin, "e4m3fn", level="layer")
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+        first = lin(x).sum()
+        first.backward(retain_graph=True)
+        (lin(x) * 2).sum().backward(retain_graph=True)
+        first.backward(retain_graph=True)
+        (lin(x) * 3).sum().backward()
+        (group,) = em._layer._groups.values()
+        results.append((lin.weight.grad, lin.bias.grad, group.generation))
+    assert bits_equal(results[0][0], results[1][0]) and bits_equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2] == 3  # three graphs built: the third forward did not reuse the second's
 
 
 @needs_ext
