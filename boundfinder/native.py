@@ -51,7 +51,16 @@ def enabled() -> bool:
 
 
 def _openmp_available() -> bool:
-    return sys.platform.startswith("linux") and torch.backends.openmp.is_available()
+    """Whether torch runs GNU OpenMP loaded as ``libgomp.so.1`` (the soname -fopenmp links), so the extension
+    shares its runtime; a renamed copy (``libgomp-<hash>.so.1``) or another runtime would make a second one."""
+    if not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()):
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {Path(line.split()[-1]).name for line in maps if "libgomp" in line}
+    except OSError:
+        return False
+    return loaded == {"libgomp.so.1"}
 
 
 def load() -> Any:

@@ -25,8 +25,8 @@ layer costs a few hook calls, however many roles it has):
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -416,7 +416,7 @@ class LayerEmulator:
             forward = _fused_forward(self._ext, specs, dict(params), inputs.key if inputs is not None else None,
                                      outputs.key if outputs is not None else None, pre_hook, post_hook,
                                      always_post=bool(params))
-            module.forward = types.MethodType(forward, module)
+            module.forward = _BoundForward(forward, module)
             self._forwards.append((module, module.forward))
             return
         if pre_hook is not None:
@@ -434,7 +434,8 @@ class LayerEmulator:
         ``nn.ReLU`` that is not in place (a subclass may compute something else; other padding modes pad first;
         an in-place ReLU changes its input), a role format the extension cannot round, a ``forward`` already
         overridden on the instance, or the op level. ``skip_*``: roundings the hooks' path skips as no-ops."""
-        if not FUSE or "forward" in module.__dict__ or self._outside_dispatch or not _fusable(module):
+        if (not FUSE or "forward" in module.__dict__ or self._outside_dispatch or not _fusable(module)
+                or _has_hooks(module)):
             return None
         rows = []
         for role in _FUSED_ROLES:
@@ -533,6 +534,40 @@ _FUSED_ROLES = ("input", "weight", "bias", "activation", "grad_output", "grad_in
 _PARAMETER_ROLES = ("weight", "bias", "weight_grad")
 # The batched input rank each fused layer type takes (unbatched inputs take the hooks' path; None: any rank).
 _FUSED_RANK = {nn.Linear: 2, nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5, nn.ReLU: None}
+
+
+class _BoundForward:
+    """The forward set on a fused layer's instance: ``fn`` called with the module. A deep copy of the model
+    binds the copy; pickling (``torch.save`` of the whole model) is refused with a message, as it fails on
+    the hooks' path (a bound method would pickle as the class's plain forward and load without emulation)."""
+
+    __slots__ = ("fn", "module")
+
+    def __init__(self, fn: Callable, module: nn.Module) -> None:
+        self.fn = fn
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(self.module, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _BoundForward:
+        return _BoundForward(self.fn, copy.deepcopy(self.module, memo))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"an emulated {type(self.module).__name__} cannot be pickled (its emulation is made of closures): "
+            "save the model's state_dict() instead, or remove the emulation first (Emulation.remove())"
+        )
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether hooks of someone else's are on the module (or on every module) already: they would run around
+    the fused node instead of around the roundings, so such a layer keeps the hooks' path."""
+    from torch.nn.modules import module as m
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or m._global_forward_hooks or m._global_forward_pre_hooks
+                or m._global_backward_hooks or m._global_backward_pre_hooks)
 
 
 def _fusable(module: nn.Module) -> bool:

@@ -398,6 +398,40 @@ def test_fused_linear_is_removed_and_a_deep_copy_uses_its_own_parameters(batch):
     assert torch.equal(model(x), before)
 
 
+@needs_ext
+def test_a_layer_with_hooks_of_its_own_keeps_the_hooks_path(batch, monkeypatch):
+    # a forward hook registered before emulation changes the output, which the emulation then rounds
+    x = batch[0].flatten(1)
+    outs = []
+    for python in (False, True):
+        with monkeypatch.context() as m:
+            if python:
+                m.setattr(native, "load", lambda: None)
+                m.setattr(layer, "FUSE", False)
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+            model[0].register_forward_hook(lambda mod, args, out: out * 1.001)
+            emulate(model, "e4m3fn", level="layer")
+        assert "forward" not in model[0].__dict__
+        assert ("forward" in model[2].__dict__) is not python  # the layers without hooks are fused
+        outs.append(model(x))
+    assert bits_equal(outs[0].detach(), outs[1].detach())
+
+
+@needs_ext
+def test_pickling_an_emulated_model_is_refused_with_a_message(batch, tmp_path):
+    # (only fused layers: a layer with hooks fails too, on its hooks, as it always has)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    x = batch[0].flatten(1)
+    em = emulate(model, "e4m3fn", level="layer")
+    with pytest.raises(TypeError, match="state_dict"):
+        torch.save(model, tmp_path / "model.pt")
+    em.remove()
+    torch.save(model, tmp_path / "model.pt")  # without the emulation, as before it
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(x), model(x))
+
+
 def test_without_the_extension_the_python_path_runs_and_says_so(monkeypatch, caplog, batch):
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_module", None)
