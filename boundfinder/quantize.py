@@ -78,7 +78,8 @@ def _fixed_params(fmt: FixedPointFormat, device: str) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Round every element of ``x`` to ``fmt``; returns a new tensor with x's shape, dtype and device.
+    """Round every element of ``x`` to ``fmt``; returns a new tensor with x's shape, dtype and device (and its
+    strides, where ``x`` is dense: channels_last stays channels_last).
 
     ``rounding``: ``"nearest"`` (ties to even), ``"truncate"`` (toward zero; for ``e8m{M}`` this is the bitmask
     AND of the float32 word), ``"up"`` (toward +inf), ``"down"`` (toward -inf), ``"stochastic"`` (round up
@@ -107,7 +108,13 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
     seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
     out = _dispatch(x32, fmt, mode, seed)
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
-    return out.to(dtype) if out._base is None else out.detach().to(dtype)
+    out = out.to(dtype) if out._base is None else out.detach().to(dtype)
+    if out.stride() != x.stride():
+        # the input's layout where it is dense (channels_last, a transpose), as torch's element-wise ops keep it
+        like = torch.empty_like(x, dtype=dtype)
+        if like.stride() != out.stride():
+            out = like.copy_(out)
+    return out
 
 
 def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> torch.Tensor:

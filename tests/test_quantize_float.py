@@ -190,3 +190,16 @@ def test_constants_first_built_inside_a_dispatch_mode_are_not_changed_by_it():
     x = torch.tensor([4.6e-5, -4.6e-5, 5.6e-4, 9.7e-4, 1.0e-3, 0.1])
     want = x.numpy().astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
     assert bits_equal(quantize(x, "e4m3fn").numpy(), want)
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "e3m2fn", "fixed8.4", "int8"])
+def test_a_dense_layout_is_kept(name):
+    # channels_last stays channels_last (also with a dimension of size 1, where it counts as contiguous too),
+    # a transpose stays transposed; the values are those of the contiguous tensor's rounding
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.randn(4, 3, 5, 5, generator=g).contiguous(memory_format=torch.channels_last),
+              torch.randn(4, 1, 5, 5, generator=g).contiguous(memory_format=torch.channels_last),
+              torch.randn(6, 7, generator=g).t()):
+        got = quantize(x, name)
+        assert got.stride() == x.stride()
+        assert torch.equal(got, quantize(x.contiguous(), name))

@@ -166,7 +166,7 @@ void round_block(const float* in, float* o, int64_t n, const Spec& s) {
   }
 }
 
-// Rounds `x` into `out` (same number of elements, contiguous; may be `x` itself).
+// Rounds `x` into `out` in memory order (both dense with the same strides; `out` may be `x` itself).
 void round_into(const torch::Tensor& x, torch::Tensor& out, const Spec& s) {
   const float* in = x.data_ptr<float>();
   float* o = out.data_ptr<float>();
@@ -192,10 +192,16 @@ bool on_grid(const torch::Tensor& x, const Spec& s) {
   return !off.load();
 }
 
+// `x` itself if its elements fill one block of memory (contiguous, channels_last, a transpose), else a
+// contiguous copy: the kernels run over that block in memory order.
+torch::Tensor dense(const torch::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
+
+// A rounded copy with the input's layout (as torch's element-wise ops keep a dense layout, and the Python
+// rounders with them: a channels_last activation stays channels_last, and the next layer computes the same).
 torch::Tensor round_out(const torch::Tensor& x, const Spec& s) {
   check(x);
-  const torch::Tensor c = x.contiguous();
-  torch::Tensor out = torch::empty_like(c, at::MemoryFormat::Contiguous);
+  const torch::Tensor c = dense(x);
+  torch::Tensor out = torch::empty_like(c);  // (preserve_format: the same strides for a dense tensor)
   round_into(c, out, s);
   return out;
 }
@@ -215,19 +221,19 @@ void round_tensor_(torch::Tensor& x, const std::vector<double>& params) {
 
 // A gradient rounded: `g` itself when it is already on the grid (no copy), else a rounded copy.
 torch::Tensor round_grad(const torch::Tensor& g, const Spec& s) {
-  const torch::Tensor c = g.contiguous();
+  const torch::Tensor c = dense(g);
   return (c.scalar_type() == torch::kFloat32 && on_grid(c, s)) ? c : round_out(c, s);
 }
 
-// Whether `t` can be rounded in place without anyone seeing it: a contiguous float32 CPU tensor not tracked by
-// autograd that covers its whole storage (so its layout stays what a rounded copy's would be), held by at most
+// Whether `t` can be rounded in place without anyone seeing it: a dense float32 CPU tensor not tracked by
+// autograd that covers its whole storage (its layout is what a rounded copy's would be), held by at most
 // `max_refs` handles (the caller's), whose storage nobody else shares and was allocated by torch (resizable:
 // not memory borrowed from NumPy or a blob). Autograd's AccumulateGrad makes the same kind of test before it
 // steals a gradient instead of copying it.
 bool sole_owner(const torch::Tensor& t, int64_t max_refs) {
   return t.defined() && t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && !t.requires_grad() &&
          t.use_count() <= max_refs && t.storage().use_count() == 1 && t.storage().resizable() &&
-         t.storage_offset() == 0 && t.is_contiguous() &&
+         t.storage_offset() == 0 && t.is_non_overlapping_and_dense() &&
          static_cast<int64_t>(t.storage().nbytes()) == t.numel() * static_cast<int64_t>(sizeof(float));
 }
 

@@ -124,10 +124,10 @@ class _WeightGroup:
     def round_all(self, params: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
         flat = torch.cat([p.reshape(-1) for p in params]) if len(params) > 1 else params[0].reshape(-1)
         rounded = self.rounder(flat)
-        if len(params) == 1:
-            return [rounded.view(params[0].shape)]
-        pieces = rounded.split([p.numel() for p in params])
-        return [piece.view(p.shape) for piece, p in zip(pieces, params, strict=True)]
+        pieces = [rounded] if len(params) == 1 else rounded.split([p.numel() for p in params])
+        # each in its parameter's layout (a channels_last weight stays channels_last: the layer then computes
+        # as it does unemulated, and as the native path's copies, which keep the layout)
+        return [_with_layout(piece.view(p.shape), p) for piece, p in zip(pieces, params, strict=True)]
 
     def _compute(self) -> None:
         params = self.params
@@ -149,6 +149,15 @@ class _WeightGroup:
     def clear(self) -> None:
         self.tensors = None
         self.native_graph = False
+
+
+def _with_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (contiguous, ``like``'s shape) with ``like``'s strides, where ``like`` is dense and they differ
+    (strides differ even between tensors that both count as contiguous, along dimensions of size 1)."""
+    if t.stride() == like.stride():
+        return t
+    out = torch.empty_like(like)
+    return out.copy_(t) if out.stride() != t.stride() else t
 
 
 class _GroupSTE(torch.autograd.Function):

@@ -185,6 +185,21 @@ class _Convs(nn.Module):
         return self.out(torch.cat([a.flatten(1), b.flatten(1)], 1)) + unbatched.mean()
 
 
+class _ChannelsLast(nn.Module):
+    """Convolutions on channels_last activations and weights (wide enough for oneDNN to pick its layout-specific
+    algorithms): every rounded copy keeps the layout, as the Python rounders do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1),
+                                      nn.ReLU(), nn.MaxPool2d(2))
+        self.out = nn.Linear(64 * 16, 10)
+
+    def forward(self, x):
+        h = self.features(x.contiguous(memory_format=torch.channels_last))
+        return self.out(h.flatten(1))
+
+
 class _Shared(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -203,6 +218,7 @@ MODELS = {
         nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)),
     "mixed": _Mixed,
     "convs": _Convs,
+    "channels-last": lambda: _ChannelsLast().to(memory_format=torch.channels_last),
     # one Linear used twice in a forward: its weight gradient is the sum over both uses, rounded once per pass
     "shared": lambda: _Shared(),
 }
