@@ -219,8 +219,18 @@ void round_tensor_(torch::Tensor& x, const std::vector<double>& params) {
   torch::autograd::impl::bump_version(x);  // as any in-place op: autograd and the version marks see the change
 }
 
+// Gradients come from the autograd engine: a batched one (torch.autograd.grad(..., is_grads_batched=True), a
+// torch.func transform) has no memory of its own to round; say what to do instead.
+void check_grad(const torch::Tensor& g) {
+  TORCH_CHECK(g.has_storage() && g.scalar_type() == torch::kFloat32 && g.device().is_cpu(),
+              "boundfinder native rounder: the gradient reaching an emulated layer is not a plain float32 CPU "
+              "tensor (a batched gradient: is_grads_batched=True or a torch.func transform?); set "
+              "BOUNDFINDER_NATIVE=0 to emulate through the Python path there");
+}
+
 // A gradient rounded: `g` itself when it is already on the grid (no copy), else a rounded copy.
 torch::Tensor round_grad(const torch::Tensor& g, const Spec& s) {
+  check_grad(g);
   const torch::Tensor c = dense(g);
   return (c.scalar_type() == torch::kFloat32 && on_grid(c, s)) ? c : round_out(c, s);
 }
@@ -231,8 +241,8 @@ torch::Tensor round_grad(const torch::Tensor& g, const Spec& s) {
 // not memory borrowed from NumPy or a blob). Autograd's AccumulateGrad makes the same kind of test before it
 // steals a gradient instead of copying it.
 bool sole_owner(const torch::Tensor& t, int64_t max_refs) {
-  return t.defined() && t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && !t.requires_grad() &&
-         t.use_count() <= max_refs && t.storage().use_count() == 1 && t.storage().resizable() &&
+  return t.defined() && t.has_storage() && t.scalar_type() == torch::kFloat32 && t.device().is_cpu() &&
+         !t.requires_grad() && t.use_count() <= max_refs && t.storage().use_count() == 1 && t.storage().resizable() &&
          t.storage_offset() == 0 && t.is_non_overlapping_and_dense() &&
          static_cast<int64_t>(t.storage().nbytes()) == t.numel() * static_cast<int64_t>(sizeof(float));
 }

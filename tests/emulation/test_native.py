@@ -435,6 +435,16 @@ def test_a_layer_with_hooks_of_its_own_keeps_the_hooks_path(batch, monkeypatch):
 
 
 @needs_ext
+def test_a_batched_gradient_is_refused_with_what_to_do():
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh())
+    emulate(model, "bf16", level="layer")
+    x = torch.randn(3, 6, requires_grad=True)
+    out = model(x)
+    with pytest.raises(RuntimeError, match="BOUNDFINDER_NATIVE=0"):
+        torch.autograd.grad(out, x, torch.eye(12).view(12, 3, 4), is_grads_batched=True)
+
+
+@needs_ext
 def test_pickling_an_emulated_model_is_refused_with_a_message(batch, tmp_path):
     # (only fused layers: a layer with hooks fails too, on its hooks, as it always has)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
