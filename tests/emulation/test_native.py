@@ -7,6 +7,7 @@ trace, and where it cannot be built the Python path runs and a log line says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
@@ -237,13 +238,20 @@ POLICIES = {
 }
 
 
-def _run(make, policy, data, *, python: bool, monkeypatch, steps: int = 3):
-    """Train a few steps (SGD with momentum, two backward passes per step: gradient accumulation), then
-    evaluate; returns the parameters, the last gradients, the logits in eval mode and the emulation."""
+@contextlib.contextmanager
+def _path(monkeypatch, *, python: bool):
+    """Emulations built inside take the Python path (no extension, no fused layers) when ``python``."""
     with monkeypatch.context() as m:
         if python:
             m.setattr(native, "load", lambda: None)
             m.setattr(layer, "FUSE", False)
+        yield
+
+
+def _run(make, policy, data, *, python: bool, monkeypatch, steps: int = 3):
+    """Train a few steps (SGD with momentum, two backward passes per step: gradient accumulation), then
+    evaluate; returns the parameters, the last gradients, the logits in eval mode and the emulation."""
+    with _path(monkeypatch, python=python):
         torch.manual_seed(0)
         model = make()
         spec, rounding = policy if isinstance(policy, tuple) else (policy, "nearest")
@@ -277,10 +285,7 @@ def test_training_through_the_extension_equals_the_python_path(model, policy, ba
 def _penalty_step(make, policy, data, *, python: bool, monkeypatch):
     """One step of a loss with a gradient penalty (``create_graph=True``): the gradient with respect to the
     input must stay differentiable, the rounding of gradients counting as the identity in the double backward."""
-    with monkeypatch.context() as m:
-        if python:
-            m.setattr(native, "load", lambda: None)
-            m.setattr(layer, "FUSE", False)
+    with _path(monkeypatch, python=python):
         torch.manual_seed(0)
         model = make()
         emulate(model, policy, level="layer")
@@ -309,10 +314,7 @@ def test_a_retained_graph_run_again_does_not_hide_a_newer_ones_use(monkeypatch):
     # again must not make the cache take the newer, consumed graph for a live one
     results = []
     for python in (False, True):
-        with monkeypatch.context() as m:
-            if python:
-                m.setattr(native, "load", lambda: None)
-                m.setattr(layer, "FUSE", False)
+        with _path(monkeypatch, python=python):
             torch.manual_seed(0)
             lin = nn.Linear(16, 4)
             em = emulate(lin, "e4m3fn", level="layer")
@@ -343,10 +345,7 @@ def test_fused_relu_masks_its_gradient_with_the_unrounded_result(monkeypatch):
     policy = {"*": {"activation": "e4m3fn", "grad_output": "e5m10", "grad_input": "bf16"}}
     results = []
     for python in (False, True):
-        with monkeypatch.context() as m:
-            if python:
-                m.setattr(native, "load", lambda: None)
-                m.setattr(layer, "FUSE", False)
+        with _path(monkeypatch, python=python):
             relu = nn.ReLU()
             emulate(relu, policy, level="layer")
         assert ("forward" in relu.__dict__) is not python
@@ -420,10 +419,7 @@ def test_a_layer_with_hooks_of_its_own_keeps_the_hooks_path(batch, monkeypatch):
     x = batch[0].flatten(1)
     outs = []
     for python in (False, True):
-        with monkeypatch.context() as m:
-            if python:
-                m.setattr(native, "load", lambda: None)
-                m.setattr(layer, "FUSE", False)
+        with _path(monkeypatch, python=python):
             torch.manual_seed(0)
             model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
             model[0].register_forward_hook(lambda mod, args, out: out * 1.001)
