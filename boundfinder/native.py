@@ -1,6 +1,6 @@
 """The native rounding extension (``csrc/round.cpp``): one-pass element-wise rounding of float32 CPU tensors,
-straight-through autograd ops that round forward and round the gradient backward, and fused ``nn.Linear`` /
-``nn.Conv{N}d`` nodes with their layer-level roundings, all in C++.
+straight-through autograd ops that round forward and round the gradient backward, and fused ``nn.Linear``,
+``nn.Conv{N}d`` and ``nn.ReLU`` nodes with their layer-level roundings, all in C++.
 
 Layer-level emulation calls it for every rounding it can do (:func:`spec`), which keeps a training step free of
 Python autograd functions. It is compiled with ``torch.utils.cpp_extension`` on first use (about a minute,
@@ -39,7 +39,8 @@ _CFLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"]
 # The kernels split large tensors over torch's intra-op threads (at::parallel_for), which with torch's OpenMP
 # backend is an OpenMP region compiled into the extension: without -fopenmp it would run on one thread. The
 # extension then needs libgomp.so.1, the runtime torch has loaded already (the same soname: one thread pool, and
-# torch.set_num_threads applies). Where that build fails, the extension is built without it (one thread).
+# torch.set_num_threads applies; see _openmp_available). Where that build fails, or torch runs another OpenMP
+# runtime, the extension is built without it (one thread).
 _OPENMP = ["-fopenmp"]
 _lock = threading.Lock()
 _module: Any = None
