@@ -1,7 +1,7 @@
 // Element-wise float rounding of float32 CPU tensors in one pass; straight-through autograd ops that round
-// forward and round the gradient backward (one tensor, or a layer's parameters as one node); and nn.Linear /
-// nn.Conv{N}d layers with their layer-level roundings as one node each, so that emulation adds C++ autograd
-// nodes only.
+// forward and round the gradient backward (one tensor, or a layer's parameters as one node); and nn.Linear,
+// nn.Conv{N}d and nn.ReLU layers with their layer-level roundings as one node each, so that emulation adds C++
+// autograd nodes only.
 // The arithmetic is that of boundfinder/emulation/_round.py's fast rounders (verified bit for bit against
 // boundfinder.quantize in tests/emulation/test_native.py); built and loaded by boundfinder/native.py.
 #include <torch/extension.h>
@@ -232,7 +232,7 @@ void check_grad(const torch::Tensor& g) {
 torch::Tensor round_grad(const torch::Tensor& g, const Spec& s) {
   check_grad(g);
   const torch::Tensor c = dense(g);
-  return (c.scalar_type() == torch::kFloat32 && on_grid(c, s)) ? c : round_out(c, s);
+  return on_grid(c, s) ? c : round_out(c, s);
 }
 
 // Whether `t` can be rounded in place without anyone seeing it: a dense float32 CPU tensor not tracked by
@@ -296,26 +296,20 @@ constexpr int64_t kEngineRefs = 1;
 class RoundSTE : public torch::autograd::Function<RoundSTE> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const std::vector<double>& fwd, const std::vector<double>& bwd,
-                               const c10::optional<torch::Tensor>& consumed) {
+                               const std::vector<double>& fwd, const std::vector<double>& bwd) {
     ctx->saved_data["bwd"] = c10::IValue(c10::List<double>(bwd));
-    if (consumed.has_value() && consumed->defined()) ctx->saved_data["consumed"] = *consumed;
     return round_out(x, to_spec(fwd));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    if (ctx->saved_data.count("consumed")) {
-      ctx->saved_data["consumed"].toTensor().data_ptr<uint8_t>()[0] = 1;
-    }
     torch::Tensor g = std::move(grads[0]);
     std::vector<double> bwd = ctx->saved_data["bwd"].toDoubleVector();
-    if (!g.defined() || bwd.empty()) return {g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (!g.defined() || bwd.empty()) return {g, torch::Tensor(), torch::Tensor()};
     // The engine keeps one handle of its own while this runs (two with a post hook on the node, which then
     // reads the gradient: not in place); any other holder (a tensor hook that kept it, a view of it elsewhere)
     // makes a copy. A gradient already on the grid that cannot be rounded in place is passed on as it is.
-    return {round_grad_owned(std::move(g), to_spec(bwd), kEngineRefs + 1), torch::Tensor(), torch::Tensor(),
-            torch::Tensor()};
+    return {round_grad_owned(std::move(g), to_spec(bwd), kEngineRefs + 1), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -326,20 +320,13 @@ std::vector<double> to_params(const Spec& s) {
 }
 
 torch::Tensor round_straight_through(const torch::Tensor& g, const Spec& s) {
-  return RoundSTE::apply(g, to_params(s), std::vector<double>(), c10::nullopt);
+  return RoundSTE::apply(g, to_params(s), std::vector<double>());
 }
 
 // Forward: `x` rounded with `fwd` (a copy when `fwd` is empty); backward: the gradient rounded with `bwd`
-// (passed through when `bwd` is empty): the straight-through estimator with a rounded gradient. `consumed`, a
-// one-byte uint8 tensor, is set to 1 when the backward pass runs (a cache of rounded parameters learns from it
-// that its graph was used).
-torch::Tensor round_ste(const torch::Tensor& x, const std::vector<double>& fwd, const std::vector<double>& bwd,
-                        const c10::optional<torch::Tensor>& consumed) {
-  if (consumed.has_value() && consumed->defined()) {
-    TORCH_CHECK(consumed->scalar_type() == torch::kUInt8 && consumed->device().is_cpu() && consumed->numel() >= 1,
-                "boundfinder native rounder: `consumed` must be a uint8 CPU tensor");
-  }
-  return RoundSTE::apply(x, fwd, bwd, consumed);
+// (passed through when `bwd` is empty): the straight-through estimator with a rounded gradient.
+torch::Tensor round_ste(const torch::Tensor& x, const std::vector<double>& fwd, const std::vector<double>& bwd) {
+  return RoundSTE::apply(x, fwd, bwd);
 }
 
 // Autograd nodes are held by std::shared_ptr in older torch releases and by c10::intrusive_ptr in newer ones.
@@ -423,7 +410,6 @@ Spec row(const torch::Tensor& specs, int64_t r) {
 torch::Tensor maybe_round(const torch::Tensor& t, const Spec& s) {
   return s.kind == kIdentity ? t : round_out(t, s);
 }
-
 
 // What a fused layer's forward computes on: its input (rounded unless already on the grid), weight and bias
 // rounded with their rows, and the bias as at::linear / at::convolution take it.
@@ -607,6 +593,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("round_params", &round_params, "parameters rounded forward, their gradients rounded backward (one node)");
   m.def("fused_relu", &fused_relu, "an nn.ReLU with its layer-level roundings, one autograd node");
   m.def("fused_conv", &fused_conv, "an nn.Conv{1,2,3}d with its layer-level roundings, one autograd node");
-  m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward", pybind11::arg("x"),
-        pybind11::arg("fwd"), pybind11::arg("bwd"), pybind11::arg("consumed") = pybind11::none());
+  m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward");
 }

@@ -533,8 +533,8 @@ class LayerEmulator:
             group.clear()
 
 
-# Whether emulators built from now on fuse nn.Linear and nn.Conv{N}d layers into one native node (tests turn it
-# off to check the hooks' path, which records what it rounds where a spy can see it, and to compare the two).
+# Whether emulators built from now on fuse nn.Linear, nn.Conv{N}d and nn.ReLU layers into one native node (tests
+# turn it off to check the hooks' path, which records what it rounds where a spy can see it, and to compare).
 FUSE = True
 # The roles of the native fused layers, in the order of their parameter rows (csrc/round.cpp, ``Role``).
 _FUSED_ROLES = ("input", "weight", "bias", "activation", "grad_output", "grad_input", "weight_grad")
