@@ -11,6 +11,7 @@ its random bits come from a counter-based hash, so CPU and GPU draw the same bit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -31,17 +32,23 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(t), float("nan"), t).view(torch.int32)  # one NaN word for every NaN
 
 
-def correctness(n: int, quick: bool) -> int:
+def correctness(n: int, quick: bool, label: str = "CUDA") -> int:
+    """CUDA against the CPU's eager kernels (the reference implementation, which the tests hold equal to the
+    compiled CPU kernels): no CPU compilation is waited for."""
     g = torch.Generator().manual_seed(0)
     words = torch.randint(-(2**31), 2**31 - 1, (n,), generator=g, dtype=torch.int32).view(torch.float32)
     x = torch.where(torch.rand(n, generator=g) < 0.5, words, torch.randn(n, generator=g) * 8).view(256, -1)
     cases = QUICK if quick else {c: MODES if not c.startswith("binary") else ["nearest", "stochastic"] for c in CASES}
     bad = 0
-    print("| format | mode | CPU == CUDA |\n|---|---|---|", flush=True)
+    print(f"| format | mode | CPU == {label} |\n|---|---|---|", flush=True)
     for name, modes in cases.items():
         for mode in modes:
             torch.manual_seed(1)
-            cpu = quantize(x, name, mode)
+            os.environ["BOUNDFINDER_COMPILE"] = "0"
+            try:
+                cpu = quantize(x, name, mode)
+            finally:
+                del os.environ["BOUNDFINDER_COMPILE"]
             torch.manual_seed(1)
             gpu = quantize(x.cuda(), name, mode).cpu()
             diff = _words(cpu) != _words(gpu)
@@ -89,19 +96,81 @@ def throughput(log2n: int, repeats: int, quick: bool, dev: torch.device, k: int 
     print(f"| clone() | {nbytes / t_copy / 1e9:.0f} | 1.00x | {k * nbytes / ts_copy / 1e9:.0f} | 1.00x |", flush=True)
 
 
+# (elements per program, warps per program) tried by --sweep
+CONFIGS = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16)]
+SWEEP_CASES = [("e4m3fn", "nearest"), ("bf16", "nearest"), ("e4m3fn", "stochastic"), ("fixed16.8", "stochastic")]
+
+
+def sweep(log2n: int, repeats: int, dev: torch.device, k: int = 10) -> tuple[int, int]:
+    """Streamed ratio to clone() of the Triton kernels under each configuration of CONFIGS, and of a plain Triton
+    copy (the ceiling of a Triton kernel here); returns the configuration with the best worst-case ratio and
+    leaves it set."""
+    import triton
+    import triton.language as tl
+
+    from boundfinder import gpu
+
+    tk = gpu.load()
+    if tk is None:
+        print("no Triton: no sweep")
+        return 0, 0
+
+    @triton.jit
+    def copy(x_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs, eviction_policy="evict_first"), eviction_policy="evict_first")
+
+    x = torch.randn(1 << log2n, device=dev) * 3
+    out = torch.empty_like(x)
+    print(f"\n## Triton configurations, n = 2**{log2n}, streamed ({k} calls), ratio to clone()\n", flush=True)
+    print("| block | warps | " + " | ".join(f"{f} {m}" for f, m in SWEEP_CASES) + " | Triton copy |\n"
+          "|---:|---:|" + "---:|" * (len(SWEEP_CASES) + 1), flush=True)
+    best, best_ratio = (tk.BLOCK, tk.NUM_WARPS), 0.0
+    for block, warps in CONFIGS:
+        tk.BLOCK, tk.NUM_WARPS = block, warps
+        ratios = []
+        for fmt, mode in SWEEP_CASES:
+            fn = lambda fmt=fmt, mode=mode: quantize(x, fmt, mode)  # noqa: E731
+            ts, ts_copy = paired_times(_streamed(fn, k), _streamed(x.clone, k), dev, repeats)
+            ratios.append(ts_copy / ts)
+        def plain_copy(block=block, warps=warps) -> None:
+            copy[(x.numel() // block,)](x, out, BLOCK=block, num_warps=warps)
+
+        ts, ts_copy = paired_times(_streamed(plain_copy, k), _streamed(x.clone, k), dev, repeats)
+        print(f"| {block} | {warps} | " + " | ".join(f"{r:.3f}x" for r in ratios) + f" | {ts_copy / ts:.3f}x |",
+              flush=True)
+        if min(ratios) > best_ratio:
+            best, best_ratio = (block, warps), min(ratios)
+    tk.BLOCK, tk.NUM_WARPS = best
+    print(f"\nbest worst-case: block {best[0]}, {best[1]} warps ({best_ratio:.3f}x); used below", flush=True)
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--log2n", type=int, default=28)
     ap.add_argument("--check-log2n", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="only the cases the targets name (fewer compilations)")
+    ap.add_argument("--sweep", action="store_true", help="first time the Triton kernels' configurations and use "
+                    "the best (see CONFIGS)")
+    ap.add_argument("--also-compiled", action="store_true", help="last, check the torch.compile path "
+                    "(BOUNDFINDER_TRITON=0) against the CPU too")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 0
+    dev = torch.device("cuda")
+    if args.sweep:
+        sweep(args.log2n, max(5, args.repeats // 2), dev)
+    throughput(args.log2n, args.repeats, args.quick, dev)
     bad = correctness(1 << args.check_log2n, args.quick)
     print(f"\n{bad} mismatching cases", flush=True)
-    throughput(args.log2n, args.repeats, args.quick, torch.device("cuda"))
+    if args.also_compiled:
+        os.environ["BOUNDFINDER_TRITON"] = "0"
+        bad_compiled = correctness(1 << args.check_log2n, args.quick, "CUDA (torch.compile path)")
+        print(f"\n{bad_compiled} mismatching cases on the torch.compile path", flush=True)
+        bad += bad_compiled
     return 1 if bad else 0
 
 

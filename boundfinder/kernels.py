@@ -81,9 +81,19 @@ def seed_keys(seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     (flat tensors); entries j < LANES serve rows of LANES elements on CPU, where ``i = row * LANES + j``:
     ``h = i ^ key`` and lowbias32's first step ``h ^ (h >>> 16)`` is ``r ^ (r >>> 16) ^ key_j`` with
     ``r = row * LANES`` and ``key_j = key ^ j ^ (key >>> 16)`` (j and the shift touch disjoint bits)."""
-    key = _lowbias32_int(int(seed) * 0x9E3779B1 + 0x632BE5AB)
+    key = _key(seed)
     lanes = [_wrap32(key ^ j ^ (key >> 16)) for j in range(LANES)]
     return torch.tensor([*lanes, _wrap32(key)], dtype=torch.int32, device=device)
+
+
+def seed_key(seed: int) -> int:
+    """``seed_keys(seed)[LANES]`` as a Python int (int32 range): the key of the flat stream, element ``i``
+    drawing ``lowbias32(i ^ key)`` (the Triton kernels take it as a scalar argument)."""
+    return _wrap32(_key(seed))
+
+
+def _key(seed: int) -> int:
+    return _lowbias32_int(int(seed) * 0x9E3779B1 + 0x632BE5AB)
 
 
 def random_bits(seed: torch.Tensor | int, numel: int, device: torch.device) -> torch.Tensor:
@@ -130,6 +140,11 @@ def _word(v: float) -> int:
 
 def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
     """Pack what the float kernel needs into an int32 tensor (see ``round_float_words`` for the fields)."""
+    return torch.tensor(float_fields(fmt), dtype=torch.int32, device=device)
+
+
+def float_fields(fmt: FloatFormat) -> tuple[int, ...]:
+    """The float kernel's parameters as int32-range Python ints, in ``float_params``' order."""
     d = 23 - fmt.man_bits
     man_sub = fmt.man_bits if fmt.subnormals else 0
     emin32 = fmt.emin + 127  # float32 biased exponent of the format's smallest normal (>= 1)
@@ -144,8 +159,7 @@ def float_params(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
     # range; below it, where dc == 23 happens only man_bits binades down, of the code with its hidden bit,
     # which differs by man_bits << 23: one subtraction of code_off serves both.
     code_off = (emin32 - 1 - (fmt.man_bits & 1)) << 23
-    return torch.tensor([d, emin32, man_sub, max_word, _word(q), _word(q / 2), ovf_nearest, code_off],
-                        dtype=torch.int32, device=device)
+    return d, emin32, man_sub, max_word, _word(q), _word(q / 2), ovf_nearest, code_off
 
 
 def round_float(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor, mode: int, overflow: int,
@@ -256,9 +270,13 @@ def round_float_words(w: torch.Tensor, params: torch.Tensor, rbits: torch.Tensor
 
 # -- fixed point ------------------------------------------------------------------------------------------------
 def fixed_params(fmt: FixedPointFormat, device: torch.device, frac_bits: int | None = None) -> torch.Tensor:
+    return torch.tensor(fixed_fields(fmt, frac_bits), dtype=torch.float32, device=device)
+
+
+def fixed_fields(fmt: FixedPointFormat, frac_bits: int | None = None) -> tuple[float, float, float, float]:
+    """The fixed-point kernel's parameters (scale, 1 / scale, qmin, qmax), each exact in float32."""
     f = fmt.frac_bits if frac_bits is None else frac_bits
-    return torch.tensor([math.ldexp(1.0, f), math.ldexp(1.0, -f), fmt.qmin, fmt.qmax],
-                        dtype=torch.float32, device=device)
+    return math.ldexp(1.0, f), math.ldexp(1.0, -f), float(fmt.qmin), float(fmt.qmax)
 
 
 def round_to_integer(y: torch.Tensor, rbits: torch.Tensor | None, mode: int) -> torch.Tensor:

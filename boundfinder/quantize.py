@@ -16,7 +16,7 @@ import functools
 import torch
 from torch.utils import _python_dispatch
 
-from boundfinder import kernels
+from boundfinder import gpu, kernels
 from boundfinder.errors import FormatError
 from boundfinder.formats import (
     ROUNDING_MODES,
@@ -44,10 +44,17 @@ def _check_input(x) -> None:
                           "convert integer data to float first.")
 
 
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A seed drawn from a CPU generator (so CPU and GPU draw the same bits)."""
+    return int(torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64))
+
+
 def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """The stochastic kernels' seed argument (``kernels.seed_keys``), from a seed drawn from a CPU generator (so
-    CPU and GPU draw the same bits)."""
-    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, dtype=torch.int64))
+    """The stochastic kernels' seed argument (``kernels.seed_keys``) from a freshly drawn seed."""
+    return _seed_tensor(draw_seed(generator), device)
+
+
+def _seed_tensor(seed: int, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         # From pinned memory the copy is asynchronous; from pageable memory it would stall the host once per
         # call, so back-to-back calls could not overlap their host work with the previous kernel.
@@ -105,8 +112,10 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
     # every kernel input is detached (no autograd graph is recorded), so no no_grad() context is needed
     # resolve_neg: a lazily negated view (torch._neg_view) must reach the kernels with its values, not its storage
     x32 = x.detach().to(torch.float32).resolve_neg().contiguous()
-    seed = _seed(generator, x.device) if rounding == "stochastic" else _no_seed(str(x.device))
-    out = _dispatch(x32, fmt, mode, seed)
+    seed = draw_seed(generator) if rounding == "stochastic" else None
+    out = _triton(x32, fmt, mode, seed) if gpu.usable(x32) else None
+    if out is None:
+        out = _dispatch(x32, fmt, mode, _no_seed(str(x.device)) if seed is None else _seed_tensor(seed, x.device))
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
     out = out.to(dtype) if out._base is None else out.detach().to(dtype)
     if out.stride() != x.stride():
@@ -115,6 +124,22 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
         if like.stride() != out.stride():
             out = like.copy_(out)
     return out
+
+
+def _triton(x: torch.Tensor, fmt: Format, mode: int, seed: int | None) -> torch.Tensor | None:
+    """The Triton kernel's result for the element-wise float and fixed-point formats; None for the others (and
+    where a kernel failed: ``gpu.failed`` has said so)."""
+    kern = gpu.kernel(fmt, mode)
+    if kern is None:
+        return None
+    if isinstance(fmt, FloatFormat) and fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals \
+            and fmt.overflow == "inf":
+        return x.clone()  # fp32 itself: nothing to round
+    try:
+        return kern(x, 0 if seed is None else kernels.seed_key(seed))
+    except Exception as exc:  # noqa: BLE001 - any compiler or driver failure: the torch.compile path is identical
+        gpu.failed(exc)
+        return None
 
 
 def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> torch.Tensor:

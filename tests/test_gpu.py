@@ -21,3 +21,43 @@ def test_cuda_matches_cpu(name, rounding):
     gpu = quantize(x.cuda(), name, rounding)
     assert gpu.device.type == "cuda"
     assert bits_equal(cpu, gpu.cpu())
+
+
+def _edge_inputs(n_random: int = 1 << 16) -> torch.Tensor:
+    """Random float32 words (every binade, NaN payloads, subnormals), bf16-grid words and their neighbours,
+    scaled normals and corners; an odd count, so the kernels' masked tail runs."""
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, -1e-45, 448.0, 464.0,
+                            480.0, 65504.0, 65520.0, 3.4028235e38])
+    words = torch.randint(-(2**31), 2**31 - 1, (n_random,), generator=g, dtype=torch.int32)
+    grid = torch.randint(-(2**15), 2**15, (n_random // 4,), generator=g, dtype=torch.int32) << 16
+    near = torch.cat([grid | 0x8000, grid | 0x7FFF, grid + 0x8001])
+    normal = torch.randn(n_random, generator=g) * 8
+    x = torch.cat([special, words.view(torch.float32), near.view(torch.float32), normal, normal * 2**-130])
+    return x[: x.numel() // 2 * 2 - 1]
+
+
+TRITON_FORMATS = ["e4m3fn", "e5m2", "bf16", "fp16", "e3m2fn", "e2m1fn", "e8m3", "fixed16.8", "ufixed8.8",
+                  "fixed24.0"]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down", "stochastic"])
+def test_triton_kernels_match_the_cpu_reference(rounding, monkeypatch):
+    from boundfinder import gpu
+    from boundfinder.emulation._round import make_rounder
+
+    x = _edge_inputs()
+    xc = x.cuda()
+    assert gpu.usable(xc), "the Triton path is not in use on this machine"
+    for name in TRITON_FORMATS:
+        for size in (x.numel(), 1 << 16):  # a masked tail, and whole blocks
+            monkeypatch.setenv("BOUNDFINDER_COMPILE", "0")  # the CPU side: the eager reference kernels
+            torch.manual_seed(0)
+            cpu = quantize(x[:size], name, rounding)
+            monkeypatch.delenv("BOUNDFINDER_COMPILE")
+            torch.manual_seed(0)
+            assert bits_equal(cpu, quantize(xc[:size], name, rounding).cpu()), (name, size)
+            torch.manual_seed(0)
+            t = xc[:size].clone()
+            make_rounder(name, rounding).in_place(t)
+            assert bits_equal(cpu, t.cpu()), (name, size, "in place")

@@ -28,9 +28,9 @@ from collections.abc import Callable
 
 import torch
 
-from boundfinder import kernels, native
-from boundfinder.formats import FloatFormat, Format, parse_format
-from boundfinder.quantize import quantize
+from boundfinder import gpu, kernels, native
+from boundfinder.formats import FixedPointFormat, FloatFormat, Format, parse_format
+from boundfinder.quantize import draw_seed, quantize
 
 __all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "is_marked", "make_rounder", "mark"]
 
@@ -64,8 +64,6 @@ def is_elementwise_idempotent(fmt: Format, rounding: str) -> bool:
     scale depends on the whole tensor (int affine, dynamic fixed point, block, binary with a mean scale), nor for
     stochastic rounding (which would draw again; on the grid it is a no-op too, but skipping is only a saving).
     """
-    from boundfinder.formats import FixedPointFormat
-
     return isinstance(fmt, (FloatFormat, FixedPointFormat)) and rounding != "stochastic"
 
 
@@ -152,7 +150,49 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
     rounder = _python_rounder(fmt, rounding, generator)
     spec = native.spec(fmt, rounding)
     ext = native.load() if spec is not None else None
-    return rounder if ext is None else _with_native(rounder, ext, spec)
+    if ext is not None:
+        rounder = _with_native(rounder, ext, spec)
+    return _with_triton(rounder, fmt, rounding, generator) if isinstance(fmt, (FloatFormat, FixedPointFormat)) \
+        else rounder
+
+
+def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: str,
+                 generator: torch.Generator | None) -> Rounder:
+    """``base`` with the Triton kernel (boundfinder/gpu.py) for contiguous float32 CUDA tensors: one launch
+    per rounding at any size; the same results bit for bit, the same random stream as ``quantize``."""
+    mode = kernels.MODE[rounding]
+    stochastic = rounding == "stochastic"
+
+    def key() -> int:
+        return kernels.seed_key(draw_seed(generator)) if stochastic else 0
+
+    def rounder(x: torch.Tensor) -> torch.Tensor:
+        if gpu.usable(x):
+            try:
+                return gpu.kernel(fmt, mode)(x, key())
+            except Exception as exc:  # noqa: BLE001 - a compiler or driver failure: the base path is identical
+                gpu.failed(exc)
+        return base(x)
+
+    base_in_place = getattr(base, "in_place", None)
+
+    def in_place(t: torch.Tensor) -> None:
+        if gpu.usable(t):
+            try:
+                gpu.kernel(fmt, mode)(t, key(), out=t)
+                return
+            except Exception as exc:  # noqa: BLE001 - as above
+                gpu.failed(exc)
+        if base_in_place is not None:
+            base_in_place(t)
+        else:
+            t.copy_(base(t))
+
+    rounder.elementwise = getattr(base, "elementwise", False)  # type: ignore[attr-defined]
+    rounder.in_place = in_place  # type: ignore[attr-defined]
+    if getattr(base, "cast_dtype", None) is not None:
+        rounder.cast_dtype = base.cast_dtype  # type: ignore[attr-defined]
+    return rounder
 
 
 def _with_native(base: Rounder, ext, spec: native.Spec) -> Rounder:

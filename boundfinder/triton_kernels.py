@@ -1,0 +1,204 @@
+"""Hand-written Triton kernels for the element-wise float and fixed-point roundings of CUDA tensors.
+
+The same arithmetic as ``kernels.round_float_words`` and ``kernels.round_fixed_bits`` (which stay the reference:
+tests compare the two bit for bit, on the GPU and under Triton's CPU interpreter), written as one kernel per
+(mode, overflow, variant) whose format parameters and stochastic key are scalar arguments: no parameter tensor
+to load, no seed to copy to the device, one launch per call at any size. Import this module through
+``boundfinder.gpu.load()``, which says once in a log line when Triton is missing.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from boundfinder import kernels
+
+# Elements per program and warps per program (BLOCK / (32 * NUM_WARPS) elements per thread);
+# ``python -m benchmarks.gpu_check --sweep`` times the alternatives (BENCHMARKS.md).
+BLOCK = 4096
+NUM_WARPS = 8
+
+_SCALARS = ["d", "emin32", "man_sub", "max_word", "q_word", "halfq_word", "ovf_nearest", "code_off", "key"]
+
+
+@triton.jit
+def _srl(x, n: tl.constexpr):
+    """Logical right shift of int32 words (>> is arithmetic)."""
+    return (x >> n) & ((1 << (32 - n)) - 1)
+
+
+@triton.jit
+def _rand30(i, key):
+    """``kernels.rand_like``'s flat stream: lowbias32(i ^ key), 30 bits."""
+    h = i ^ key
+    h = h ^ _srl(h, 16)
+    h = h * 0x7FEB352D
+    h = h ^ _srl(h, 15)
+    h = h * -2073254261  # 0x846CA68B as a wrapped int32
+    h = h ^ _srl(h, 16)
+    return h & 0x3FFFFFFF
+
+
+@triton.jit
+def _offsets(BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    if WIDE:  # noqa: SIM108 - a constexpr branch: Triton compiles only the branch taken
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+    else:
+        start = tl.program_id(0) * BLOCK
+    return start + tl.arange(0, BLOCK)
+
+
+@triton.jit(do_not_specialize=_SCALARS)
+def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest, code_off, key,
+                 MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, BLOCK: tl.constexpr,
+                 EVEN: tl.constexpr, WIDE: tl.constexpr):
+    offs = _offsets(BLOCK, WIDE)
+    if EVEN:
+        w = tl.load(x_ptr + offs, eviction_policy="evict_first")
+    else:
+        w = tl.load(x_ptr + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+
+    a = w & 0x7FFFFFFF
+    sign = w ^ a
+    if E8:
+        dc = d
+        mask = (1 << d) - 1
+    else:
+        # binades below the format's smallest normal (see kernels.round_float_words)
+        t = tl.maximum(emin32 - tl.maximum(a >> 23, 1), 0)
+        dc = tl.minimum(d + t, 23)
+        mask = (1 << dc) - 1
+    if MODE == 0:
+        if E8:  # noqa: SIM108 - as above
+            r = a + ((mask + ((a >> dc) & 1)) >> 1)
+        else:
+            r = a + ((mask + (((a - code_off) >> dc) & 1)) >> 1)
+        r = r & ~mask
+    elif MODE == 1:
+        r = a & ~mask
+    elif MODE == 2:
+        away = w >= 0
+        r = (a + tl.where(away, mask, 0)) & ~mask
+    elif MODE == 3:
+        away = w < 0
+        r = (a + tl.where(away, mask, 0)) & ~mask
+    else:
+        rbits = _rand30(offs.to(tl.int32), key)
+        r = (tl.minimum(a, 0x7F800001) + (rbits >> (30 - dc))) & ((-1) << dc)
+
+    if E8:
+        r = tl.where(a > 0x7F800000, a, r)
+    else:
+        tiny = a < q_word
+        if MODE == 0:
+            r = tl.where(tiny, tl.where(a > halfq_word, q_word, 0), r)
+        elif MODE == 1:
+            r = tl.where(tiny, 0, r)
+        elif MODE == 2 or MODE == 3:
+            r = tl.where(tiny, tl.where(away & (a > 0), q_word, 0), r)
+        else:
+            sig = a - ((emin32 - 1 - t) << 23)
+            u = (7 + man_sub) - t
+            frac = (sig << tl.maximum(u, 0)) >> tl.minimum(tl.maximum(t - (7 + man_sub), 0), 31)
+            r = tl.where(tiny, q_word & -((frac + rbits) >> 30), r)
+        if OVERFLOW == 2:
+            r = tl.where(a > 0x7F800000, a, tl.minimum(r, max_word))
+        else:
+            if OVERFLOW == 0:
+                big = tl.maximum(a, 0x7F800000)  # infinity, or the NaN itself
+                kept = a
+                beyond = 0x7F800000
+            else:
+                big = 0x7FC00000
+                kept = 0x7FC00000
+                beyond = 0x7FC00000
+            if MODE == 1:
+                r = tl.where(a >= 0x7F800000, kept, tl.minimum(r, max_word))
+            elif MODE == 0:
+                r = tl.where(a >= ovf_nearest, big, r)
+            elif MODE == 4:
+                r = tl.where(r > max_word, big, r)
+            else:
+                # IEEE 754: directed rounding toward zero keeps a finite overflow at max_finite
+                r = tl.where(r > max_word, tl.where(away, beyond, max_word), r)
+                r = tl.where(a >= 0x7F800000, kept, r)
+    r = r | sign
+    if EVEN:
+        tl.store(out_ptr + offs, r, eviction_policy="evict_first")
+    else:
+        tl.store(out_ptr + offs, r, mask=offs < n, eviction_policy="evict_first")
+
+
+@triton.jit
+def _round_to_integer(c, i, key, MODE: tl.constexpr):
+    """``kernels.round_to_integer`` for |c| <= 2**24 (fixed point's saturated values): integer conversion
+    truncates toward zero; the other modes step from there, so no math library call is needed."""
+    ti = c.to(tl.int32)
+    tf = ti.to(tl.float32)
+    if MODE == 1:
+        return tf
+    if MODE == 2:
+        return tl.where(tf < c, tf + 1.0, tf)
+    fi = tl.where(tf > c, ti - 1, ti)  # floor
+    f = fi.to(tl.float32)
+    if MODE == 3:
+        return f
+    g = c - f  # exact, in [0, 1)
+    if MODE == 0:
+        up = (g > 0.5) | ((g == 0.5) & ((fi & 1) != 0))  # ties to even
+    else:
+        up = ((g * 1073741824.0).to(tl.int32) + _rand30(i, key)) >= 1073741824
+    return tl.where(up, f + 1.0, f)
+
+
+@triton.jit(do_not_specialize=["scale", "inv", "qmin", "qmax", "key"])
+def _round_fixed(x_ptr, out_ptr, n, scale, inv, qmin, qmax, key, MODE: tl.constexpr, BLOCK: tl.constexpr,
+                 EVEN: tl.constexpr, WIDE: tl.constexpr):
+    offs = _offsets(BLOCK, WIDE)
+    if EVEN:
+        x = tl.load(x_ptr + offs, eviction_policy="evict_first")
+    else:
+        x = tl.load(x_ptr + offs, mask=offs < n, other=0.0, eviction_policy="evict_first")
+    y = x * scale
+    if MODE == 2 or MODE == 3:
+        y = tl.where(y == 0.0, x, y)  # a nonzero value under one step still rounds away from zero
+    q = _round_to_integer(tl.minimum(tl.maximum(y, qmin), qmax), offs.to(tl.int32), key, MODE)
+    r = tl.where(x != x, x, tl.where(q == 0.0, 0.0, q * inv))
+    if EVEN:
+        tl.store(out_ptr + offs, r, eviction_policy="evict_first")
+    else:
+        tl.store(out_ptr + offs, r, mask=offs < n, eviction_policy="evict_first")
+
+
+def _launch_shape(n: int) -> tuple[tuple[int], bool, bool]:
+    return (triton.cdiv(n, BLOCK),), n % BLOCK == 0, n >= 2**31 - BLOCK
+
+
+def round_float(x: torch.Tensor, fields: tuple[int, ...], mode: int, overflow: int, variant: int, key: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Round the contiguous float32 CUDA tensor ``x`` to the float format of ``fields``
+    (``kernels.float_fields``); ``key``: ``kernels.seed_key(seed)`` for stochastic rounding. ``out`` may be
+    ``x`` (in place)."""
+    out = torch.empty_like(x) if out is None else out
+    n = x.numel()
+    if n:
+        grid, even, wide = _launch_shape(n)
+        _round_float[grid](x.view(torch.int32), out.view(torch.int32), n, *fields, key, MODE=mode,
+                           OVERFLOW=overflow, E8=variant == kernels.E8, BLOCK=BLOCK, EVEN=even, WIDE=wide,
+                           num_warps=NUM_WARPS)
+    return out
+
+
+def round_fixed(x: torch.Tensor, scale: float, inv: float, qmin: float, qmax: float, mode: int, key: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Round the contiguous float32 CUDA tensor ``x`` to a fixed-point grid of step ``inv`` (= 1 / scale)
+    saturating at ``qmin`` and ``qmax`` steps."""
+    out = torch.empty_like(x) if out is None else out
+    n = x.numel()
+    if n:
+        grid, even, wide = _launch_shape(n)
+        _round_fixed[grid](x, out, n, scale, inv, qmin, qmax, key, MODE=mode, BLOCK=BLOCK, EVEN=even, WIDE=wide,
+                           num_warps=NUM_WARPS)
+    return out
