@@ -9,6 +9,10 @@ to load, no seed to copy to the device, one launch per call at any size. Import 
 
 from __future__ import annotations
 
+import functools
+import math
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -20,7 +24,8 @@ from boundfinder import kernels
 BLOCK = 4096
 NUM_WARPS = 8
 
-_SCALARS = ["d", "emin32", "man_sub", "max_word", "q_word", "halfq_word", "ovf_nearest", "code_off", "key"]
+_SCALARS = ["d", "emin32", "man_sub", "max_word", "q_word", "halfq_word", "ovf_nearest", "code_off", "key",
+            "tiny_s1", "tiny_s2"]
 
 
 @triton.jit
@@ -52,8 +57,8 @@ def _offsets(BLOCK: tl.constexpr, WIDE: tl.constexpr):
 
 @triton.jit(do_not_specialize=_SCALARS)
 def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest, code_off, key,
-                 MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, BLOCK: tl.constexpr,
-                 EVEN: tl.constexpr, WIDE: tl.constexpr):
+                 tiny_s1, tiny_s2, MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, ADD: tl.constexpr,
+                 BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     offs = _offsets(BLOCK, WIDE)
     if EVEN:
         w = tl.load(x_ptr + offs, eviction_policy="evict_first")
@@ -70,7 +75,17 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
         t = tl.maximum(emin32 - tl.maximum(a >> 23, 1), 0)
         dc = tl.minimum(d + t, 23)
         mask = (1 << dc) - 1
-    if MODE == 0:
+    if MODE == 0 and ADD:
+        # Round to nearest even by the float adder: K is a power of two whose spacing is the value's quantum
+        # (2**(e - man_bits) in binade e, the format's smallest quantum below its smallest normal), so |x| + K,
+        # in [K, 2K], is rounded to a multiple of the quantum with ties to even, and subtracting K is exact
+        # (Sterbenz). Below one quantum this gives 0 or q (q / 2 ties to 0), as the integer path's select does.
+        # The host picks this only where K stays finite for every value up to the overflow threshold; lanes
+        # at or above it (NaN and infinities too) are replaced below.
+        e = a >> 23
+        k = (tl.where(e >= emin32, e + d, emin32 + 23 - man_sub) << 23).to(tl.float32, bitcast=True)
+        r = ((a.to(tl.float32, bitcast=True) + k) - k).to(tl.int32, bitcast=True)
+    elif MODE == 0:
         if E8:  # noqa: SIM108 - as above
             r = a + ((mask + ((a >> dc) & 1)) >> 1)
         else:
@@ -92,18 +107,25 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
         r = tl.where(a > 0x7F800000, a, r)
     else:
         tiny = a < q_word
-        if MODE == 0:
+        if MODE == 0 and ADD:
+            pass  # (the adder rounded values under one quantum too)
+        elif MODE == 0:
             r = tl.where(tiny, tl.where(a > halfq_word, q_word, 0), r)
         elif MODE == 1:
             r = tl.where(tiny, 0, r)
         elif MODE == 2 or MODE == 3:
             r = tl.where(tiny, tl.where(away & (a > 0), q_word, 0), r)
         else:
-            sig = a - ((emin32 - 1 - t) << 23)
-            u = (7 + man_sub) - t
-            frac = (sig << tl.maximum(u, 0)) >> tl.minimum(tl.maximum(t - (7 + man_sub), 0), 31)
+            # |x| / q to 30 bits, truncated, as kernels.round_float_words computes it with shifts, here in float
+            # arithmetic (off the integer units, which this kernel keeps busiest): for |x| < q the scaling by
+            # 2**30 / q (two powers of two, so that neither factor overflows) is exact, since the product lies
+            # in [2**-118, 2**30), float32's normal range; conversion truncates. Other lanes are not selected.
+            frac = ((a.to(tl.float32, bitcast=True) * tiny_s1) * tiny_s2).to(tl.int32)
             r = tl.where(tiny, q_word & -((frac + rbits) >> 30), r)
-        if OVERFLOW == 2:
+        if OVERFLOW == 2 and MODE == 0 and ADD:
+            # (the adder's lanes at or above the threshold hold no rounded value to clamp)
+            r = tl.where(a > 0x7F800000, a, tl.where(a >= ovf_nearest, max_word, r))
+        elif OVERFLOW == 2:
             r = tl.where(a > 0x7F800000, a, tl.minimum(r, max_word))
         else:
             if OVERFLOW == 0:
@@ -185,10 +207,26 @@ def round_float(x: torch.Tensor, fields: tuple[int, ...], mode: int, overflow: i
     n = x.numel()
     if n:
         grid, even, wide = _launch_shape(n)
-        _round_float[grid](x.view(torch.int32), out.view(torch.int32), n, *fields, key, MODE=mode,
+        _round_float[grid](x.view(torch.int32), out.view(torch.int32), n, *fields, key, *_tiny_scales(fields[4]),
+                           MODE=mode, ADD=mode == 0 and _adder_rounds(fields, variant),
                            OVERFLOW=overflow, E8=variant == kernels.E8, BLOCK=BLOCK, EVEN=even, WIDE=wide,
                            num_warps=NUM_WARPS)
     return out
+
+
+def _adder_rounds(fields: tuple[int, ...], variant: int) -> bool:
+    """Whether round to nearest may use the float adder (see _round_float): a general-variant format whose
+    largest K (exponent field of max_finite + d, and twice it) is finite."""
+    d, max_word = fields[0], fields[3]
+    return variant == kernels.GENERAL and (max_word >> 23) + d <= 253
+
+
+@functools.lru_cache(maxsize=256)
+def _tiny_scales(q_word: int) -> tuple[float, float]:
+    """Two powers of two whose product is 2**30 / q (q: the float32 of ``q_word``), each finite in float32."""
+    e = math.frexp(struct.unpack("<f", struct.pack("<i", q_word))[0])[1] - 1  # q = 2**e
+    first = min(30 - e, 127)
+    return math.ldexp(1.0, first), math.ldexp(1.0, 30 - e - first)
 
 
 def round_fixed(x: torch.Tensor, scale: float, inv: float, qmin: float, qmax: float, mode: int, key: int,

@@ -1,0 +1,104 @@
+"""Machine code of the Triton rounding kernels for a Hopper GPU (sm_90), compiled ahead of time: no GPU needed.
+
+    python benchmarks/triton_sass.py                   # the default configuration (triton_kernels.BLOCK, NUM_WARPS)
+    python benchmarks/triton_sass.py --block 2048 --warps 8
+
+Prints, per kernel, the SASS instructions per element and how many of them issue on the integer/logic (ALU)
+pipe, with the registers per thread and the width of the loads. An element-wise kernel keeps up with memory
+only while its ALU work per element stays under the budget printed below (a static estimate from the vendor's
+figures: 64 ALU lanes per multiprocessor per clock, 132 multiprocessors at 1.98 GHz, against the 4.3 TB/s a
+device copy reaches, 8 bytes per element). Timings come from benchmarks/gpu_check.py on a GPU; this script
+says which kernels are close to the integer pipe's limit before one is lent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=".*FP_FUSION.*")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from boundfinder import FloatFormat, kernels, parse_format  # noqa: E402
+from boundfinder import triton_kernels as tk  # noqa: E402
+
+# Issued outside the integer/logic pipe: the FMA pipe (IMAD, float arithmetic), conversions, memory, control.
+_NOT_ALU = {"IMAD", "IMUL", "FFMA", "FMUL", "FADD", "F2I", "I2F", "I2FP", "F2F", "FRND", "LDG", "STG", "LDC",
+            "ULDC", "S2R", "S2UR", "EXIT", "BRA", "NOP", "UMOV", "MOV", "BAR", "CS2R"}
+ALU_LANES, SMS, CLOCK_HZ, COPY_BYTES_PER_S = 64, 132, 1.98e9, 4.3e12
+FLOAT_CASES = [("e4m3fn", "nearest"), ("e4m3fn", "truncate"), ("e4m3fn", "up"), ("e4m3fn", "stochastic"),
+               ("fp16", "nearest"), ("fp16", "stochastic"), ("e3m2fn", "nearest"), ("e8m3_sat", "nearest"),
+               ("bf16", "nearest"), ("bf16", "truncate"), ("bf16", "stochastic")]
+FIXED_CASES = ["nearest", "truncate", "stochastic"]
+
+
+def _tool(name: str) -> str:
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def compile_kernel(fn, signature: dict, constants: dict, warps: int):
+    src = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constants, "constexpr")},
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2)})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
+def analyse(kernel, per_thread: int, cubin: Path) -> dict:
+    cubin.write_bytes(kernel.asm["cubin"])
+    sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                           check=True).stdout
+    ops = [op.split(".")[0] for op in re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)]
+    counts = collections.Counter(ops)
+    alu = sum(c for op, c in counts.items() if op not in _NOT_ALU and not op.startswith("U"))
+    loads = re.findall(r"LDG\.E(?:\.[A-Z]+)*(?:\.(\d+))?", sass)
+    return {"per_elem": len(ops) / per_thread, "alu_per_elem": alu / per_thread,
+            "regs": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "load_bits": max(int(b) if b else 32 for b in loads)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--block", type=int, default=tk.BLOCK)
+    ap.add_argument("--warps", type=int, default=tk.NUM_WARPS)
+    args = ap.parse_args()
+    per_thread = args.block // (32 * args.warps)
+    budget = ALU_LANES * SMS * CLOCK_HZ / (COPY_BYTES_PER_S / 8)
+    print(f"sm_90, block {args.block}, {args.warps} warps ({per_thread} elements per thread), triton "
+          f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per element\n")
+    print("| kernel | instructions / element | ALU / element | ALU share of budget | registers | load bits |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    fsig = {"x_ptr": "*i32", "out_ptr": "*i32", "n": "i32",
+            **{k: "fp32" if k.startswith("tiny") else "i32" for k in tk._SCALARS}}
+    xsig = {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "scale": "fp32", "inv": "fp32", "qmin": "fp32",
+            "qmax": "fp32", "key": "i32"}
+    shape = {"BLOCK": args.block, "EVEN": True, "WIDE": False}
+    cases = []
+    for name, mode in FLOAT_CASES:
+        fmt = FloatFormat(exp_bits=8, man_bits=3, overflow="saturate") if name == "e8m3_sat" else parse_format(name)
+        fields, m = kernels.float_fields(fmt), kernels.MODE[mode]
+        overflow, variant = kernels.OVERFLOW[fmt.overflow], kernels.float_variant(fmt)
+        add = m == 0 and tk._adder_rounds(fields, variant)
+        cases.append((f"{name} {mode}{' (adder)' if add else ''}", tk._round_float, fsig,
+                      {"MODE": m, "OVERFLOW": overflow, "E8": variant == kernels.E8, "ADD": add, **shape}))
+    cases += [(f"fixed16.8 {mode}", tk._round_fixed, xsig, {"MODE": kernels.MODE[mode], **shape})
+              for mode in FIXED_CASES]
+    cubin = Path("/tmp") / "boundfinder_triton_sass.cubin"
+    for label, fn, sig, consts in cases:
+        r = analyse(compile_kernel(fn, sig, consts, args.warps), per_thread, cubin)
+        print(f"| {label} | {r['per_elem']:.1f} | {r['alu_per_elem']:.1f} | {r['alu_per_elem'] / budget:.0%} | "
+              f"{r['regs']} | {r['load_bits']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
