@@ -166,8 +166,12 @@ def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: s
     def key() -> int:
         return kernels.seed_key(draw_seed(generator)) if stochastic else 0
 
+    def takes(x: torch.Tensor) -> bool:
+        # (stochastic rounding of 2**31 elements or more is refused by quantize: the base path says so)
+        return gpu.usable(x) and not (stochastic and x.numel() >= 2**31)
+
     def rounder(x: torch.Tensor) -> torch.Tensor:
-        if gpu.usable(x):
+        if takes(x):
             try:
                 return gpu.kernel(fmt, mode)(x, key())
             except Exception as exc:  # noqa: BLE001 - a compiler or driver failure: the base path is identical
@@ -177,7 +181,7 @@ def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: s
     base_in_place = getattr(base, "in_place", None)
 
     def in_place(t: torch.Tensor) -> None:
-        if gpu.usable(t):
+        if takes(t):
             try:
                 gpu.kernel(fmt, mode)(t, key(), out=t)
                 return
