@@ -38,7 +38,7 @@ def load() -> types.ModuleType | None:
         _tried = True
         try:
             from boundfinder import triton_kernels
-        except ImportError as exc:
+        except Exception as exc:  # noqa: BLE001 - missing, or broken on import: either way, the other path
             log.warning("boundfinder: Triton is not importable (%s); CUDA tensors are rounded by torch.compile's "
                         "kernels, which give identical results more slowly.", exc)
         else:
@@ -47,8 +47,11 @@ def load() -> types.ModuleType | None:
 
 
 def failed(exc: Exception) -> None:
-    """A Triton kernel failed to compile or launch: say so once and use the torch.compile path from now on."""
+    """A Triton kernel failed to compile or launch: say so once and use the torch.compile path from now on.
+    Running out of device memory is no kernel failure: it is raised again, as the other path would raise it."""
     global _module
+    if isinstance(exc, torch.OutOfMemoryError):
+        raise exc
     _module = None
     log.warning("boundfinder: a Triton rounding kernel failed (%s: %s); CUDA tensors are rounded by "
                 "torch.compile's kernels from now on (identical results, slower).", type(exc).__name__,
@@ -64,7 +67,9 @@ def usable(x: torch.Tensor) -> bool:
         and (type(x) is torch.Tensor or type(x) is torch.nn.Parameter)
         and x.dtype is torch.float32
         and x.is_contiguous()
+        and not x.is_neg()  # a lazily negated view: its storage holds the other sign
         and torch._C._len_torch_dispatch_stack() == 0
+        and not torch.compiler.is_compiling()  # dynamo traces the torch path
         and torch._C._functorch.peek_interpreter_stack() is None
         and enabled()
         and load() is not None

@@ -101,18 +101,23 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
     fmt = parse_format(fmt)
     allowed = ("nearest", "stochastic") if isinstance(fmt, BinaryFormat) else ROUNDING_MODES
     check_rounding(rounding, allowed)
-    mode = kernels.MODE[rounding]
-    dtype = x.dtype
     if x.numel() == 0:
         return x.detach().clone()
     if rounding == "stochastic" and x.numel() >= 2**31:
         # the counter of the random-bit hash is an int32 element index
         raise FormatError(f"stochastic rounding takes at most 2**31 - 1 elements per call, but got {x.numel()}; "
                           "round the tensor in chunks.")
+    return quantize_with_seed(x, fmt, rounding, draw_seed(generator) if rounding == "stochastic" else None)
+
+
+def quantize_with_seed(x: torch.Tensor, fmt: Format, rounding: str, seed: int | None) -> torch.Tensor:
+    """``quantize`` with the stochastic seed already drawn (``draw_seed``; None for the other modes), for
+    callers that drew it for a path that then failed; ``x`` and ``fmt`` as ``quantize`` checked them."""
+    mode = kernels.MODE[rounding]
+    dtype = x.dtype
     # every kernel input is detached (no autograd graph is recorded), so no no_grad() context is needed
     # resolve_neg: a lazily negated view (torch._neg_view) must reach the kernels with its values, not its storage
     x32 = x.detach().to(torch.float32).resolve_neg().contiguous()
-    seed = draw_seed(generator) if rounding == "stochastic" else None
     out = _triton(x32, fmt, mode, seed) if gpu.usable(x32) else None
     if out is None:
         out = _dispatch(x32, fmt, mode, _no_seed(str(x.device)) if seed is None else _seed_tensor(seed, x.device))

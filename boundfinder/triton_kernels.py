@@ -9,6 +9,7 @@ to load, no seed to copy to the device, one launch per call at any size. Import 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import struct
@@ -78,10 +79,11 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
     if MODE == 0 and ADD:
         # Round to nearest even by the float adder: K is a power of two whose spacing is the value's quantum
         # (2**(e - man_bits) in binade e, the format's smallest quantum below its smallest normal), so |x| + K,
-        # in [K, 2K], is rounded to a multiple of the quantum with ties to even, and subtracting K is exact
-        # (Sterbenz). Below one quantum this gives 0 or q (q / 2 ties to 0), as the integer path's select does.
-        # The host picks this only where K stays finite for every value up to the overflow threshold; lanes
-        # at or above it (NaN and infinities too) are replaced below.
+        # in [K, 2K] (|x| < K as man_bits < 23), is rounded to a multiple of the quantum with ties to even, and
+        # subtracting K is exact (Sterbenz). Below one quantum this gives 0 or q (q / 2 ties to 0), as the
+        # integer path's select does. The host picks this only where every K is finite and the parity of the
+        # multiple is the parity of the code (_adder_rounds); lanes at or above the overflow threshold (NaN and
+        # infinities too) are replaced below.
         e = a >> 23
         k = (tl.where(e >= emin32, e + d, emin32 + 23 - man_sub) << 23).to(tl.float32, bitcast=True)
         r = ((a.to(tl.float32, bitcast=True) + k) - k).to(tl.int32, bitcast=True)
@@ -207,18 +209,30 @@ def round_float(x: torch.Tensor, fields: tuple[int, ...], mode: int, overflow: i
     n = x.numel()
     if n:
         grid, even, wide = _launch_shape(n)
-        _round_float[grid](x.view(torch.int32), out.view(torch.int32), n, *fields, key, *_tiny_scales(fields[4]),
-                           MODE=mode, ADD=mode == 0 and _adder_rounds(fields, variant),
-                           OVERFLOW=overflow, E8=variant == kernels.E8, BLOCK=BLOCK, EVEN=even, WIDE=wide,
-                           num_warps=NUM_WARPS)
+        with _on_device(x):
+            _round_float[grid](x.view(torch.int32), out.view(torch.int32), n, *fields, key,
+                               *_tiny_scales(fields[4]), MODE=mode, ADD=mode == 0 and _adder_rounds(fields, variant),
+                               OVERFLOW=overflow, E8=variant == kernels.E8, BLOCK=BLOCK, EVEN=even, WIDE=wide,
+                               num_warps=NUM_WARPS)
     return out
 
 
 def _adder_rounds(fields: tuple[int, ...], variant: int) -> bool:
-    """Whether round to nearest may use the float adder (see _round_float): a general-variant format whose
-    largest K (exponent field of max_finite + d, and twice it) is finite."""
-    d, max_word = fields[0], fields[3]
-    return variant == kernels.GENERAL and (max_word >> 23) + d <= 253
+    """Whether round to nearest may use the float adder (see _round_float): a general-variant format
+    - with 1 to 22 fraction bits: with 23 (d = 0) |x| is not below K, so the sum's spacing would be twice the
+      quantum; with 0 a tie is broken by the parity of the exponent code, which the adder cannot see;
+    - whose largest K (exponent field of max_finite + d, and twice it) is finite, and whose K below the
+      smallest normal (exponent field emin32 + 23 - man_sub) is too."""
+    d, emin32, man_sub, max_word = fields[0], fields[1], fields[2], fields[3]
+    return (variant == kernels.GENERAL and 1 <= d <= 22 and (max_word >> 23) + d <= 253
+            and emin32 + 23 - man_sub <= 254)
+
+
+def _on_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device and its current stream: make that ``x``'s device."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=256)
@@ -237,6 +251,7 @@ def round_fixed(x: torch.Tensor, scale: float, inv: float, qmin: float, qmax: fl
     n = x.numel()
     if n:
         grid, even, wide = _launch_shape(n)
-        _round_fixed[grid](x, out, n, scale, inv, qmin, qmax, key, MODE=mode, BLOCK=BLOCK, EVEN=even, WIDE=wide,
-                           num_warps=NUM_WARPS)
+        with _on_device(x):
+            _round_fixed[grid](x, out, n, scale, inv, qmin, qmax, key, MODE=mode, BLOCK=BLOCK, EVEN=even,
+                               WIDE=wide, num_warps=NUM_WARPS)
     return out

@@ -37,8 +37,8 @@ def _edge_inputs(n_random: int = 1 << 16) -> torch.Tensor:
     return x[: x.numel() // 2 * 2 - 1]
 
 
-TRITON_FORMATS = ["e4m3fn", "e5m2", "bf16", "fp16", "e3m2fn", "e2m1fn", "e8m3", "fixed16.8", "ufixed8.8",
-                  "fixed24.0"]
+TRITON_FORMATS = ["e4m3fn", "e5m2", "bf16", "fp16", "e3m2fn", "e2m1fn", "e8m3", "e5m23", "e3m0", "fixed16.8",
+                  "ufixed8.8", "fixed24.0"]
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down", "stochastic"])
@@ -62,3 +62,12 @@ def test_triton_kernels_match_the_cpu_reference(rounding, monkeypatch):
             t = xc[:size].clone()
             make_rounder(name, rounding).in_place(t)
             assert bits_equal(cpu, t.cpu()), (name, size, "in place")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_kernels_run_on_the_tensors_device():
+    x = torch.randn(1 << 16)
+    with torch.cuda.device(0):
+        got = quantize(x.to("cuda:1"), "e4m3fn", "stochastic", generator=torch.Generator().manual_seed(0))
+    assert got.device == torch.device("cuda:1")
+    assert bits_equal(quantize(x, "e4m3fn", "stochastic", generator=torch.Generator().manual_seed(0)), got.cpu())

@@ -47,64 +47,122 @@ def reference(fmt, mode):
         os.environ["BOUNDFINDER_TRITON"] = "1"
 
 tk = gpu.load()
-launches = []
+launches = []  # (kernel, ADD) of every launch
 for name in ("_round_float", "_round_fixed"):
-    kern = getattr(tk, name)
-    class Counting:
-        def __init__(self, kern):
-            self.kern = kern
+    class Recording:
+        def __init__(self, kern, name):
+            self.kern, self.name = kern, name
         def __getitem__(self, grid):
-            launches.append(grid)
-            return self.kern[grid]
-    setattr(tk, name, Counting(kern))
+            def launch(*args, **kwargs):
+                launches.append((self.name, kwargs.get("ADD")))
+                return self.kern[grid](*args, **kwargs)
+            return launch
+    setattr(tk, name, Recording(getattr(tk, name), name))
 
-formats = sys.argv[1].split(",")
-formats = [FloatFormat(exp_bits=4, man_bits=3, subnormals=False) if f == "e4m3_nosub"
-           else FloatFormat(exp_bits=8, man_bits=3, overflow="saturate") if f == "e8m3_sat" else f for f in formats]
-bad = []
-for fmt in formats:
-    for mode in ("nearest", "truncate", "up", "down", "stochastic"):
-        ref = reference(fmt, mode)
-        torch.manual_seed(5)
-        got = quantize(x, fmt, mode)
-        torch.manual_seed(5)
-        rounder = make_rounder(fmt, mode)
-        by_rounder = rounder(x)
-        torch.manual_seed(5)
-        in_place = x.clone()
-        rounder.in_place(in_place)
-        for what, t in (("quantize", got), ("rounder", by_rounder), ("in_place", in_place)):
-            if not torch.equal(word(ref), word(t)):
-                bad.append([str(fmt), mode, what, int((word(ref) != word(t)).sum())])
+SPECIAL = {
+    "e4m3_nosub": FloatFormat(exp_bits=4, man_bits=3, subnormals=False),
+    "e8m3_sat": FloatFormat(exp_bits=8, man_bits=3, overflow="saturate"),
+    # a large smallest normal without subnormals: K below it would pass float32's largest exponent
+    "e2m18_bias-119_nosub": FloatFormat(exp_bits=2, man_bits=18, bias=-119, subnormals=False),
+}
 
-# a kernel that fails: one log line, the identical torch path from then on
-records = []
-logging.getLogger("boundfinder").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r)})())
-def broken(*args, **kwargs):
-    raise RuntimeError("no ptxas")
-tk.round_float = broken
-after = quantize(x, "e4m3fn")
-fallback_ok = torch.equal(word(after), word(reference("e4m3fn", "nearest"))) and gpu.load() is None
-print(json.dumps({"bad": bad, "launches": len(launches), "fallback_ok": fallback_ok,
-                  "messages": [r.getMessage() for r in records]}))
+def check(formats):
+    bad, adder = [], {}
+    for name in formats:
+        fmt = SPECIAL.get(name, name)
+        for mode in ("nearest", "truncate", "up", "down", "stochastic"):
+            ref = reference(fmt, mode)
+            del launches[:]
+            torch.manual_seed(5)
+            got = quantize(x, fmt, mode)
+            if mode == "nearest" and launches:
+                adder[name] = launches[0][1]
+            torch.manual_seed(5)
+            rounder = make_rounder(fmt, mode)
+            by_rounder = rounder(x)
+            torch.manual_seed(5)
+            in_place = x.clone()
+            rounder.in_place(in_place)
+            for what, t in (("quantize", got), ("rounder", by_rounder), ("in_place", in_place)):
+                if not torch.equal(word(ref), word(t)):
+                    bad.append([str(fmt), mode, what, int((word(ref) != word(t)).sum())])
+            if len(launches) != 3:
+                bad.append([str(fmt), mode, "launches", len(launches)])
+    return {"bad": bad, "adder": adder}
+
+def integration():
+    out = {}
+    # a lazily negated view: the rounder must round its values, not its storage
+    neg = torch._neg_view(x[:1000].clone())
+    out["neg_view"] = torch.equal(word(make_rounder("fixed8.4")(neg)), word(quantize(-x[:1000], "fixed8.4")))
+    # in place: the version counter moves (autograd sees the change)
+    t = x[:1000].clone()
+    before = t._version
+    make_rounder("e4m3fn").in_place(t)
+    out["version_bumped"] = t._version > before
+    # in place on a leaf that requires grad, with grad mode on: torch's own error, as on the base path
+    leaf = torch.randn(100, requires_grad=True)
+    try:
+        make_rounder("fixed8.4").in_place(leaf)
+        out["leaf_refused"] = False
+    except RuntimeError as exc:
+        out["leaf_refused"] = "requires grad" in str(exc)
+    # a stochastic rounder whose kernel fails gives the base path's bits for that call and the later ones
+    gen_a, gen_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    ok_rounder = make_rounder("e4m3fn", "stochastic", gen_a)
+    os.environ["BOUNDFINDER_TRITON"] = "0"
+    expected = [ok_rounder(x[:1000]) for _ in range(2)]
+    os.environ["BOUNDFINDER_TRITON"] = "1"
+    records = []
+    logging.getLogger("boundfinder").addHandler(
+        type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r.getMessage())})())
+    def broken(*args, **kwargs):
+        raise RuntimeError("no ptxas")
+    tk.round_float = broken
+    failing = make_rounder("e4m3fn", "stochastic", gen_b)
+    got = [failing(x[:1000]) for _ in range(2)]
+    out["fallback_stream"] = all(torch.equal(word(a), word(b)) for a, b in zip(expected, got))
+    out["fallback_off"] = gpu.load() is None
+    out["fallback_quantize"] = torch.equal(word(quantize(x, "e4m3fn")), word(reference("e4m3fn", "nearest")))
+    out["messages"] = records
+    return out
+
+print(json.dumps(integration() if sys.argv[1] == "integration" else check(sys.argv[1].split(","))))
 '''
 
 FORMATS = {
     "float": "e4m3fn,e5m2,bf16,fp16,e3m2fn,e2m3fn,e2m1fn,e8m0,e6m3,e8m22,e4m3_nosub,e8m3_sat",
+    # the edges of the adder's range (23 and 0 fraction bits, a large smallest normal): the integer path rounds
+    "float_edges": "e5m23,e7m23,e3m0,e5m0,e2m18_bias-119_nosub,e8m1",
     "fixed": "fixed16.8,fixed8.4,ufixed8.8,fixed24.0,fixed24.24,ufixed24.3,fixed2.1",
 }
+# which formats' round to nearest runs the float adder (the others: the integer formulation)
+ADDER = {"e4m3fn": True, "fp16": True, "e3m2fn": True, "e4m3_nosub": True, "e8m3_sat": False, "bf16": False,
+         "e5m23": False, "e7m23": False, "e3m0": False, "e5m0": False, "e2m18_bias-119_nosub": False}
+
+
+def _child(arg: str) -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _CHILD, arg], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("family", sorted(FORMATS))
 def test_triton_kernels_match_the_reference(family):
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", _CHILD, FORMATS[family]], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["bad"] == []
-    n_cases = 5 * len(FORMATS[family].split(","))
-    assert result["launches"] >= 3 * n_cases  # the kernels ran (quantize, rounder, in place), not a fallback
-    assert result["fallback_ok"]
+    result = _child(FORMATS[family])
+    assert result["bad"] == []  # every format, mode and entry point: equal words, one launch each
+    expected = {name: add for name, add in ADDER.items() if name in FORMATS[family].split(",")}
+    assert {name: result["adder"][name] for name in expected} == expected
+
+
+def test_triton_path_integration():
+    result = _child("integration")
+    assert result["neg_view"]
+    assert result["version_bumped"]
+    assert result["leaf_refused"]
+    assert result["fallback_stream"]
+    assert result["fallback_off"] and result["fallback_quantize"]
     assert sum("Triton rounding kernel failed" in m and "no ptxas" in m for m in result["messages"]) == 1

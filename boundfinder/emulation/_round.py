@@ -30,7 +30,7 @@ import torch
 
 from boundfinder import gpu, kernels, native
 from boundfinder.formats import FixedPointFormat, FloatFormat, Format, parse_format
-from boundfinder.quantize import draw_seed, quantize
+from boundfinder.quantize import draw_seed, quantize, quantize_with_seed
 
 __all__ = ["Rounder", "is_elementwise_idempotent", "is_identity", "is_marked", "make_rounder", "mark"]
 
@@ -160,33 +160,43 @@ def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: s
                  generator: torch.Generator | None) -> Rounder:
     """``base`` with the Triton kernel (boundfinder/gpu.py) for contiguous float32 CUDA tensors: one launch
     per rounding at any size; the same results bit for bit, the same random stream as ``quantize``."""
+    if rounding not in kernels.MODE:
+        return base  # (quantize says what is wrong when it is called)
     mode = kernels.MODE[rounding]
     stochastic = rounding == "stochastic"
-
-    def key() -> int:
-        return kernels.seed_key(draw_seed(generator)) if stochastic else 0
 
     def takes(x: torch.Tensor) -> bool:
         # (stochastic rounding of 2**31 elements or more is refused by quantize: the base path says so)
         return gpu.usable(x) and not (stochastic and x.numel() >= 2**31)
 
+    def launch(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
+        """The kernel's result, or, where it failed, the base path's with the same random bits."""
+        seed = draw_seed(generator) if stochastic else None
+        try:
+            return gpu.kernel(fmt, mode)(x, 0 if seed is None else kernels.seed_key(seed), out)
+        except Exception as exc:  # noqa: BLE001 - a compiler or driver failure: the base path is identical
+            gpu.failed(exc)
+        if seed is None:
+            return None
+        result = quantize_with_seed(x, fmt, rounding, seed)
+        return result if out is None else out.copy_(result)
+
     def rounder(x: torch.Tensor) -> torch.Tensor:
         if takes(x):
-            try:
-                return gpu.kernel(fmt, mode)(x, key())
-            except Exception as exc:  # noqa: BLE001 - a compiler or driver failure: the base path is identical
-                gpu.failed(exc)
+            result = launch(x, None)
+            if result is not None:
+                return result
         return base(x)
 
     base_in_place = getattr(base, "in_place", None)
 
     def in_place(t: torch.Tensor) -> None:
-        if takes(t):
-            try:
-                gpu.kernel(fmt, mode)(t, key(), out=t)
+        # a tensor autograd tracks is left to torch's own in-place checks (the base path's ops)
+        if takes(t) and not (t.requires_grad and torch.is_grad_enabled()):
+            done = launch(t, t)
+            if done is not None:
+                torch.autograd.graph.increment_version(t)  # the kernel wrote behind autograd's back
                 return
-            except Exception as exc:  # noqa: BLE001 - as above
-                gpu.failed(exc)
         if base_in_place is not None:
             base_in_place(t)
         else:
