@@ -92,3 +92,18 @@ def kernel(fmt: Format, mode: int) -> Callable[..., torch.Tensor] | None:
         fixed = kernels.fixed_fields(fmt)
         return lambda x, key, out=None: tk.round_fixed(x, *fixed, mode, key, out)
     return None
+
+
+def try_round(x: torch.Tensor, fmt: Format, mode: int, seed: int | None,
+              out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``x`` (which ``usable`` accepts) rounded to ``fmt`` by its Triton kernel, into ``out`` if given (it may be
+    ``x``); ``seed``: ``draw_seed``'s for stochastic rounding, else None. None for the formats the kernels do
+    not cover, and where a kernel failed (``failed`` has said so; the caller takes the torch path)."""
+    kern = kernel(fmt, mode)
+    if kern is None:
+        return None
+    try:
+        return kern(x, 0 if seed is None else kernels.seed_key(seed), out)
+    except Exception as exc:  # noqa: BLE001 - any compiler or driver failure: the torch path is identical
+        failed(exc)
+        return None

@@ -118,7 +118,7 @@ def quantize_with_seed(x: torch.Tensor, fmt: Format, rounding: str, seed: int | 
     # every kernel input is detached (no autograd graph is recorded), so no no_grad() context is needed
     # resolve_neg: a lazily negated view (torch._neg_view) must reach the kernels with its values, not its storage
     x32 = x.detach().to(torch.float32).resolve_neg().contiguous()
-    out = _triton(x32, fmt, mode, seed) if gpu.usable(x32) else None
+    out = gpu.try_round(x32, fmt, mode, seed) if gpu.usable(x32) and not _is_fp32(fmt) else None
     if out is None:
         out = _dispatch(x32, fmt, mode, _no_seed(str(x.device)) if seed is None else _seed_tensor(seed, x.device))
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
@@ -131,27 +131,17 @@ def quantize_with_seed(x: torch.Tensor, fmt: Format, rounding: str, seed: int | 
     return out
 
 
-def _triton(x: torch.Tensor, fmt: Format, mode: int, seed: int | None) -> torch.Tensor | None:
-    """The Triton kernel's result for the element-wise float and fixed-point formats; None for the others (and
-    where a kernel failed: ``gpu.failed`` has said so)."""
-    kern = gpu.kernel(fmt, mode)
-    if kern is None:
-        return None
-    if isinstance(fmt, FloatFormat) and fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals \
-            and fmt.overflow == "inf":
-        return x.clone()  # fp32 itself: nothing to round
-    try:
-        return kern(x, 0 if seed is None else kernels.seed_key(seed))
-    except Exception as exc:  # noqa: BLE001 - any compiler or driver failure: the torch.compile path is identical
-        gpu.failed(exc)
-        return None
+def _is_fp32(fmt: Format) -> bool:
+    """float32 itself: rounding changes nothing (exp_bits=8 fixes the bias at 127)."""
+    return (isinstance(fmt, FloatFormat) and fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals
+            and fmt.overflow == "inf")
 
 
 def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> torch.Tensor:
     dev = str(x.device)
+    if _is_fp32(fmt):
+        return x.clone()  # nothing to round
     if isinstance(fmt, FloatFormat):
-        if fmt.man_bits == 23 and fmt.exp_bits == 8 and fmt.subnormals and fmt.overflow == "inf":
-            return x.clone()  # fp32 itself: nothing to round
         params = _float_params(fmt, dev)
         # the kernel takes and returns the float32 words: reinterpreting inside a compiled kernel is slow on CPU
         words = kernels.run(kernels.round_float, x.view(torch.int32), (params, seed),

@@ -172,12 +172,9 @@ def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: s
     def launch(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
         """The kernel's result, or, where it failed, the base path's with the same random bits."""
         seed = draw_seed(generator) if stochastic else None
-        try:
-            return gpu.kernel(fmt, mode)(x, 0 if seed is None else kernels.seed_key(seed), out)
-        except Exception as exc:  # noqa: BLE001 - a compiler or driver failure: the base path is identical
-            gpu.failed(exc)
-        if seed is None:
-            return None
+        result = gpu.try_round(x, fmt, mode, seed, out)
+        if result is not None or seed is None:
+            return result
         result = quantize_with_seed(x, fmt, rounding, seed)
         return result if out is None else out.copy_(result)
 
