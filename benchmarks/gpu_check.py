@@ -96,6 +96,51 @@ def throughput(log2n: int, repeats: int, quick: bool, dev: torch.device, k: int 
     print(f"| clone() | {nbytes / t_copy / 1e9:.0f} | 1.00x | {k * nbytes / ts_copy / 1e9:.0f} | 1.00x |", flush=True)
 
 
+# (input, format, mode) of the 16-bit and layout table: one pass in the tensor's own dtype and layout
+LAYOUT_CASES = [("bf16", "e4m3fn", "nearest"), ("bf16", "e4m3fn", "stochastic"), ("bf16", "fixed16.8", "nearest"),
+                ("fp16", "e4m3fn", "nearest"), ("fp16", "e5m2", "stochastic"),
+                ("fp32 channels_last", "e4m3fn", "nearest"), ("fp32 channels_last", "e4m3fn", "truncate")]
+
+
+def _layout_input(kind: str, x: torch.Tensor) -> torch.Tensor:
+    if kind == "fp32 channels_last":
+        return x.view(-1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    return x.to(torch.bfloat16 if kind == "bf16" else torch.float16)
+
+
+def layouts(log2n: int, check_log2n: int, repeats: int, dev: torch.device, k: int = 10) -> int:
+    """bfloat16 and float16 inputs and a channels_last tensor: streamed ratio to a clone() of the same tensor, and
+    equality with the CPU's eager reference (which rounds through float32 and casts back); returns the number of
+    mismatching cases."""
+    x = torch.randn(1 << log2n, device=dev) * 3
+    g = torch.Generator().manual_seed(0)
+    words = torch.randint(-(2**31), 2**31 - 1, (1 << check_log2n,), generator=g, dtype=torch.int32)
+    xc = torch.where(torch.rand(words.numel(), generator=g) < 0.5, words.view(torch.float32),
+                     torch.randn(words.numel(), generator=g) * 8)
+    print(f"\n## 16-bit inputs and layouts, n = 2**{log2n}, streamed ({k} calls), ratio to clone() of the same "
+          f"tensor; CPU == CUDA on 2**{check_log2n} inputs\n", flush=True)
+    print("| input | case | streamed GB/s | ratio to clone() | CPU == CUDA |\n|---|---|---:|---:|---|", flush=True)
+    bad = 0
+    for kind, fmt, mode in LAYOUT_CASES:
+        t = _layout_input(kind, x)
+        fn = lambda t=t, fmt=fmt, mode=mode: quantize(t, fmt, mode)  # noqa: E731
+        ts, ts_copy = paired_times(_streamed(fn, k), _streamed(t.clone, k), dev, repeats)
+        small = _layout_input(kind, xc)
+        torch.manual_seed(1)
+        os.environ["BOUNDFINDER_COMPILE"] = "0"
+        try:
+            cpu = quantize(small, fmt, mode)
+        finally:
+            del os.environ["BOUNDFINDER_COMPILE"]
+        torch.manual_seed(1)
+        got = quantize(small.to(dev), fmt, mode)
+        same = got.stride() == cpu.stride() and torch.equal(_words(cpu.float()), _words(got.cpu().float()))
+        bad += not same
+        print(f"| {kind} | {fmt} {mode} | {k * 2 * t.numel() * t.element_size() / ts / 1e9:.0f} | "
+              f"{ts_copy / ts:.2f}x | {'yes' if same else 'NO'} |", flush=True)
+    return bad
+
+
 # (elements per program, warps per program) tried by --sweep
 CONFIGS = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16)]
 SWEEP_CASES = [("e4m3fn", "nearest"), ("bf16", "nearest"), ("e4m3fn", "stochastic"), ("fixed16.8", "stochastic")]
@@ -166,6 +211,7 @@ def main() -> int:
     throughput(args.log2n, args.repeats, args.quick, dev)
     bad = correctness(1 << args.check_log2n, args.quick)
     print(f"\n{bad} mismatching cases", flush=True)
+    bad += layouts(args.log2n, args.check_log2n, args.repeats, dev)
     if args.also_compiled:
         os.environ["BOUNDFINDER_TRITON"] = "0"
         bad_compiled = correctness(1 << args.check_log2n, args.quick, "CUDA (torch.compile path)")

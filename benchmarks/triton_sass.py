@@ -7,8 +7,9 @@ Prints, per kernel, the SASS instructions per element and how many of them issue
 pipe, with the registers per thread and the width of the loads. An element-wise kernel keeps up with memory
 only while its ALU work per element stays under the budget printed below (a static estimate from the vendor's
 figures: 64 ALU lanes per multiprocessor per clock, 132 multiprocessors at 1.98 GHz, against the 4.3 TB/s a
-device copy reaches, 8 bytes per element). Timings come from benchmarks/gpu_check.py on a GPU; this script
-says which kernels are close to the integer pipe's limit before one is lent.
+device copy reaches, 8 bytes per float32 element; a bfloat16 or float16 element moves 4 bytes, so its budget
+is half). Timings come from benchmarks/gpu_check.py on a GPU; this script says which kernels are close to the
+integer pipe's limit before one is lent.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from boundfinder import FloatFormat, kernels, parse_format  # noqa: E402
+from boundfinder import FloatFormat, gpu, kernels, parse_format  # noqa: E402
 from boundfinder import triton_kernels as tk  # noqa: E402
 
 # Issued outside the integer/logic pipe: the FMA pipe (IMAD, float arithmetic), conversions, memory, control.
@@ -38,6 +39,11 @@ FLOAT_CASES = [("e4m3fn", "nearest"), ("e4m3fn", "truncate"), ("e4m3fn", "up"), 
                ("fp16", "nearest"), ("fp16", "stochastic"), ("e3m2fn", "nearest"), ("e8m3_sat", "nearest"),
                ("bf16", "nearest"), ("bf16", "truncate"), ("bf16", "stochastic")]
 FIXED_CASES = ["nearest", "truncate", "stochastic"]
+# 16-bit tensors (the kernels' IO argument: 1 bfloat16, 2 float16): (input, format, mode)
+IO_CASES = [("bf16", "e4m3fn", "nearest"), ("bf16", "e4m3fn", "truncate"), ("bf16", "e4m3fn", "stochastic"),
+            ("bf16", "fp16", "nearest"), ("fp16", "e4m3fn", "nearest"), ("fp16", "e5m2", "stochastic"),
+            ("bf16", "fixed16.8", "nearest"), ("bf16", "fixed16.8", "stochastic")]
+_POINTER = {0: "*i32", 1: "*i16", 2: "*fp16", 3: "*i16"}
 
 
 def _tool(name: str) -> str:
@@ -74,29 +80,39 @@ def main() -> int:
     per_thread = args.block // (32 * args.warps)
     budget = ALU_LANES * SMS * CLOCK_HZ / (COPY_BYTES_PER_S / 8)
     print(f"sm_90, block {args.block}, {args.warps} warps ({per_thread} elements per thread), triton "
-          f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per element\n")
-    print("| kernel | instructions / element | ALU / element | ALU share of budget | registers | load bits |\n"
-          "|---|---:|---:|---:|---:|---:|")
-    fsig = {"x_ptr": "*i32", "out_ptr": "*i32", "n": "i32",
-            **{k: "fp32" if k.startswith("tiny") else "i32" for k in tk._SCALARS}}
-    xsig = {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "scale": "fp32", "inv": "fp32", "qmin": "fp32",
-            "qmax": "fp32", "key": "i32"}
+          f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per float32 element, "
+          f"{budget / 2:.0f} per 16-bit element\n")
+    print("| input | kernel | instructions / element | ALU / element | ALU share of budget | registers | "
+          "load bits |\n|---|---|---:|---:|---:|---:|---:|")
     shape = {"BLOCK": args.block, "EVEN": True, "WIDE": False}
-    cases = []
-    for name, mode in FLOAT_CASES:
+
+    def float_case(inp: str, name: str, mode: str, io: int):
         fmt = FloatFormat(exp_bits=8, man_bits=3, overflow="saturate") if name == "e8m3_sat" else parse_format(name)
         fields, m = kernels.float_fields(fmt), kernels.MODE[mode]
         overflow, variant = kernels.OVERFLOW[fmt.overflow], kernels.float_variant(fmt)
         add = m == 0 and tk._adder_rounds(fields, variant)
-        cases.append((f"{name} {mode}{' (adder)' if add else ''}", tk._round_float, fsig,
-                      {"MODE": m, "OVERFLOW": overflow, "E8": variant == kernels.E8, "ADD": add, **shape}))
-    cases += [(f"fixed16.8 {mode}", tk._round_fixed, xsig, {"MODE": kernels.MODE[mode], **shape})
-              for mode in FIXED_CASES]
+        sig = {"x_ptr": _POINTER[io], "out_ptr": _POINTER[io], "n": "i32",
+               **{k: "fp32" if k.startswith("tiny") else "i32" for k in tk._SCALARS}}
+        return (inp, f"{name} {mode}{' (adder)' if add else ''}", tk._round_float, sig,
+                {"MODE": m, "OVERFLOW": overflow, "E8": variant == kernels.E8, "ADD": add, "IO": io, **shape})
+
+    def fixed_case(inp: str, mode: str, io: int):
+        sig = {"x_ptr": _POINTER[io], "out_ptr": _POINTER[io], "n": "i32", "scale": "fp32", "inv": "fp32",
+               "qmin": "fp32", "qmax": "fp32", "key": "i32"}
+        return inp, f"fixed16.8 {mode}", tk._round_fixed, sig, {"MODE": kernels.MODE[mode], "IO": io, **shape}
+
+    cases = [float_case("fp32", name, mode, 0) for name, mode in FLOAT_CASES]
+    cases += [fixed_case("fp32", mode, 0) for mode in FIXED_CASES]
+    for inp, name, mode in IO_CASES:
+        # bfloat16: rounded back (IO 1) unless every value of the format is a bfloat16 value (IO 3)
+        io = 2 if inp == "fp16" else 3 if gpu.bf16_exact(parse_format(name)) else 1
+        cases.append(fixed_case(inp, mode, io) if name == "fixed16.8" else float_case(inp, name, mode, io))
     cubin = Path("/tmp") / "boundfinder_triton_sass.cubin"
-    for label, fn, sig, consts in cases:
+    for inp, label, fn, sig, consts in cases:
         r = analyse(compile_kernel(fn, sig, consts, args.warps), per_thread, cubin)
-        print(f"| {label} | {r['per_elem']:.1f} | {r['alu_per_elem']:.1f} | {r['alu_per_elem'] / budget:.0%} | "
-              f"{r['regs']} | {r['load_bits']} |", flush=True)
+        share = r["alu_per_elem"] / (budget if inp == "fp32" else budget / 2)
+        print(f"| {inp} | {label} | {r['per_elem']:.1f} | {r['alu_per_elem']:.1f} | {share:.0%} | {r['regs']} | "
+              f"{r['load_bits']} |", flush=True)
     return 0
 
 

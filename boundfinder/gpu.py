@@ -1,15 +1,17 @@
 """The Triton path for CUDA tensors (``triton_kernels.py``): one hand-written kernel per element-wise float or
 fixed-point rounding, with the format and the stochastic key as scalar arguments.
 
-``quantize`` and emulation's rounders call it for contiguous float32 CUDA tensors. Where Triton is missing, a
-kernel fails to compile, or ``BOUNDFINDER_TRITON=0`` is set, they keep the torch.compile path (the same results;
-one log line says why).
+``quantize`` and emulation's rounders call it for float32, bfloat16 and float16 CUDA tensors (one pass: a
+16-bit tensor is widened and narrowed inside the kernel), dense in any layout (contiguous for stochastic
+rounding). Where Triton is missing, a kernel fails to compile, or ``BOUNDFINDER_TRITON=0`` is set, they keep the
+torch.compile path (the same results; one log line says why).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import types
 from collections.abc import Callable
@@ -25,6 +27,8 @@ _module: types.ModuleType | None = None
 _tried = False
 # The device the kernels run on; tests under Triton's CPU interpreter (TRITON_INTERPRET=1) set "cpu".
 DEVICE_TYPE = "cuda"
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_STOCHASTIC = kernels.MODE["stochastic"]
 
 
 def enabled() -> bool:
@@ -58,15 +62,18 @@ def failed(exc: Exception) -> None:
                 str(exc).splitlines()[0][:200] if str(exc) else "")
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether the Triton kernels may round ``x``: a contiguous float32 tensor on a CUDA device, plain (no
-    subclass, no fake tensor), outside Python dispatch modes and functorch transforms (a kernel's raw pointers
-    would bypass them), with Triton importable and not switched off."""
+def usable(x: torch.Tensor, mode: int) -> bool:
+    """Whether the Triton kernels may round ``x`` with rounding mode ``mode`` (``kernels.MODE``): a float32,
+    bfloat16 or float16 tensor on a CUDA device, plain (no subclass, no fake tensor), outside Python dispatch
+    modes and functorch transforms (a kernel's raw pointers would bypass them), with Triton importable and not
+    switched off; contiguous, or for deterministic rounding dense in any layout (channels_last, a transpose: the
+    kernel runs over its storage, and the result has its strides). Stochastic rounding takes contiguous tensors
+    only: its random stream follows the elements' logical order, as on the CPU."""
     return (
         x.device.type == DEVICE_TYPE
         and (type(x) is torch.Tensor or type(x) is torch.nn.Parameter)
-        and x.dtype is torch.float32
-        and x.is_contiguous()
+        and x.dtype in _DTYPES
+        and (x.is_contiguous() or (mode != _STOCHASTIC and _dense(x)))
         and not x.is_neg()  # a lazily negated view: its storage holds the other sign
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch.compiler.is_compiling()  # dynamo traces the torch path
@@ -74,6 +81,17 @@ def usable(x: torch.Tensor) -> bool:
         and enabled()
         and load() is not None
     )
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether x's elements fill its storage span without gaps or overlap (in some order of its dimensions)."""
+    expected = 1
+    for size, stride in sorted(zip(x.shape, x.stride(), strict=True), key=lambda d: d[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,20 +103,30 @@ def kernel(fmt: Format, mode: int) -> Callable[..., torch.Tensor] | None:
     if tk is None:
         return None
     if isinstance(fmt, FloatFormat):
-        fields = kernels.float_fields(fmt)
-        overflow, variant = kernels.OVERFLOW[fmt.overflow], kernels.float_variant(fmt)
-        return lambda x, key, out=None: tk.round_float(x, fields, mode, overflow, variant, key, out)
+        return tk.float_rounder(kernels.float_fields(fmt), mode, kernels.OVERFLOW[fmt.overflow],
+                                kernels.float_variant(fmt), bf16_exact(fmt))
     if isinstance(fmt, FixedPointFormat):
-        fixed = kernels.fixed_fields(fmt)
-        return lambda x, key, out=None: tk.round_fixed(x, *fixed, mode, key, out)
+        return tk.fixed_rounder(*kernels.fixed_fields(fmt), mode, bf16_exact(fmt))
     return None
+
+
+def bf16_exact(fmt: FloatFormat | FixedPointFormat) -> bool:
+    """Whether every finite value of ``fmt`` is a bfloat16 value, so that rounding a bfloat16 tensor to it needs
+    no rounding back: at most 8 significant bits, within bfloat16's range at the top. (bfloat16's grid at the
+    bottom, 2**-133, is no coarser than any format's: a float format's exponents lie within float32's, so with
+    at most 7 fraction bits its smallest step is 2**-133 or more; a fixed-point step is 2**-126 or more.)"""
+    if isinstance(fmt, FloatFormat):
+        return fmt.man_bits <= 7
+    steps = max(-fmt.qmin, fmt.qmax)  # the largest multiple of the step, 2**-frac_bits
+    return steps <= 256 and math.ldexp(steps, -fmt.frac_bits) < 2.0**128
 
 
 def try_round(x: torch.Tensor, fmt: Format, mode: int, seed: int | None,
               out: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``x`` (which ``usable`` accepts) rounded to ``fmt`` by its Triton kernel, into ``out`` if given (it may be
-    ``x``); ``seed``: ``draw_seed``'s for stochastic rounding, else None. None for the formats the kernels do
-    not cover, and where a kernel failed (``failed`` has said so; the caller takes the torch path)."""
+    """``x`` (which ``usable`` accepts) rounded to ``fmt`` by its Triton kernel: a new tensor of x's dtype and
+    strides, or ``out`` if given (of the same; it may be ``x``). ``seed``: ``draw_seed``'s for stochastic
+    rounding, else None. None for the formats the kernels do not cover, and where a kernel failed (``failed``
+    has said so; the caller takes the torch path)."""
     kern = kernel(fmt, mode)
     if kern is None:
         return None

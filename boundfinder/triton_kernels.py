@@ -13,6 +13,7 @@ import contextlib
 import functools
 import math
 import struct
+from collections.abc import Callable
 
 import torch
 import triton
@@ -48,6 +49,47 @@ def _rand30(i, key):
 
 
 @triton.jit
+def _load_words(ptr, offs, n, IO: tl.constexpr, EVEN: tl.constexpr):
+    """The float32 words of the elements at ``offs`` (IO: see _IO): float32 words as stored, bfloat16 words
+    widened by a shift (exact, NaN payloads too) or float16 values converted (exact)."""
+    if EVEN:
+        v = tl.load(ptr + offs, eviction_policy="evict_first")
+    else:
+        v = tl.load(ptr + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+    if IO == 0:
+        w = v
+    elif IO == 2:
+        w = v.to(tl.float32).to(tl.int32, bitcast=True)
+    else:
+        w = v.to(tl.int32) << 16
+    return w
+
+
+@triton.jit
+def _store_words(ptr, offs, n, r, IO: tl.constexpr, EVEN: tl.constexpr):
+    """Store the float32 words ``r`` in the tensor's dtype (IO: see _IO), converted as torch's ``.to(dtype)``
+    converts: to nearest, ties to even, overflow to infinity.
+
+    bfloat16 by integer arithmetic (Triton's interpreter truncates, so its conversion could not be tested): the
+    high half, rounded by the low half; with IO 3 the host knows every result is a bfloat16 value, and the high
+    half is stored as it is. A NaN must have a zero low half (else rounding could carry it into infinity): the
+    kernels' NaN results are their bfloat16 inputs' NaN words or the quiet NaN 0x7FC00000."""
+    if IO == 0:
+        v = r
+    elif IO == 1:
+        # (a carry out of the magnitude cannot reach the sign: the largest magnitude, 0x7FFFxxxx, is a NaN)
+        v = ((r + 0x7FFF + ((r >> 16) & 1)) >> 16).to(tl.int16)
+    elif IO == 2:
+        v = r.to(tl.float32, bitcast=True).to(tl.float16)
+    else:
+        v = (r >> 16).to(tl.int16)
+    if EVEN:
+        tl.store(ptr + offs, v, eviction_policy="evict_first")
+    else:
+        tl.store(ptr + offs, v, mask=offs < n, eviction_policy="evict_first")
+
+
+@triton.jit
 def _offsets(BLOCK: tl.constexpr, WIDE: tl.constexpr):
     if WIDE:  # noqa: SIM108 - a constexpr branch: Triton compiles only the branch taken
         start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -59,12 +101,9 @@ def _offsets(BLOCK: tl.constexpr, WIDE: tl.constexpr):
 @triton.jit(do_not_specialize=_SCALARS)
 def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest, code_off, key,
                  tiny_s1, tiny_s2, MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, ADD: tl.constexpr,
-                 BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
+                 IO: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     offs = _offsets(BLOCK, WIDE)
-    if EVEN:
-        w = tl.load(x_ptr + offs, eviction_policy="evict_first")
-    else:
-        w = tl.load(x_ptr + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+    w = _load_words(x_ptr, offs, n, IO, EVEN)
 
     a = w & 0x7FFFFFFF
     sign = w ^ a
@@ -148,11 +187,7 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
                 # IEEE 754: directed rounding toward zero keeps a finite overflow at max_finite
                 r = tl.where(r > max_word, tl.where(away, beyond, max_word), r)
                 r = tl.where(a >= 0x7F800000, kept, r)
-    r = r | sign
-    if EVEN:
-        tl.store(out_ptr + offs, r, eviction_policy="evict_first")
-    else:
-        tl.store(out_ptr + offs, r, mask=offs < n, eviction_policy="evict_first")
+    _store_words(out_ptr, offs, n, r | sign, IO, EVEN)
 
 
 @triton.jit
@@ -178,42 +213,58 @@ def _round_to_integer(c, i, key, MODE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["scale", "inv", "qmin", "qmax", "key"])
-def _round_fixed(x_ptr, out_ptr, n, scale, inv, qmin, qmax, key, MODE: tl.constexpr, BLOCK: tl.constexpr,
-                 EVEN: tl.constexpr, WIDE: tl.constexpr):
+def _round_fixed(x_ptr, out_ptr, n, scale, inv, qmin, qmax, key, MODE: tl.constexpr, IO: tl.constexpr,
+                 BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     offs = _offsets(BLOCK, WIDE)
-    if EVEN:
-        x = tl.load(x_ptr + offs, eviction_policy="evict_first")
-    else:
-        x = tl.load(x_ptr + offs, mask=offs < n, other=0.0, eviction_policy="evict_first")
+    x = _load_words(x_ptr, offs, n, IO, EVEN).to(tl.float32, bitcast=True)
     y = x * scale
     if MODE == 2 or MODE == 3:
         y = tl.where(y == 0.0, x, y)  # a nonzero value under one step still rounds away from zero
     q = _round_to_integer(tl.minimum(tl.maximum(y, qmin), qmax), offs.to(tl.int32), key, MODE)
     r = tl.where(x != x, x, tl.where(q == 0.0, 0.0, q * inv))
-    if EVEN:
-        tl.store(out_ptr + offs, r, eviction_policy="evict_first")
-    else:
-        tl.store(out_ptr + offs, r, mask=offs < n, eviction_policy="evict_first")
+    _store_words(out_ptr, offs, n, r.to(tl.int32, bitcast=True), IO, EVEN)
 
 
-def _launch_shape(n: int) -> tuple[tuple[int], bool, bool]:
-    return (triton.cdiv(n, BLOCK),), n % BLOCK == 0, n >= 2**31 - BLOCK
+# The kernels' IO argument for each dtype they take, with the view of the tensor they are given: 0 float32
+# words, 1 bfloat16 words (results rounded to bfloat16), 2 float16 values; 3 bfloat16 words of a format all of
+# whose values are bfloat16 values (results stored as they are: no rounding work).
+_IO = {torch.float32: (0, torch.int32), torch.bfloat16: (1, torch.int16), torch.float16: (2, torch.float16)}
+_BF16_EXACT = (3, torch.int16)
+
+Rounder = Callable[[torch.Tensor, int, "torch.Tensor | None"], torch.Tensor]
 
 
-def round_float(x: torch.Tensor, fields: tuple[int, ...], mode: int, overflow: int, variant: int, key: int,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Round the contiguous float32 CUDA tensor ``x`` to the float format of ``fields``
-    (``kernels.float_fields``); ``key``: ``kernels.seed_key(seed)`` for stochastic rounding. ``out`` may be
-    ``x`` (in place)."""
+def float_rounder(fields: tuple[int, ...], mode: int, overflow: int, variant: int, bf16_exact: bool) -> Rounder:
+    """``f(x, key, out=None)``: ``x`` rounded to the float format of ``fields`` (``kernels.float_fields``) with
+    rounding mode ``mode``, overflow policy ``overflow`` and variant ``variant`` (``kernels.OVERFLOW``,
+    ``kernels.float_variant``); ``key``: ``kernels.seed_key(seed)`` for stochastic rounding; ``bf16_exact``:
+    whether every value of the format is a bfloat16 value. See ``_launch`` for the tensors it takes."""
+    consts = {"MODE": mode, "OVERFLOW": overflow, "E8": variant == kernels.E8,
+              "ADD": mode == 0 and _adder_rounds(fields, variant)}
+    tiny = _tiny_scales(fields[4])
+    return lambda x, key, out=None: _launch(_round_float, x, out, (*fields, key, *tiny), consts, bf16_exact)
+
+
+def fixed_rounder(scale: float, inv: float, qmin: float, qmax: float, mode: int, bf16_exact: bool) -> Rounder:
+    """``f(x, key, out=None)``: ``x`` rounded to a fixed-point grid of step ``inv`` (= 1 / scale) saturating at
+    ``qmin`` and ``qmax`` steps (``kernels.fixed_fields``), as ``float_rounder``'s functions."""
+    consts = {"MODE": mode}
+    return lambda x, key, out=None: _launch(_round_fixed, x, out, (scale, inv, qmin, qmax, key), consts, bf16_exact)
+
+
+def _launch(kern, x: torch.Tensor, out: torch.Tensor | None, scalars: tuple, consts: dict,
+            bf16_exact: bool) -> torch.Tensor:
+    """One launch of ``kern`` over the elements of ``x`` (float32, bfloat16 or float16 on a CUDA device, dense:
+    the kernels run over its storage, which its elements fill in some order; stochastic rounding's random
+    stream follows that order, so callers give it contiguous tensors) into ``out``: a new tensor of x's dtype
+    and strides, or a given one of the same (it may be ``x``, for rounding in place)."""
     out = torch.empty_like(x) if out is None else out
     n = x.numel()
     if n:
-        grid, even, wide = _launch_shape(n)
+        io, view = _BF16_EXACT if bf16_exact and x.dtype is torch.bfloat16 else _IO[x.dtype]
         with _on_device(x):
-            _round_float[grid](x.view(torch.int32), out.view(torch.int32), n, *fields, key,
-                               *_tiny_scales(fields[4]), MODE=mode, ADD=mode == 0 and _adder_rounds(fields, variant),
-                               OVERFLOW=overflow, E8=variant == kernels.E8, BLOCK=BLOCK, EVEN=even, WIDE=wide,
-                               num_warps=NUM_WARPS)
+            kern[(triton.cdiv(n, BLOCK),)](x.view(view), out.view(view), n, *scalars, **consts, IO=io, BLOCK=BLOCK,
+                                          EVEN=n % BLOCK == 0, WIDE=n >= 2**31 - BLOCK, num_warps=NUM_WARPS)
     return out
 
 
@@ -241,17 +292,3 @@ def _tiny_scales(q_word: int) -> tuple[float, float]:
     e = math.frexp(struct.unpack("<f", struct.pack("<i", q_word))[0])[1] - 1  # q = 2**e
     first = min(30 - e, 127)
     return math.ldexp(1.0, first), math.ldexp(1.0, 30 - e - first)
-
-
-def round_fixed(x: torch.Tensor, scale: float, inv: float, qmin: float, qmax: float, mode: int, key: int,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Round the contiguous float32 CUDA tensor ``x`` to a fixed-point grid of step ``inv`` (= 1 / scale)
-    saturating at ``qmin`` and ``qmax`` steps."""
-    out = torch.empty_like(x) if out is None else out
-    n = x.numel()
-    if n:
-        grid, even, wide = _launch_shape(n)
-        with _on_device(x):
-            _round_fixed[grid](x, out, n, scale, inv, qmin, qmax, key, MODE=mode, BLOCK=BLOCK, EVEN=even,
-                               WIDE=wide, num_warps=NUM_WARPS)
-    return out

@@ -64,6 +64,26 @@ def test_triton_kernels_match_the_cpu_reference(rounding, monkeypatch):
             assert bits_equal(cpu, t.cpu()), (name, size, "in place")
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "stochastic"])
+def test_triton_kernels_take_16_bit_tensors_and_dense_layouts(rounding, monkeypatch):
+    """bfloat16 / float16 tensors and channels_last / transposed ones: one pass in their own dtype and layout,
+    equal to the CPU's eager reference (which rounds through float32 and casts back)."""
+    pytest.importorskip("triton")
+    x = _edge_inputs()[: 64 * 8 * 16 * 16]
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        four = x.view(64, 8, 16, 16).to(dtype)
+        for t in (x.to(dtype), four.contiguous(memory_format=torch.channels_last), four[0, 0].t()):
+            for name in ("e4m3fn", "e2m1fn", "fp16", "bf16", "fixed16.8", "fixed24.24"):
+                monkeypatch.setenv("BOUNDFINDER_COMPILE", "0")
+                torch.manual_seed(0)
+                cpu = quantize(t, name, rounding)
+                monkeypatch.delenv("BOUNDFINDER_COMPILE")
+                torch.manual_seed(0)
+                got = quantize(t.cuda(), name, rounding)
+                assert got.dtype == dtype and got.stride() == t.stride(), (name, dtype)
+                assert bits_equal(cpu.float(), got.cpu().float()), (name, dtype, t.stride())
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_triton_kernels_run_on_the_tensors_device():
     x = torch.randn(1 << 16)

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 _CHILD = r'''
 import json, logging, os, sys
 import torch
+import triton
+import triton.language as tl
 from boundfinder import FloatFormat, gpu, quantize
 from boundfinder.emulation._round import make_rounder
 
@@ -90,6 +92,69 @@ def check(formats):
                 bad.append([str(fmt), mode, "launches", len(launches)])
     return {"bad": bad, "adder": adder}
 
+def dtypes(formats):
+    """bfloat16 and float16 tensors, and dense non-contiguous layouts: one launch in the tensor's own dtype and
+    layout, equal to the torch path (which rounds through float32 and casts back)."""
+    bad = []
+    four = x[: 16 * 9 * 8 * 4].view(16, 9, 8, 4)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        tensors = {"flat": x.to(dtype), "channels_last": four.to(dtype).to(memory_format=torch.channels_last),
+                   "transposed": x[:4096].view(64, 64).to(dtype).t()}
+        for name in formats:
+            fmt = SPECIAL.get(name, name)
+            for mode in ("nearest", "truncate", "up", "down", "stochastic"):
+                for layout, t in tensors.items():
+                    if dtype is torch.float32 and layout == "flat":
+                        continue  # (check() covers it)
+                    os.environ["BOUNDFINDER_TRITON"] = "0"
+                    torch.manual_seed(5)
+                    ref = quantize(t, fmt, mode)
+                    os.environ["BOUNDFINDER_TRITON"] = "1"
+                    del launches[:]
+                    torch.manual_seed(5)
+                    got = quantize(t, fmt, mode)
+                    torch.manual_seed(5)
+                    in_place = t.clone()
+                    make_rounder(fmt, mode).in_place(in_place)
+                    # stochastic rounding of a non-contiguous tensor keeps the torch path (its random stream
+                    # follows the logical order)
+                    want = 0 if mode == "stochastic" and layout != "flat" else 2
+                    for what, r in (("quantize", got), ("in_place", in_place)):
+                        if r.dtype != dtype or r.stride() != t.stride():
+                            bad.append([str(fmt), mode, str(dtype), layout, what, "dtype/strides"])
+                        elif not torch.equal(word(ref.float()), word(r.float())):
+                            bad.append([str(fmt), mode, str(dtype), layout, what,
+                                        int((word(ref.float()) != word(r.float())).sum())])
+                    if len(launches) != want:
+                        bad.append([str(fmt), mode, str(dtype), layout, "launches", len(launches)])
+    return {"bad": bad, "conversions": conversions()}
+
+def conversions():
+    """The kernels' loads and stores convert as torch's .to(dtype) does: random float32 words and bfloat16 ties to
+    bfloat16 and float16 (to nearest, ties to even, overflow to infinity), and every 16-bit word to float32."""
+    @triton.jit
+    def convert(x_ptr, out_ptr, n, IN: tl.constexpr, OUT: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tk._store_words(out_ptr, offs, n, tk._load_words(x_ptr, offs, n, IN, False), OUT, False)
+
+    words = torch.cat([torch.randint(-(2**31), 2**31 - 1, (1 << 16,), generator=g, dtype=torch.int32),
+                       torch.randint(-(2**15), 2**15, (1 << 14,), generator=g, dtype=torch.int32) << 16 | 0x8000,
+                       torch.arange(-(2**15), 2**15, dtype=torch.int32)])  # bf16 ties, every 16-bit word
+    # (the stores take NaN words with a zero low half, as the kernels' NaN results are: see _store_words)
+    words = torch.where(words.view(torch.float32).isnan(), words & -65536, words)
+    f32 = words.view(torch.float32)
+    wrong = {}
+    for name, dtype, io in (("bf16", torch.bfloat16, 1), ("fp16", torch.float16, 2)):
+        out = torch.empty(f32.numel(), dtype=dtype)
+        convert[(triton.cdiv(f32.numel(), 1024),)](words, out.view(torch.int16) if io == 1 else out, f32.numel(),
+                                                   IN=0, OUT=io, BLOCK=1024)
+        wrong[f"fp32->{name}"] = int((word(out.float()) != word(f32.to(dtype).float())).sum())
+        h = words[-(2**16):].to(torch.int16)
+        back = torch.empty(h.numel(), dtype=torch.int32)
+        convert[(64,)](h if io == 1 else h.view(torch.float16), back, h.numel(), IN=io, OUT=0, BLOCK=1024)
+        wrong[f"{name}->fp32"] = int((word(back.view(torch.float32)) != word(h.view(dtype).float())).sum())
+    return wrong
+
 def integration():
     out = {}
     # a lazily negated view: the rounder must round its values, not its storage
@@ -118,7 +183,7 @@ def integration():
         type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r.getMessage())})())
     def broken(*args, **kwargs):
         raise RuntimeError("no ptxas")
-    tk.round_float = broken
+    tk._launch = broken
     failing = make_rounder("e4m3fn", "stochastic", gen_b)
     got = [failing(x[:1000]) for _ in range(2)]
     out["fallback_stream"] = all(torch.equal(word(a), word(b)) for a, b in zip(expected, got))
@@ -127,7 +192,9 @@ def integration():
     out["messages"] = records
     return out
 
-print(json.dumps(integration() if sys.argv[1] == "integration" else check(sys.argv[1].split(","))))
+arg = sys.argv[1]
+print(json.dumps(integration() if arg == "integration" else dtypes(arg[7:].split(",")) if arg.startswith("dtypes:")
+                 else check(arg.split(","))))
 '''
 
 FORMATS = {
@@ -156,6 +223,12 @@ def test_triton_kernels_match_the_reference(family):
     assert result["bad"] == []  # every format, mode and entry point: equal words, one launch each
     expected = {name: add for name, add in ADDER.items() if name in FORMATS[family].split(",")}
     assert {name: result["adder"][name] for name in expected} == expected
+
+
+def test_triton_kernels_take_16_bit_tensors_and_dense_layouts():
+    result = _child("dtypes:e4m3fn,bf16,fp16,e8m22,e2m1fn,e4m3_nosub,fixed16.8,fixed24.24,ufixed8.8")
+    assert result["bad"] == []  # bf16 / fp16 / float32 in three layouts: the torch path's words and strides
+    assert result["conversions"] == {"fp32->bf16": 0, "bf16->fp32": 0, "fp32->fp16": 0, "fp16->fp32": 0}
 
 
 def test_triton_path_integration():

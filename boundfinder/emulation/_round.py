@@ -158,8 +158,8 @@ def make_rounder(fmt: Format | str, rounding: str = "nearest", generator: torch.
 
 def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: str,
                  generator: torch.Generator | None) -> Rounder:
-    """``base`` with the Triton kernel (boundfinder/gpu.py) for contiguous float32 CUDA tensors: one launch
-    per rounding at any size; the same results bit for bit, the same random stream as ``quantize``."""
+    """``base`` with the Triton kernel (boundfinder/gpu.py) for the CUDA tensors it takes (``gpu.usable``): one
+    launch per rounding at any size; the same results bit for bit, the same random stream as ``quantize``."""
     if rounding not in kernels.MODE:
         return base  # (quantize says what is wrong when it is called)
     mode = kernels.MODE[rounding]
@@ -167,7 +167,7 @@ def _with_triton(base: Rounder, fmt: FloatFormat | FixedPointFormat, rounding: s
 
     def takes(x: torch.Tensor) -> bool:
         # (stochastic rounding of 2**31 elements or more is refused by quantize: the base path says so)
-        return gpu.usable(x) and not (stochastic and x.numel() >= 2**31)
+        return gpu.usable(x, mode) and not (stochastic and x.numel() >= 2**31)
 
     def launch(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
         """The kernel's result, or, where it failed, the base path's with the same random bits."""
