@@ -4,12 +4,13 @@
     python benchmarks/triton_sass.py --block 2048 --warps 8
 
 Prints, per kernel, the SASS instructions per element and how many of them issue on the integer/logic (ALU)
-pipe, with the registers per thread and the width of the loads. An element-wise kernel keeps up with memory
-only while its ALU work per element stays under the budget printed below (a static estimate from the vendor's
-figures: 64 ALU lanes per multiprocessor per clock, 132 multiprocessors at 1.98 GHz, against the 4.3 TB/s a
-device copy reaches, 8 bytes per float32 element; a bfloat16 or float16 element moves 4 bytes, so its budget
-is half). Timings come from benchmarks/gpu_check.py on a GPU; this script says which kernels are close to the
-integer pipe's limit before one is lent.
+pipe, with the registers per thread, the width of the loads and the number of float instructions that flush
+subnormals to zero (.FTZ: there must be none, the kernels' exactness relies on subnormals). An element-wise
+kernel keeps up with memory only while its ALU work per element stays under the budget printed below (a static
+estimate from the vendor's figures: 64 ALU lanes per multiprocessor per clock, 132 multiprocessors at 1.98 GHz,
+against the 4.3 TB/s a device copy reaches, 8 bytes per float32 element; a bfloat16 or float16 element moves 4
+bytes, so its budget is half). Timings come from benchmarks/gpu_check.py on a GPU; this script says which
+kernels are close to the integer pipe's limit before one is lent.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ FIXED_CASES = ["nearest", "truncate", "stochastic"]
 IO_CASES = [("bf16", "e4m3fn", "nearest"), ("bf16", "e4m3fn", "truncate"), ("bf16", "e4m3fn", "stochastic"),
             ("bf16", "fp16", "nearest"), ("fp16", "e4m3fn", "nearest"), ("fp16", "e5m2", "stochastic"),
             ("bf16", "fixed16.8", "nearest"), ("bf16", "fixed16.8", "stochastic")]
+# MX block formats, float32 tensors: (format, mode)
+BLOCK_CASES = [("mxfp8_e4m3", "nearest"), ("mxfp8_e4m3", "truncate"), ("mxfp8_e4m3", "stochastic"),
+               ("mxfp4_e2m1", "nearest"), ("mxint8", "nearest"), ("mxint8", "stochastic")]
 _POINTER = {0: "*i32", 1: "*i16", 2: "*fp16", 3: "*i16"}
 
 
@@ -69,7 +73,9 @@ def analyse(kernel, per_thread: int, cubin: Path) -> dict:
     loads = re.findall(r"LDG\.E(?:\.[A-Z]+)*(?:\.(\d+))?", sass)
     return {"per_elem": len(ops) / per_thread, "alu_per_elem": alu / per_thread,
             "regs": int(re.search(r"REG:(\d+)", usage).group(1)),
-            "load_bits": max(int(b) if b else 32 for b in loads)}
+            "load_bits": max(int(b) if b else 32 for b in loads),
+            # float instructions flushing subnormals to zero: the kernels' exactness needs none
+            "ftz": len(re.findall(r"\.FTZ\b", sass))}
 
 
 def main() -> int:
@@ -83,7 +89,7 @@ def main() -> int:
           f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per float32 element, "
           f"{budget / 2:.0f} per 16-bit element\n")
     print("| input | kernel | instructions / element | ALU / element | ALU share of budget | registers | "
-          "load bits |\n|---|---|---:|---:|---:|---:|---:|")
+          "load bits | FTZ |\n|---|---|---:|---:|---:|---:|---:|---:|")
     shape = {"BLOCK": args.block, "EVEN": True, "WIDE": False}
 
     def float_case(inp: str, name: str, mode: str, io: int):
@@ -103,6 +109,20 @@ def main() -> int:
 
     cases = [float_case("fp32", name, mode, 0) for name, mode in FLOAT_CASES]
     cases += [fixed_case("fp32", mode, 0) for mode in FIXED_CASES]
+    def block_case(name: str, mode: str):
+        fmt = parse_format(name)
+        elem, m = fmt.element, kernels.MODE[mode]
+        floating = isinstance(elem, FloatFormat)
+        fields = kernels.float_fields(elem) if floating else (0,) * 8
+        add = m == 0 and floating and tk._adder_rounds(fields, kernels.GENERAL)
+        sig = {"x_ptr": "*i32", "out_ptr": "*i32", "cols": "i32", "nb": "i32", "total": "i32",
+               **{k: "fp32" if k.startswith("tiny") else "i32" for k in tk._SCALARS}, "emax": "i32",
+               "scale": "fp32", "inv": "fp32", "qmin": "fp32", "qmax": "fp32"}
+        return ("fp32", f"{name} {mode}{' (adder)' if add else ''}", tk._round_block, sig,
+                {"MODE": m, "ADD": add, "FIXED": not floating, "IO": 0, "BS": fmt.block_size,
+                 "G": args.block // fmt.block_size, "EVEN": True, "WIDE": False})
+
+    cases += [block_case(name, mode) for name, mode in BLOCK_CASES]
     for inp, name, mode in IO_CASES:
         # bfloat16: rounded back (IO 1) unless every value of the format is a bfloat16 value (IO 3)
         io = 2 if inp == "fp16" else 3 if gpu.bf16_exact(parse_format(name)) else 1
@@ -112,7 +132,7 @@ def main() -> int:
         r = analyse(compile_kernel(fn, sig, consts, args.warps), per_thread, cubin)
         share = r["alu_per_elem"] / (budget if inp == "fp32" else budget / 2)
         print(f"| {inp} | {label} | {r['per_elem']:.1f} | {r['alu_per_elem']:.1f} | {share:.0%} | {r['regs']} | "
-              f"{r['load_bits']} |", flush=True)
+              f"{r['load_bits']} | {r['ftz']} |", flush=True)
     return 0
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from boundfinder import kernels
-from boundfinder.formats import FixedPointFormat, FloatFormat, Format
+from boundfinder.formats import BlockFormat, FixedPointFormat, FloatFormat, Format
 
 log = logging.getLogger("boundfinder")
 
@@ -95,10 +95,12 @@ def _dense(x: torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def kernel(fmt: Format, mode: int) -> Callable[..., torch.Tensor] | None:
+def kernel(fmt: Format, mode: int) -> Callable[..., torch.Tensor | None] | None:
     """``f(x, key, out=None)`` rounding a tensor that ``usable`` accepts to ``fmt`` with rounding mode ``mode``
     (``kernels.MODE``; ``key``: ``kernels.seed_key(seed)``, used by stochastic rounding); None for formats the
-    Triton kernels do not cover (int affine, dynamic fixed point, binary, block) or where Triton is missing."""
+    Triton kernels do not cover (int affine, dynamic fixed point, binary: their scales are reductions over the
+    whole tensor or a channel) or where Triton is missing. For block (MX) formats ``f`` returns None for the
+    tensors it does not take (see ``triton_kernels.block_rounder``)."""
     tk = load()
     if tk is None:
         return None
@@ -107,6 +109,12 @@ def kernel(fmt: Format, mode: int) -> Callable[..., torch.Tensor] | None:
                                 kernels.float_variant(fmt), bf16_exact(fmt))
     if isinstance(fmt, FixedPointFormat):
         return tk.fixed_rounder(*kernels.fixed_fields(fmt), mode, bf16_exact(fmt))
+    if isinstance(fmt, BlockFormat):
+        elem = fmt.element
+        floating = isinstance(elem, FloatFormat)
+        return tk.block_rounder(kernels.float_fields(elem) if floating else None,
+                                None if floating else kernels.fixed_fields(elem), fmt.element_emax,
+                                fmt.block_size, fmt.axis, mode)
     return None
 
 

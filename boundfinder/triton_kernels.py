@@ -49,13 +49,13 @@ def _rand30(i, key):
 
 
 @triton.jit
-def _load_words(ptr, offs, n, IO: tl.constexpr, EVEN: tl.constexpr):
+def _load_words(ptr, offs, mask, IO: tl.constexpr, EVEN: tl.constexpr):
     """The float32 words of the elements at ``offs`` (IO: see _IO): float32 words as stored, bfloat16 words
     widened by a shift (exact, NaN payloads too) or float16 values converted (exact)."""
     if EVEN:
         v = tl.load(ptr + offs, eviction_policy="evict_first")
     else:
-        v = tl.load(ptr + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+        v = tl.load(ptr + offs, mask=mask, other=0, eviction_policy="evict_first")
     if IO == 0:
         w = v
     elif IO == 2:
@@ -66,7 +66,7 @@ def _load_words(ptr, offs, n, IO: tl.constexpr, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _store_words(ptr, offs, n, r, IO: tl.constexpr, EVEN: tl.constexpr):
+def _store_words(ptr, offs, mask, r, IO: tl.constexpr, EVEN: tl.constexpr):
     """Store the float32 words ``r`` in the tensor's dtype (IO: see _IO), converted as torch's ``.to(dtype)``
     converts: to nearest, ties to even, overflow to infinity.
 
@@ -86,7 +86,7 @@ def _store_words(ptr, offs, n, r, IO: tl.constexpr, EVEN: tl.constexpr):
     if EVEN:
         tl.store(ptr + offs, v, eviction_policy="evict_first")
     else:
-        tl.store(ptr + offs, v, mask=offs < n, eviction_policy="evict_first")
+        tl.store(ptr + offs, v, mask=mask, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -103,8 +103,18 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
                  tiny_s1, tiny_s2, MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, ADD: tl.constexpr,
                  IO: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     offs = _offsets(BLOCK, WIDE)
-    w = _load_words(x_ptr, offs, n, IO, EVEN)
+    mask = offs < n
+    w = _load_words(x_ptr, offs, mask, IO, EVEN)
+    r = _round_words(w, offs.to(tl.int32), key, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest,
+                     code_off, tiny_s1, tiny_s2, MODE, OVERFLOW, E8, ADD)
+    _store_words(out_ptr, offs, mask, r, IO, EVEN)
 
+
+@triton.jit
+def _round_words(w, idx, key, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest, code_off, tiny_s1,
+                 tiny_s2, MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, ADD: tl.constexpr):
+    """Float32 words ``w`` rounded to the float format of the scalars (``kernels.round_float_words``); ``idx``:
+    the elements' indices in the random stream of ``key`` (stochastic rounding)."""
     a = w & 0x7FFFFFFF
     sign = w ^ a
     if E8:
@@ -141,7 +151,7 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
         away = w < 0
         r = (a + tl.where(away, mask, 0)) & ~mask
     else:
-        rbits = _rand30(offs.to(tl.int32), key)
+        rbits = _rand30(idx, key)
         r = (tl.minimum(a, 0x7F800001) + (rbits >> (30 - dc))) & ((-1) << dc)
 
     if E8:
@@ -187,7 +197,7 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
                 # IEEE 754: directed rounding toward zero keeps a finite overflow at max_finite
                 r = tl.where(r > max_word, tl.where(away, beyond, max_word), r)
                 r = tl.where(a >= 0x7F800000, kept, r)
-    _store_words(out_ptr, offs, n, r | sign, IO, EVEN)
+    return r | sign
 
 
 @triton.jit
@@ -216,13 +226,84 @@ def _round_to_integer(c, i, key, MODE: tl.constexpr):
 def _round_fixed(x_ptr, out_ptr, n, scale, inv, qmin, qmax, key, MODE: tl.constexpr, IO: tl.constexpr,
                  BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     offs = _offsets(BLOCK, WIDE)
-    x = _load_words(x_ptr, offs, n, IO, EVEN).to(tl.float32, bitcast=True)
+    mask = offs < n
+    x = _load_words(x_ptr, offs, mask, IO, EVEN).to(tl.float32, bitcast=True)
+    r = _fixed_values(x, offs.to(tl.int32), key, scale, inv, qmin, qmax, MODE)
+    _store_words(out_ptr, offs, mask, r.to(tl.int32, bitcast=True), IO, EVEN)
+
+
+@triton.jit
+def _fixed_values(x, idx, key, scale, inv, qmin, qmax, MODE: tl.constexpr):
+    """Float32 values ``x`` rounded to the fixed-point grid of the scalars (``kernels.round_fixed_bits``)."""
     y = x * scale
     if MODE == 2 or MODE == 3:
         y = tl.where(y == 0.0, x, y)  # a nonzero value under one step still rounds away from zero
-    q = _round_to_integer(tl.minimum(tl.maximum(y, qmin), qmax), offs.to(tl.int32), key, MODE)
-    r = tl.where(x != x, x, tl.where(q == 0.0, 0.0, q * inv))
-    _store_words(out_ptr, offs, n, r.to(tl.int32, bitcast=True), IO, EVEN)
+    q = _round_to_integer(tl.minimum(tl.maximum(y, qmin), qmax), idx, key, MODE)
+    return tl.where(x != x, x, tl.where(q == 0.0, 0.0, q * inv))
+
+
+@triton.jit(do_not_specialize=[*_SCALARS, "cols", "nb", "total", "emax", "scale", "inv", "qmin", "qmax"])
+def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest,
+                 code_off, key, tiny_s1, tiny_s2, emax, scale, inv, qmin, qmax, MODE: tl.constexpr,
+                 ADD: tl.constexpr, FIXED: tl.constexpr, IO: tl.constexpr, BS: tl.constexpr, G: tl.constexpr,
+                 EVEN: tl.constexpr, WIDE: tl.constexpr):
+    """MX block rounding (``kernels.round_block_words`` for float elements, ``kernels.round_block`` for fixed
+    point) of rows of ``cols`` elements, ``nb`` blocks of BS per row (the last one padded with zeros when BS does
+    not divide ``cols``), ``total`` blocks in all: G blocks per program, each block's shared exponent from its
+    largest magnitude, in registers. ``EVEN``: BS divides ``cols`` and G divides ``total``. Random bits are drawn
+    by the padded index, as the reference draws them over its padded blocks."""
+    if WIDE:
+        g = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)[:, None]
+    else:
+        g = tl.program_id(0) * G + tl.arange(0, G)[:, None]
+    j = tl.arange(0, BS)[None, :]
+    idx = g * BS + j  # the padded index
+    if EVEN:
+        offs = idx
+        mask = None
+    else:
+        row = g // nb
+        col = (g - row * nb) * BS + j
+        offs = row * cols + col
+        mask = (g < total) & (col < cols)
+    w = _load_words(x_ptr, offs, mask, IO, EVEN)
+    a = w & 0x7FFFFFFF
+    sign = w ^ a
+    amax = tl.max(a, axis=1, keep_dims=True)  # magnitude words order like their values; NaN above infinity
+    if FIXED:
+        # kernels.round_block: the shared exponent is floor(log2(amax)) - emax (frexp's exponent - 1; -1 for 0);
+        # a subnormal amax is normalised by an exact scaling (the kernels are compiled without flush to zero)
+        amax_p = (amax.to(tl.float32, bitcast=True) * 18446744073709551616.0).to(tl.int32, bitcast=True)
+        floor_log2 = tl.where(amax == 0, -1, tl.where((amax >> 23) == 0, (amax_p >> 23) - (127 + 64),
+                                                      (amax >> 23) - 127))
+        shared = tl.minimum(tl.maximum(floor_log2 - emax, -127), 127)
+        x = w.to(tl.float32, bitcast=True)
+        scaled = x * _pow2(-shared)  # exact unless it underflows
+        if MODE == 2 or MODE == 3:
+            # far under the element's step, a nonzero value must still round away from zero
+            tiny = tl.where(x > 0, 1.1754943508222875e-38, -1.1754943508222875e-38)
+            scaled = tl.where((scaled == 0.0) & (x != 0.0), tiny, scaled)
+        out = (_fixed_values(scaled, idx.to(tl.int32), key, scale, inv, qmin, qmax, MODE)
+               * _pow2(shared)).to(tl.int32, bitcast=True)
+    else:
+        # kernels.round_block_words with float multiplications by powers of two where it moves exponent fields:
+        # |x| * 2**k is exact where it is a float32 normal, and where it is not (far under any element's smallest
+        # subnormal) 2**-126 stands in, as there; scaling back rounds a float32 subnormal result to nearest even,
+        # as its shift does. (No flush to zero: the kernels are compiled without it.)
+        k = -tl.minimum(tl.maximum((amax >> 23) - (127 + emax), -127), 127)  # scaled = x * 2**k
+        prod = (a.to(tl.float32, bitcast=True) * _pow2(k)).to(tl.int32, bitcast=True)
+        scaled = tl.where(a == 0, 0, tl.maximum(prod, 0x00800000))
+        r = _round_words(scaled | sign, idx.to(tl.int32), key, d, emin32, man_sub, max_word, q_word, halfq_word,
+                         ovf_nearest, code_off, tiny_s1, tiny_s2, MODE, 2, False, ADD)
+        out = (r.to(tl.float32, bitcast=True) * _pow2(-k)).to(tl.int32, bitcast=True)
+    out = tl.where(amax >= 0x7F800000, 0x7FC00000, out)  # an inf or NaN in the block: all NaN
+    _store_words(out_ptr, offs, mask, out, IO, EVEN)
+
+
+@triton.jit
+def _pow2(e):
+    """2**e as float32 for integer e in [-127, 127] (2**-127 is a subnormal)."""
+    return tl.where(e >= -126, (e + 127) << 23, 1 << tl.maximum(e + 149, 0)).to(tl.float32, bitcast=True)
 
 
 # The kernels' IO argument for each dtype they take, with the view of the tensor they are given: 0 float32
@@ -231,7 +312,8 @@ def _round_fixed(x_ptr, out_ptr, n, scale, inv, qmin, qmax, key, MODE: tl.conste
 _IO = {torch.float32: (0, torch.int32), torch.bfloat16: (1, torch.int16), torch.float16: (2, torch.float16)}
 _BF16_EXACT = (3, torch.int16)
 
-Rounder = Callable[[torch.Tensor, int, "torch.Tensor | None"], torch.Tensor]
+Rounder = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
+MaybeRounder = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor | None]
 
 
 def float_rounder(fields: tuple[int, ...], mode: int, overflow: int, variant: int, bf16_exact: bool) -> Rounder:
@@ -250,6 +332,44 @@ def fixed_rounder(scale: float, inv: float, qmin: float, qmax: float, mode: int,
     ``qmin`` and ``qmax`` steps (``kernels.fixed_fields``), as ``float_rounder``'s functions."""
     consts = {"MODE": mode}
     return lambda x, key, out=None: _launch(_round_fixed, x, out, (scale, inv, qmin, qmax, key), consts, bf16_exact)
+
+
+def block_rounder(fields: tuple[int, ...] | None, fixed: tuple[float, ...] | None, emax: int, block_size: int,
+                  axis: int, mode: int) -> MaybeRounder:
+    """``f(x, key, out=None)``: ``x`` rounded to an MX block format whose elements are the float format of
+    ``fields`` or the fixed-point format of ``fixed`` (``kernels.fixed_fields``), with the largest element
+    exponent ``emax``, blocks of ``block_size`` along ``axis``; None for the tensors it does not take (blocks
+    along another axis than the last, or not contiguous; block sizes other than powers of two up to 1,024), which
+    the torch path rounds."""
+    consts = {"MODE": mode, "FIXED": fixed is not None,
+              "ADD": mode == 0 and fields is not None and _adder_rounds(fields, kernels.GENERAL)}
+    # (the unused kind's scalars: placeholders)
+    tiny = _tiny_scales(fields[4]) if fields is not None else (1.0, 1.0)
+    fields = fields if fields is not None else (0,) * 8
+    fixed = fixed if fixed is not None else (1.0, 1.0, 0.0, 0.0)
+    if block_size & (block_size - 1) or block_size > 1024:
+        return lambda x, key, out=None: None
+
+    def run(x: torch.Tensor, key: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        dims = max(x.dim(), 1)
+        if not (x.is_contiguous() and axis in (-1, dims - 1)) or x.numel() == 0:
+            return None
+        cols = x.shape[-1] if x.dim() else 1
+        nb = triton.cdiv(cols, block_size)
+        total = x.numel() // cols * nb
+        if mode == kernels.MODE["stochastic"] and total * block_size >= 2**31:
+            return None  # (the random stream's index is an int32)
+        per = max(BLOCK // block_size, 1)
+        out = torch.empty_like(x) if out is None else out
+        io, view = (1, torch.int16) if x.dtype is torch.bfloat16 else _IO[x.dtype]
+        with _on_device(x):
+            _round_block[(triton.cdiv(total, per),)](
+                x.view(view), out.view(view), cols, nb, total, *fields, key, *tiny, emax, *fixed, **consts, IO=io,
+                BS=block_size, G=per, EVEN=cols % block_size == 0 and total % per == 0,
+                WIDE=total * block_size >= 2**31 - BLOCK, num_warps=NUM_WARPS)
+        return out
+
+    return run
 
 
 def _launch(kern, x: torch.Tensor, out: torch.Tensor | None, scalars: tuple, consts: dict,

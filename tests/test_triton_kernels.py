@@ -16,11 +16,11 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton installed")
 
 _CHILD = r'''
-import json, logging, os, sys
+import json, logging, math, os, sys
 import torch
 import triton
 import triton.language as tl
-from boundfinder import FloatFormat, gpu, quantize
+from boundfinder import BlockFormat, FixedPointFormat, FloatFormat, gpu, quantize
 from boundfinder.emulation._round import make_rounder
 
 gpu.DEVICE_TYPE = "cpu"  # the interpreter runs the kernels on CPU tensors
@@ -50,7 +50,7 @@ def reference(fmt, mode):
 
 tk = gpu.load()
 launches = []  # (kernel, ADD) of every launch
-for name in ("_round_float", "_round_fixed"):
+for name in ("_round_float", "_round_fixed", "_round_block"):
     class Recording:
         def __init__(self, kern, name):
             self.kern, self.name = kern, name
@@ -135,7 +135,7 @@ def conversions():
     @triton.jit
     def convert(x_ptr, out_ptr, n, IN: tl.constexpr, OUT: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tk._store_words(out_ptr, offs, n, tk._load_words(x_ptr, offs, n, IN, False), OUT, False)
+        tk._store_words(out_ptr, offs, offs < n, tk._load_words(x_ptr, offs, offs < n, IN, False), OUT, False)
 
     words = torch.cat([torch.randint(-(2**31), 2**31 - 1, (1 << 16,), generator=g, dtype=torch.int32),
                        torch.randint(-(2**15), 2**15, (1 << 14,), generator=g, dtype=torch.int32) << 16 | 0x8000,
@@ -154,6 +154,44 @@ def conversions():
         convert[(64,)](h if io == 1 else h.view(torch.float16), back, h.numel(), IN=io, OUT=0, BLOCK=1024)
         wrong[f"{name}->fp32"] = int((word(back.view(torch.float32)) != word(h.view(dtype).float())).sum())
     return wrong
+
+BLOCKS = {
+    "mxfp8_e4m3": "mxfp8_e4m3", "mxfp4_e2m1": "mxfp4_e2m1", "mxint8": "mxint8", "mxfp6_e3m2_k16": "mxfp6_e3m2_k16",
+    # elements whose largest exponent is negative: a block of float32 subnormals gets an unclamped scale
+    "mx_fixed8.8": BlockFormat(element=FixedPointFormat(word_bits=8, frac_bits=8)),
+    "mx_e3m4_b9_k8": BlockFormat(element=FloatFormat(exp_bits=3, man_bits=4, bias=9), block_size=8),
+    "mx_ufixed12.3_k4": BlockFormat(element=FixedPointFormat(word_bits=12, frac_bits=3, signed=False), block_size=4),
+    # blocks along the first axis: the torch path
+    "mxfp8_e4m3_ax0": "mxfp8_e4m3_ax0",
+}
+
+def blocks():
+    """MX block formats: one launch (blocks along the last axis, padded where the block size does not divide
+    it), equal to the torch path."""
+    bad = []
+    for name, fmt in BLOCKS.items():
+        for mode in ("nearest", "truncate", "up", "down", "stochastic"):
+            for shape in ((x.numel() // 64 * 64,), (48, 449), (7, 13), ()):
+                n = math.prod(shape)
+                t32 = x[:n].reshape(shape) if shape else x[40]
+                for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                    if dtype is torch.float16 and name != "mxfp8_e4m3":
+                        continue
+                    t = t32.to(dtype)
+                    os.environ["BOUNDFINDER_TRITON"] = "0"
+                    torch.manual_seed(5)
+                    ref = quantize(t, fmt, mode)
+                    os.environ["BOUNDFINDER_TRITON"] = "1"
+                    del launches[:]
+                    torch.manual_seed(5)
+                    got = quantize(t, fmt, mode)
+                    want = 0 if name.endswith("_ax0") and len(shape) > 1 else 1
+                    same = got.shape == t.shape and torch.equal(word(ref.float()), word(got.float()))
+                    if got.dtype != dtype or not same:
+                        bad.append([name, mode, list(shape), str(dtype), "words"])
+                    if len(launches) != want:
+                        bad.append([name, mode, list(shape), str(dtype), "launches", len(launches)])
+    return {"bad": bad}
 
 def integration():
     out = {}
@@ -193,8 +231,8 @@ def integration():
     return out
 
 arg = sys.argv[1]
-print(json.dumps(integration() if arg == "integration" else dtypes(arg[7:].split(",")) if arg.startswith("dtypes:")
-                 else check(arg.split(","))))
+print(json.dumps(integration() if arg == "integration" else blocks() if arg == "blocks"
+                 else dtypes(arg[7:].split(",")) if arg.startswith("dtypes:") else check(arg.split(","))))
 '''
 
 FORMATS = {
@@ -229,6 +267,10 @@ def test_triton_kernels_take_16_bit_tensors_and_dense_layouts():
     result = _child("dtypes:e4m3fn,bf16,fp16,e8m22,e2m1fn,e4m3_nosub,fixed16.8,fixed24.24,ufixed8.8")
     assert result["bad"] == []  # bf16 / fp16 / float32 in three layouts: the torch path's words and strides
     assert result["conversions"] == {"fp32->bf16": 0, "bf16->fp32": 0, "fp32->fp16": 0, "fp16->fp32": 0}
+
+
+def test_triton_block_kernel_matches_the_reference():
+    assert _child("blocks")["bad"] == []  # MX formats, all modes, padded rows, 16-bit inputs: one launch each
 
 
 def test_triton_path_integration():
