@@ -32,6 +32,16 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(t), float("nan"), t).view(torch.int32)  # one NaN word for every NaN
 
 
+def _eager_cpu(x: torch.Tensor, name: str, mode: str) -> torch.Tensor:
+    """``quantize`` by the CPU's eager kernels (the reference implementation), seeded as the GPU calls are."""
+    torch.manual_seed(1)
+    os.environ["BOUNDFINDER_COMPILE"] = "0"
+    try:
+        return quantize(x, name, mode)
+    finally:
+        del os.environ["BOUNDFINDER_COMPILE"]
+
+
 def correctness(n: int, quick: bool, label: str = "CUDA") -> int:
     """CUDA against the CPU's eager kernels (the reference implementation, which the tests hold equal to the
     compiled CPU kernels): no CPU compilation is waited for."""
@@ -43,12 +53,7 @@ def correctness(n: int, quick: bool, label: str = "CUDA") -> int:
     print(f"| format | mode | CPU == {label} |\n|---|---|---|", flush=True)
     for name, modes in cases.items():
         for mode in modes:
-            torch.manual_seed(1)
-            os.environ["BOUNDFINDER_COMPILE"] = "0"
-            try:
-                cpu = quantize(x, name, mode)
-            finally:
-                del os.environ["BOUNDFINDER_COMPILE"]
+            cpu = _eager_cpu(x, name, mode)
             torch.manual_seed(1)
             gpu = quantize(x.cuda(), name, mode).cpu()
             diff = _words(cpu) != _words(gpu)
@@ -126,12 +131,7 @@ def layouts(log2n: int, check_log2n: int, repeats: int, dev: torch.device, k: in
         fn = lambda t=t, fmt=fmt, mode=mode: quantize(t, fmt, mode)  # noqa: E731
         ts, ts_copy = paired_times(_streamed(fn, k), _streamed(t.clone, k), dev, repeats)
         small = _layout_input(kind, xc)
-        torch.manual_seed(1)
-        os.environ["BOUNDFINDER_COMPILE"] = "0"
-        try:
-            cpu = quantize(small, fmt, mode)
-        finally:
-            del os.environ["BOUNDFINDER_COMPILE"]
+        cpu = _eager_cpu(small, fmt, mode)
         torch.manual_seed(1)
         got = quantize(small.to(dev), fmt, mode)
         same = got.stride() == cpu.stride() and torch.equal(_words(cpu.float()), _words(got.cpu().float()))

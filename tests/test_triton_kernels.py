@@ -92,6 +92,18 @@ def check(formats):
                 bad.append([str(fmt), mode, "launches", len(launches)])
     return {"bad": bad, "adder": adder}
 
+def paths(t, fmt, mode):
+    """quantize's result on the torch path, and on the Triton path with its launches recorded afresh."""
+    os.environ["BOUNDFINDER_TRITON"] = "0"
+    try:
+        torch.manual_seed(5)
+        ref = quantize(t, fmt, mode)
+    finally:
+        os.environ["BOUNDFINDER_TRITON"] = "1"
+    del launches[:]
+    torch.manual_seed(5)
+    return ref, quantize(t, fmt, mode)
+
 def dtypes(formats):
     """bfloat16 and float16 tensors, and dense non-contiguous layouts: one launch in the tensor's own dtype and
     layout, equal to the torch path (which rounds through float32 and casts back)."""
@@ -106,13 +118,7 @@ def dtypes(formats):
                 for layout, t in tensors.items():
                     if dtype is torch.float32 and layout == "flat":
                         continue  # (check() covers it)
-                    os.environ["BOUNDFINDER_TRITON"] = "0"
-                    torch.manual_seed(5)
-                    ref = quantize(t, fmt, mode)
-                    os.environ["BOUNDFINDER_TRITON"] = "1"
-                    del launches[:]
-                    torch.manual_seed(5)
-                    got = quantize(t, fmt, mode)
+                    ref, got = paths(t, fmt, mode)
                     torch.manual_seed(5)
                     in_place = t.clone()
                     make_rounder(fmt, mode).in_place(in_place)
@@ -178,13 +184,7 @@ def blocks():
                     if dtype is torch.float16 and name != "mxfp8_e4m3":
                         continue
                     t = t32.to(dtype)
-                    os.environ["BOUNDFINDER_TRITON"] = "0"
-                    torch.manual_seed(5)
-                    ref = quantize(t, fmt, mode)
-                    os.environ["BOUNDFINDER_TRITON"] = "1"
-                    del launches[:]
-                    torch.manual_seed(5)
-                    got = quantize(t, fmt, mode)
+                    ref, got = paths(t, fmt, mode)
                     want = 0 if name.endswith("_ax0") and len(shape) > 1 else 1
                     same = got.shape == t.shape and torch.equal(word(ref.float()), word(got.float()))
                     if got.dtype != dtype or not same:
