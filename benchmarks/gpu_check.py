@@ -35,11 +35,15 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 def _eager_cpu(x: torch.Tensor, name: str, mode: str) -> torch.Tensor:
     """``quantize`` by the CPU's eager kernels (the reference implementation), seeded as the GPU calls are."""
     torch.manual_seed(1)
+    before = os.environ.get("BOUNDFINDER_COMPILE")
     os.environ["BOUNDFINDER_COMPILE"] = "0"
     try:
         return quantize(x, name, mode)
     finally:
-        del os.environ["BOUNDFINDER_COMPILE"]
+        if before is None:
+            del os.environ["BOUNDFINDER_COMPILE"]
+        else:
+            os.environ["BOUNDFINDER_COMPILE"] = before
 
 
 def correctness(n: int, quick: bool, label: str = "CUDA") -> int:

@@ -116,14 +116,20 @@ def quantize_with_seed(x: torch.Tensor, fmt: Format, rounding: str, seed: int | 
     mode = kernels.MODE[rounding]
     dtype = x.dtype
     # every kernel input is detached (no autograd graph is recorded), so no no_grad() context is needed
-    if not _is_fp32(fmt) and gpu.usable(x, mode):
+    triton = not _is_fp32(fmt)
+    if triton and gpu.usable(x, mode):
         # one pass in x's own dtype and layout, into a fresh tensor like x
+        triton = False  # (x32 below would fare no better)
         out = gpu.try_round(x.detach(), fmt, mode, seed)
         if out is not None:
             return out
     # resolve_neg: a lazily negated view (torch._neg_view) must reach the kernels with its values, not its storage
     x32 = x.detach().to(torch.float32).resolve_neg().contiguous()
-    out = _dispatch(x32, fmt, mode, _no_seed(str(x.device)) if seed is None else _seed_tensor(seed, x.device))
+    # the Triton kernels on the contiguous copy (a view with gaps, stochastic rounding of a non-contiguous tensor,
+    # a negated view), else the torch path
+    out = gpu.try_round(x32, fmt, mode, seed) if triton and gpu.usable(x32, mode) else None
+    if out is None:
+        out = _dispatch(x32, fmt, mode, _no_seed(str(x.device)) if seed is None else _seed_tensor(seed, x.device))
     # A fresh tensor, never a view: callers (autograd Functions among them) may modify it in place.
     out = out.to(dtype) if out._base is None else out.detach().to(dtype)
     if out.stride() != x.stride():

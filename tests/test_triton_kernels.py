@@ -197,7 +197,17 @@ def integration():
     out = {}
     # a lazily negated view: the rounder must round its values, not its storage
     neg = torch._neg_view(x[:1000].clone())
+    del launches[:]
     out["neg_view"] = torch.equal(word(make_rounder("fixed8.4")(neg)), word(quantize(-x[:1000], "fixed8.4")))
+    out["neg_view_launches"] = len(launches)
+    # tensors the kernels cannot take as they are (gaps; stochastic rounding of a transpose; a negated view): one
+    # launch on a contiguous float32 copy, with the torch path's results
+    grid = x[:4096].view(64, 64)
+    for name, t, mode in (("gaps", grid[:, ::2], "nearest"), ("gaps_bf16", grid.bfloat16()[:, ::2], "up"),
+                          ("transposed_stochastic", grid.t(), "stochastic")):
+        ref, got = paths(t, "e4m3fn", mode)
+        out[name] = [len(launches), torch.equal(word(ref.float()), word(got.float())), got.stride() == ref.stride()]
+
     # in place: the version counter moves (autograd sees the change)
     t = x[:1000].clone()
     before = t._version
@@ -275,7 +285,9 @@ def test_triton_block_kernel_matches_the_reference():
 
 def test_triton_path_integration():
     result = _child("integration")
-    assert result["neg_view"]
+    assert result["neg_view"] and result["neg_view_launches"] == 2  # (the view and the reference: Triton both)
+    for name in ("gaps", "gaps_bf16", "transposed_stochastic"):
+        assert result[name] == [1, True, True], name
     assert result["version_bumped"]
     assert result["leaf_refused"]
     assert result["fallback_stream"]
