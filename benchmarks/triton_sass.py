@@ -120,7 +120,7 @@ def main() -> int:
                "scale": "fp32", "inv": "fp32", "qmin": "fp32", "qmax": "fp32"}
         return ("fp32", f"{name} {mode}{' (adder)' if add else ''}", tk._round_block, sig,
                 {"MODE": m, "ADD": add, "FIXED": not floating, "IO": 0, "BS": fmt.block_size,
-                 "G": args.block // fmt.block_size, "EVEN": True, "WIDE": False})
+                 "G": args.block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
 
     cases += [block_case(name, mode) for name, mode in BLOCK_CASES]
     for inp, name, mode in IO_CASES:

@@ -246,12 +246,12 @@ def _fixed_values(x, idx, key, scale, inv, qmin, qmax, MODE: tl.constexpr):
 def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest,
                  code_off, key, tiny_s1, tiny_s2, emax, scale, inv, qmin, qmax, MODE: tl.constexpr,
                  ADD: tl.constexpr, FIXED: tl.constexpr, IO: tl.constexpr, BS: tl.constexpr, G: tl.constexpr,
-                 EVEN: tl.constexpr, WIDE: tl.constexpr):
+                 PADDED: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     """MX block rounding (``kernels.round_block_words`` for float elements, ``kernels.round_block`` for fixed
     point) of rows of ``cols`` elements, ``nb`` blocks of BS per row (the last one padded with zeros when BS does
     not divide ``cols``), ``total`` blocks in all: G blocks per program, each block's shared exponent from its
-    largest magnitude, in registers. ``EVEN``: BS divides ``cols`` and G divides ``total``. Random bits are drawn
-    by the padded index, as the reference draws them over its padded blocks."""
+    largest magnitude, in registers. ``PADDED``: BS does not divide ``cols``; ``EVEN``: it does, and G divides
+    ``total``. Random bits are drawn by the padded index, as the reference draws them over its padded blocks."""
     if WIDE:
         g = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)[:, None]
     else:
@@ -261,6 +261,9 @@ def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, 
     if EVEN:
         offs = idx
         mask = None
+    elif not PADDED:  # whole blocks: the padded index is the element's, only the last program has spare lanes
+        offs = idx
+        mask = g < total
     else:
         row = g // nb
         col = (g - row * nb) * BS + j
@@ -365,7 +368,8 @@ def block_rounder(fields: tuple[int, ...] | None, fixed: tuple[float, ...] | Non
         with _on_device(x):
             _round_block[(triton.cdiv(total, per),)](
                 x.view(view), out.view(view), cols, nb, total, *fields, key, *tiny, emax, *fixed, **consts, IO=io,
-                BS=block_size, G=per, EVEN=cols % block_size == 0 and total % per == 0,
+                BS=block_size, G=per, PADDED=cols % block_size != 0,
+                EVEN=cols % block_size == 0 and total % per == 0,
                 WIDE=total * block_size >= 2**31 - BLOCK, num_warps=NUM_WARPS)
         return out
 
