@@ -1,10 +1,12 @@
-"""Hand-written Triton kernels for the element-wise float and fixed-point roundings of CUDA tensors.
+"""Hand-written Triton kernels for the element-wise float and fixed-point roundings, and the MX block roundings,
+of CUDA tensors.
 
-The same arithmetic as ``kernels.round_float_words`` and ``kernels.round_fixed_bits`` (which stay the reference:
-tests compare the two bit for bit, on the GPU and under Triton's CPU interpreter), written as one kernel per
-(mode, overflow, variant) whose format parameters and stochastic key are scalar arguments: no parameter tensor
-to load, no seed to copy to the device, one launch per call at any size. Import this module through
-``boundfinder.gpu.load()``, which says once in a log line when Triton is missing.
+The same arithmetic as ``kernels.round_float_words``, ``kernels.round_fixed_bits``, ``kernels.round_block_words``
+and ``kernels.round_block`` (which stay the reference: tests compare them bit for bit, on the GPU and under
+Triton's CPU interpreter), written as one kernel per (mode, overflow, variant, dtype) whose format parameters and
+stochastic key are scalar arguments: no parameter tensor to load, no seed to copy to the device, one launch per
+call at any size. float32, bfloat16 and float16 tensors are read and written in their own dtype. Import this
+module through ``boundfinder.gpu.load()``, which says once in a log line when Triton is missing.
 """
 
 from __future__ import annotations
