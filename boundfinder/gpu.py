@@ -1,5 +1,5 @@
 """The Triton path for CUDA tensors (``triton_kernels.py``): one hand-written kernel per element-wise float or
-fixed-point rounding, with the format and the stochastic key as scalar arguments.
+fixed-point rounding and per MX block rounding, with the format and the stochastic key as scalar arguments.
 
 ``quantize`` and emulation's rounders call it for float32, bfloat16 and float16 CUDA tensors (one pass: a
 16-bit tensor is widened and narrowed inside the kernel), dense in any layout (contiguous for stochastic

@@ -119,10 +119,10 @@ def quantize_with_seed(x: torch.Tensor, fmt: Format, rounding: str, seed: int | 
     triton = not _is_fp32(fmt)
     if triton and gpu.usable(x, mode):
         # one pass in x's own dtype and layout, into a fresh tensor like x
-        triton = False  # (x32 below would fare no better)
         out = gpu.try_round(x.detach(), fmt, mode, seed)
         if out is not None:
             return out
+        triton = not x.is_contiguous()  # (a block kernel may take the contiguous copy; otherwise no kernel will)
     # resolve_neg: a lazily negated view (torch._neg_view) must reach the kernels with its values, not its storage
     x32 = x.detach().to(torch.float32).resolve_neg().contiguous()
     # the Triton kernels on the contiguous copy (a view with gaps, stochastic rounding of a non-contiguous tensor,

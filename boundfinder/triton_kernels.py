@@ -366,7 +366,7 @@ def block_rounder(fields: tuple[int, ...] | None, fixed: tuple[float, ...] | Non
             return None  # (the random stream's index is an int32)
         per = max(BLOCK // block_size, 1)
         out = torch.empty_like(x) if out is None else out
-        io, view = (1, torch.int16) if x.dtype is torch.bfloat16 else _IO[x.dtype]
+        io, view = _IO[x.dtype]  # (bfloat16 rounded back: scaled block values may lie under its grid)
         with _on_device(x):
             _round_block[(triton.cdiv(total, per),)](
                 x.view(view), out.view(view), cols, nb, total, *fields, key, *tiny, emax, *fixed, **consts, IO=io,

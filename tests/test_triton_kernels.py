@@ -207,6 +207,10 @@ def integration():
                           ("transposed_stochastic", grid.t(), "stochastic")):
         ref, got = paths(t, "e4m3fn", mode)
         out[name] = [len(launches), torch.equal(word(ref.float()), word(got.float())), got.stride() == ref.stride()]
+    # MX blocks along the last axis of a channels_last tensor (not contiguous along it): the block kernel on the copy
+    t = x[: 4 * 8 * 8 * 32].view(4, 8, 8, 32).contiguous(memory_format=torch.channels_last)
+    ref, got = paths(t, "mxfp8_e4m3", "nearest")
+    out["blocks_channels_last"] = [len(launches), torch.equal(word(ref), word(got)), got.stride() == ref.stride()]
 
     # in place: the version counter moves (autograd sees the change)
     t = x[:1000].clone()
@@ -286,7 +290,7 @@ def test_triton_block_kernel_matches_the_reference():
 def test_triton_path_integration():
     result = _child("integration")
     assert result["neg_view"] and result["neg_view_launches"] == 2  # (the view and the reference: Triton both)
-    for name in ("gaps", "gaps_bf16", "transposed_stochastic"):
+    for name in ("gaps", "gaps_bf16", "transposed_stochastic", "blocks_channels_last"):
         assert result[name] == [1, True, True], name
     assert result["version_bumped"]
     assert result["leaf_refused"]
