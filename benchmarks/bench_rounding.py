@@ -32,9 +32,12 @@ ROWS = [
     ("int8 affine (min/max)", "int8", ["nearest", "stochastic"]),
     ("int8 per-channel", "int8_ch0", ["nearest"]),
     ("binary_mean", "binary_mean", ["nearest"]),
-    ("mxfp8_e4m3 (block 32)", "mxfp8_e4m3", ["nearest", "stochastic"]),
+    ("mxfp8_e4m3 (block 32)", "mxfp8_e4m3", ["nearest", "truncate", "stochastic"]),
     ("mxfp4_e2m1 (block 32)", "mxfp4_e2m1", ["nearest"]),
+    ("mxint8 (block 32)", "mxint8", ["nearest", "stochastic"]),
 ]
+# MX rows again without the native extension (CPU): the compiled kernels it replaced there, in the same run
+COMPILED_MX_ROWS = [("mxfp8_e4m3", "nearest"), ("mxfp8_e4m3", "stochastic"), ("mxint8", "nearest")]
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +103,23 @@ def native_cases(x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:
     return cases
 
 
-def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> list[tuple[str, float, float]]:
+def without_native(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` called as if the native extension could not be built (quantize's compiled kernels)."""
+    from boundfinder import native
+
+    def call() -> object:
+        load = native.load
+        native.load = lambda: None
+        try:
+            return fn()
+        finally:
+            native.load = load
+
+    return call
+
+
+def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool,
+        only: str | None = None) -> list[tuple[str, float, float]]:
     n = 1 << log2n
     x = torch.randn(n, device=device) * 3
     if device.type == "cuda":
@@ -114,9 +133,14 @@ def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool) -> l
             xx = x.view(1 << 10, -1) if fmt.endswith("_ch0") else x
             cases.append((f"{label} {mode}", lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode)))
     if device.type == "cpu":
+        for fmt, mode in COMPILED_MX_ROWS:
+            fn = without_native(lambda fmt=fmt, mode=mode: quantize(x, fmt, mode))
+            cases.append((f"{fmt} {mode} (compiled, no native)", fn))
         cases += native_cases(x)
     if with_anchors and device.type == "cpu":
         cases += anchors(x)
+    if only:
+        cases = [(label, fn) for label, fn in cases if only in label]
     clone_times = []
     for label, fn in cases:
         t, t_clone = paired_times(fn, lambda: x.clone(), device, repeats)
@@ -134,6 +158,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     ap.add_argument("--no-anchors", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--only", default=None, help="rows whose label contains this text (e.g. 'mx')")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,7 +171,7 @@ def main() -> None:
               f"n = 2**{args.log2n} float32, median of {args.repeats}\n")
         print("| case | GB/s | ratio to clone() |")
         print("|---|---:|---:|")
-        for label, gbs, ratio in run(device, args.log2n, args.repeats, not args.no_anchors):
+        for label, gbs, ratio in run(device, args.log2n, args.repeats, not args.no_anchors, args.only):
             print(f"| {label} | {gbs:.2f} | {ratio:.2f}x |")
 
 

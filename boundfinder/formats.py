@@ -334,6 +334,14 @@ class BlockFormat(Format):
         if not isinstance(self.element, (FloatFormat, FixedPointFormat)):
             raise FormatError(f"element must be a FloatFormat or FixedPointFormat, but got {self.element!r}.")
         _check_int("block_size", self.block_size, 1, 2**20)
+        elem = self.element
+        if isinstance(elem, FloatFormat) and self.element_emax < 127 and elem.min_subnormal < 2.0**-95:
+            # A block whose maximum lies above the element's range scales its elements down, some below float32's
+            # normals, where the kernels keep only that they are far under the element's smallest value.
+            raise FormatError(
+                f"`smallest value >= 2**-95 or largest exponent >= 127` must hold for an MX element, but {elem} "
+                f"has smallest value 2**{math.log2(elem.min_subnormal):g} and largest exponent {self.element_emax}; "
+                "give the element a smaller bias.")
         if isinstance(self.axis, bool) or not isinstance(self.axis, int):
             raise FormatError(f"axis must be an int, but got axis={self.axis!r}.")
 

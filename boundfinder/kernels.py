@@ -495,10 +495,12 @@ def round_block_words(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor,
     """``round_block`` for float elements on float32 words (n_blocks, block_size), integer operations only.
 
     The shared exponent comes from the block's largest magnitude word; scaling by a power of two moves the
-    exponent field (float32 subnormals are normalised first; a scaled value under float32's smallest normal,
-    far below any element format's smallest subnormal, stands in as 2**-126 so that every rounding mode sees a
-    nonzero value under half a quantum); the element rounding is ``round_float_words`` (saturating); scaling
-    back rounds to nearest even where the result is a float32 subnormal, as a float multiplication would.
+    exponent field (float32 subnormals are normalised first). A scaled value under float32's smallest normal is
+    exact where the scale is 2**k with k >= 0 (a float32 subnormal scaled up: its word shifted left); where k < 0
+    it is far below the element's smallest value (BlockFormat requires that smallest value to be at least 2**-95
+    for elements that such blocks can reach) and 2**-126 stands in, so that every rounding mode sees a nonzero
+    value under half a quantum. The element rounding is ``round_float_words`` (saturating); scaling back rounds
+    to nearest even where the result is a float32 subnormal, as a float multiplication would.
     """
     a = w & ABS_MASK
     sign = w ^ a
@@ -510,12 +512,15 @@ def round_block_words(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor,
     ext_exp = torch.where(sub, e_a - 22, expf)  # the exponent field a normalised float32 would have (may be <= 0)
     frac = torch.where(sub, (a << (23 - e_a)) & 0x7FFFFF, a & 0x7FFFFF)
     se = ext_exp + k
-    scaled = torch.where(a == 0, 0, torch.where(se >= 1, (se << 23) | frac, 1 << 23))
+    below = torch.where(k >= 0, a << torch.clamp(k, min=0, max=31), 1 << 23)  # (k >= 0: a subnormal's own word)
+    scaled = torch.where(a == 0, 0, torch.where(se >= 1, (se << 23) | frac, below))
     rbits = rand_like(seed, w) if mode == 4 else None
     r = round_float_words(scaled | sign, params, rbits, mode, OVERFLOW["saturate"]) & ABS_MASK
-    # scale back by 2**-k; below float32's smallest normal, shift the significand right with ties to even
-    ne = (r >> 23) - k
-    m24 = (r & 0x7FFFFF) | 0x800000
+    # scale back by 2**-k; below float32's smallest normal, shift the significand right with ties to even (r is
+    # itself a float32 subnormal only for elements with 8 exponent bits, whose blocks have k >= 0)
+    er = r >> 23
+    ne = torch.clamp(er, min=1) - k
+    m24 = torch.where(er == 0, r, (r & 0x7FFFFF) | 0x800000)
     s = torch.clamp(1 - ne, min=1, max=31)
     denormal = (m24 + ((1 << (s - 1)) - 1) + ((m24 >> s) & 1)) >> s
     out = torch.where(r == 0, 0, torch.where(ne >= 1, r - (k << 23), denormal))

@@ -30,7 +30,7 @@ log = logging.getLogger("boundfinder")
 #: max_finite, overflow); the empty list rounds nothing (a copy forward, the gradient passed through).
 Spec = list[float]
 
-_SOURCE = Path(__file__).with_name("csrc") / "round.cpp"
+_SOURCES = [str(Path(__file__).with_name("csrc") / name) for name in ("round.cpp", "blocks.cpp")]
 _FP16 = FloatFormat(exp_bits=5, man_bits=10)
 _OVERFLOW = {"inf": 0, "nan": 1, "saturate": 2}
 # No -ffast-math (it would reassociate and change results); -fno-trapping-math only lets the loops vectorise
@@ -79,7 +79,7 @@ def load() -> Any:
 
             for flags in ([_OPENMP, []] if _openmp_available() else [[]]):
                 try:
-                    _module = build(name="boundfinder_round", sources=[str(_SOURCE)],
+                    _module = build(name="boundfinder_round", sources=_SOURCES,
                                     extra_cflags=_CFLAGS + flags, extra_ldflags=flags, verbose=False)
                     break
                 except Exception as exc:  # noqa: BLE001 - any build failure means: no native path, say so once

@@ -16,7 +16,7 @@ import functools
 import torch
 from torch.utils import _python_dispatch
 
-from boundfinder import gpu, kernels
+from boundfinder import gpu, kernels, native
 from boundfinder.errors import FormatError
 from boundfinder.formats import (
     ROUNDING_MODES,
@@ -291,15 +291,28 @@ def _block(x: torch.Tensor, fmt: BlockFormat, mode: int, seed: torch.Tensor) -> 
     blocks = rows.reshape(-1, fmt.block_size)
     elem = fmt.element
     dev = str(x.device)
-    params = _float_params(elem, dev) if isinstance(elem, FloatFormat) else _fixed_params(elem, dev)
-    if isinstance(elem, FixedPointFormat):
+    ext = native.load() if native.usable(blocks) else None
+    if ext is not None:
+        # float32 CPU blocks: one pass, each block rounded while it is in cache (the compiled kernel's results)
+        out = ext.round_blocks(blocks.contiguous(), _element_fields(elem), isinstance(elem, FixedPointFormat), mode,
+                               fmt.element_emax, int(seed[kernels.LANES]))
+    elif isinstance(elem, FixedPointFormat):
+        params = _fixed_params(elem, dev)
         out = kernels.run(kernels.round_block, blocks.contiguous(), (params, seed), (mode, fmt.element_emax, True))
     else:
-        words = kernels.run(kernels.round_block_words, blocks.contiguous().view(torch.int32), (params, seed),
-                            (mode, fmt.element_emax))
+        words = kernels.run(kernels.round_block_words, blocks.contiguous().view(torch.int32),
+                            (_float_params(elem, dev), seed), (mode, fmt.element_emax))
         out = words.view(torch.float32)
     out = out.reshape(rows.shape)[..., :n].movedim(-1, fmt.axis)
     return out.reshape(x.shape).contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _element_fields(elem: FloatFormat | FixedPointFormat) -> tuple[float, ...]:
+    """An MX element's parameters as the native block kernel takes them (``kernels.float_fields`` or
+    ``fixed_fields``)."""
+    fields = kernels.fixed_fields(elem) if isinstance(elem, FixedPointFormat) else kernels.float_fields(elem)
+    return tuple(float(f) for f in fields)
 
 
 # -- straight-through estimator ---------------------------------------------------------------------------------

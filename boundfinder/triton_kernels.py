@@ -292,12 +292,12 @@ def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, 
                * _pow2(shared)).to(tl.int32, bitcast=True)
     else:
         # kernels.round_block_words with float multiplications by powers of two where it moves exponent fields:
-        # |x| * 2**k is exact where it is a float32 normal, and where it is not (far under any element's smallest
-        # subnormal) 2**-126 stands in, as there; scaling back rounds a float32 subnormal result to nearest even,
-        # as its shift does. (No flush to zero: the kernels are compiled without it.)
+        # |x| * 2**k is exact where it is a float32 normal, or where k >= 0; where neither (far under the element's
+        # smallest value) 2**-126 stands in, as there; scaling back rounds a float32 subnormal result to nearest
+        # even, as its shift does. (No flush to zero: the kernels are compiled without it.)
         k = -tl.minimum(tl.maximum((amax >> 23) - (127 + emax), -127), 127)  # scaled = x * 2**k
         prod = (a.to(tl.float32, bitcast=True) * _pow2(k)).to(tl.int32, bitcast=True)
-        scaled = tl.where(a == 0, 0, tl.maximum(prod, 0x00800000))
+        scaled = tl.where(a == 0, 0, tl.where(k >= 0, prod, tl.maximum(prod, 0x00800000)))
         r = _round_words(scaled | sign, idx.to(tl.int32), key, d, emin32, man_sub, max_word, q_word, halfq_word,
                          ovf_nearest, code_off, tiny_s1, tiny_s2, MODE, 2, False, ADD)
         out = (r.to(tl.float32, bitcast=True) * _pow2(-k)).to(tl.int32, bitcast=True)

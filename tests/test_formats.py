@@ -86,6 +86,8 @@ def test_named_aliases():
         (lambda: DynamicFixedPointFormat(word_bits=8, overflow_rate=1.5), ["overflow_rate"]),
         (lambda: BinaryFormat(scale="max"), ["scale", "'mean'"]),
         (lambda: BlockFormat(element=IntFormat(bits=8)), ["element must be"]),
+        (lambda: parse_format("mx_e5m2_b100"), ["smallest value >= 2**-95 or largest exponent >= 127",
+                                                "smallest value 2**-101", "largest exponent -70"]),
         (lambda: parse_format("float17"), ["unknown format name 'float17'", "e4m3fn", "fixed{W}.{F}"]),
         (lambda: parse_format("e9m2"), ["exp_bits=9"]),
         (lambda: parse_format("e5m24"), ["man_bits=24"]),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from boundfinder import kernels as K
-from boundfinder import quantize
+from boundfinder import native, quantize
 from tests.oracles import bits_equal
 
 
@@ -33,7 +33,8 @@ def _random_words(n: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["e4m3fn", "e5m2_sat", "e2m1fn", "bf16", "e3m0_b2", "fixed8.4", "int8",
                                   "mxfp4_e2m1", "mxint8", "e3m4_nosub"])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "down"])
-def test_compiled_matches_eager_bit_for_bit(name, rounding, eager):
+def test_compiled_matches_eager_bit_for_bit(name, rounding, eager, monkeypatch):
+    monkeypatch.setattr(native, "load", lambda: None)  # (MX blocks on the CPU would take the native kernel)
     x = _random_words(1 << 17, seed=len(name))
     torch.manual_seed(0)
     fast = quantize(x, name, rounding)
@@ -72,12 +73,14 @@ def test_inside_a_dispatch_mode_quantize_runs_eagerly_without_marking_compilatio
     assert bits_equal(quantize(y, "e3m4"), y.detach())
 
 
-@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1"])
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1",
+                                  "mx_e8m3", "mx_e8m7"])
 @pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down", "stochastic"])
 def test_mx_integer_kernel_equals_the_float_one(name, rounding):
-    # round_block_words (integer operations, what quantize runs) against round_block (float scaling and a
-    # reinterpreted element rounding), bit for bit: random words, huge and tiny blocks, elements far below
-    # their block's maximum, float32 subnormals, zeros of both signs.
+    # round_block_words (integer operations, what quantize runs without the native extension) against
+    # round_block (float scaling and a reinterpreted element rounding), bit for bit: random words, huge and tiny
+    # blocks, elements far below their block's maximum, float32 subnormals, zeros of both signs. Elements with
+    # 8 exponent bits keep float32 subnormals of a block near float32's maximum as they are (scaled by 2**0).
     import numpy as np
 
     from boundfinder import parse_format
@@ -89,6 +92,8 @@ def test_mx_integer_kernel_equals_the_float_one(name, rounding):
     words = rng.integers(0, 2**32, (100, 32), dtype=np.uint64).astype(np.uint32).view(np.float32)
     x = torch.from_numpy(np.concatenate([blocks.astype(np.float32), words, -blocks.astype(np.float32)]))
     x[5, 3], x[6, 4] = 0.0, -0.0
+    x[7] = torch.randint(1, 2**23, (32,), generator=torch.Generator().manual_seed(5)).float() * 2.0**-149
+    x[7, 0] = 3e38  # float32 subnormals in a block at float32's top
     params = K.float_params(fmt.element, x.device)
     seed = K.seed_keys(1234)
     mode = K.MODE[rounding]

@@ -202,6 +202,17 @@ def test_block_axis_padding_and_nonfinite_blocks():
     assert bits_equal(yt.t(), y)
 
 
+def test_an_element_with_float32s_exponent_range_rounds_float32_subnormals_on_its_own_grid():
+    # mx_e8m3: a block whose maximum is 3e38 has scale 2**0, and its element's smallest step is 2**-129:
+    # 1e-39 is 0.68 of a step, 1e-42 under a thousandth (they used to come out as 2**-126)
+    x = torch.zeros(32)
+    x[:4] = torch.tensor([3e38, 1e-39, -1e-42, 1e-42])
+    step = 2.0**-129
+    assert quantize(x, "mx_e8m3")[1:4].tolist() == [step, -0.0, 0.0]
+    assert quantize(x, "mx_e8m3", "truncate")[1:4].tolist() == [0.0, -0.0, 0.0]
+    assert quantize(x, "mx_e8m3", "up")[1:4].tolist() == [step, -0.0, step]
+
+
 @pytest.mark.parametrize("bad", [torch.arange(5), torch.ones(3, dtype=torch.float64), [1.0, 2.0]])
 def test_non_float_input_is_rejected(bad):
     with pytest.raises(FormatError, match=r"float32, bfloat16 or float16|takes a torch\.Tensor"):

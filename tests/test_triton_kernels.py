@@ -167,6 +167,8 @@ BLOCKS = {
     "mx_fixed8.8": BlockFormat(element=FixedPointFormat(word_bits=8, frac_bits=8)),
     "mx_e3m4_b9_k8": BlockFormat(element=FloatFormat(exp_bits=3, man_bits=4, bias=9), block_size=8),
     "mx_ufixed12.3_k4": BlockFormat(element=FixedPointFormat(word_bits=12, frac_bits=3, signed=False), block_size=4),
+    # float32 subnormals in a block at float32's top keep their value (k = 0) for an element that reaches them
+    "mx_e8m3": "mx_e8m3",
     # blocks along the first axis: the torch path
     "mxfp8_e4m3_ax0": "mxfp8_e4m3_ax0",
 }

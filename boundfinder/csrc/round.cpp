@@ -4,7 +4,7 @@
 // autograd nodes only.
 // The arithmetic is that of boundfinder/emulation/_round.py's fast rounders (verified bit for bit against
 // boundfinder.quantize in tests/emulation/test_native.py); built and loaded by boundfinder/native.py.
-#include <torch/extension.h>
+#include "native.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/function.h>
@@ -20,17 +20,10 @@
 #include <cstring>
 #include <limits>
 
-// The loops are compiled for AVX2 and for the baseline, picked at load time (GCC's function multiversioning);
-// -fno-trapping-math (native.py) lets them vectorise their selects. Neither changes a result: no reassociation,
-// no contraction, default rounding mode.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define BF_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#define BF_HAS_F16C 1
-#else
-#define BF_CLONES
-#endif
-
 namespace {
+
+using bf::bits;
+using bf::from_bits;
 
 enum Kind : int64_t { kIdentity = 0, kWord = 1, kFloat = 2, kHalf = 3 };
 enum Overflow : int64_t { kInf = 0, kNan = 1, kSaturate = 2 };
@@ -53,18 +46,6 @@ struct Spec {
   double max_finite = 0.0;
   int64_t overflow = kInf;
 };
-
-inline uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-inline float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 BF_CLONES void round_word(const float* __restrict in, float* __restrict out, int64_t n, int64_t drop, bool truncate) {
   const uint32_t keep = ~((uint32_t(1) << drop) - 1);
@@ -594,4 +575,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_relu", &fused_relu, "an nn.ReLU with its layer-level roundings, one autograd node");
   m.def("fused_conv", &fused_conv, "an nn.Conv{1,2,3}d with its layer-level roundings, one autograd node");
   m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward");
+  m.def("round_blocks", &bf::round_blocks, "MX blocks (n_blocks, block_size) rounded, each with its shared scale");
 }
