@@ -21,7 +21,7 @@ from boundfinder import (
     reference,
 )
 from boundfinder import kernels as K
-from tests.oracles import bits_equal, mismatches
+from tests.oracles import GFLOAT_MODES, bits_equal, mismatches
 
 MODES = ["nearest", "truncate", "up", "down"]
 
@@ -200,6 +200,32 @@ def test_block_axis_padding_and_nonfinite_blocks():
     assert torch.isnan(y[2, 32:]).all() and torch.isfinite(y[2, :32]).all()  # the second block of row 2
     yt = quantize(x.t().contiguous(), parse_format("mxfp8_e4m3_ax0"))
     assert bits_equal(yt.t(), y)
+
+
+@pytest.mark.parametrize("name", ["mx_e8m3", "mx_e8m7", "mx_e7m2", "mx_e3m0_b2", "mx_e4m3_b3_k8"])
+@pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down"])
+def test_custom_mx_elements_match_gfloat(name, rounding):
+    # Elements beyond the OCP ones, as gfloat block formats with the same element (saturating) and an e8m0
+    # scale: block maxima from 1 to 2**127 with elements down to float32's subnormals, which the scale keeps
+    # (elements reaching 2**127) or takes far under the element's grid. (gfloat encodes no block element without
+    # subnormals: mx_e3m4_nosub is checked against the torch kernels in test_native_blocks.py.)
+    from gfloat.block import BlockFormatInfo
+    from gfloat.formats import format_info_ocp_e8m0
+
+    from tests.oracles import gfloat_info
+
+    fmt = parse_format(name)
+    fi = BlockFormatInfo(name, gfloat_info(fmt.element), fmt.block_size, format_info_ocp_e8m0)
+    rng = np.random.default_rng(2)
+    blocks = rng.normal(0, 1, (200, fmt.block_size)) * np.exp2(rng.integers(0, 127, (200, 1)))
+    blocks[:, 1::2] = rng.integers(1, 2**23, (200, fmt.block_size // 2)) * 2.0**-149  # float32 subnormals
+    x = blocks.astype(np.float32)
+    rnd = GFLOAT_MODES[rounding]
+    want = np.stack([gfloat.quantize_block(fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
+                     for row in x]).astype(np.float32)
+    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
+    unsigned_zero = lambda v: np.where(v == 0, np.float32(0), v)  # noqa: E731 - gfloat's zeros may differ in sign
+    assert bits_equal(unsigned_zero(got), unsigned_zero(want)), mismatches(got, want, x)
 
 
 def test_an_element_with_float32s_exponent_range_rounds_float32_subnormals_on_its_own_grid():
