@@ -5,9 +5,10 @@
     python benchmarks/bench_rounding.py --threads 1       # when another job holds a core
 
 Each row times one call of ``quantize`` (or of the native extension's kernel that emulation uses on CPU
-tensors, or of an anchor emulator) on the same tensor; GB/s counts one read and
-one write of the float32 data, as for clone(). Each row times the case and clone() alternately, ``--repeats``
-times each after warm-up, and divides the medians, so that a noisy neighbour moves both sides of a ratio alike.
+tensors, or of ``quantize`` with that extension switched off, or of an anchor emulator) on the same tensor; GB/s
+counts one read and one write of the float32 data, as for clone(). Each row times the case and clone()
+alternately, ``--repeats`` times each after warm-up, and divides the medians, so that a noisy neighbour moves both
+sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ ROWS = [
     ("float e8m7 (bf16)", "bf16", ["nearest", "truncate", "stochastic"]),
     ("float e3m2fn (subnormal-heavy)", "e3m2fn", ["nearest", "stochastic"]),
     ("fixed16.8", "fixed16.8", ["nearest", "truncate", "stochastic"]),
-    ("dynamic fixed dfixed8", "dfixed8", ["nearest"]),
+    ("dynamic fixed dfixed8", "dfixed8", ["nearest", "stochastic"]),
     ("int8 affine (min/max)", "int8", ["nearest", "stochastic"]),
-    ("int8 per-channel", "int8_ch0", ["nearest"]),
+    ("int8 per-channel", "int8_ch0", ["nearest", "stochastic"]),
     ("binary_mean", "binary_mean", ["nearest"]),
     ("mxfp8_e4m3 (block 32)", "mxfp8_e4m3", ["nearest", "truncate", "stochastic"]),
     ("mxfp4_e2m1 (block 32)", "mxfp4_e2m1", ["nearest"]),
     ("mxint8 (block 32)", "mxint8", ["nearest", "stochastic"]),
 ]
-# MX rows again without the native extension (CPU): the compiled kernels it replaced there, in the same run
-COMPILED_MX_ROWS = [("mxfp8_e4m3", "nearest"), ("mxfp8_e4m3", "stochastic"), ("mxint8", "nearest")]
+# Rows again without the native extension (CPU), for the formats quantize takes it for: the compiled kernels it
+# replaced there, in the same run
+COMPILED_ROWS = [("mxfp8_e4m3", "nearest"), ("mxfp8_e4m3", "stochastic"), ("mxint8", "nearest"),
+                 ("int8_ch0", "nearest"), ("dfixed8", "nearest")]
 
 
 def _sync(device: torch.device) -> None:
@@ -127,15 +130,16 @@ def run(device: torch.device, log2n: int, repeats: int, with_anchors: bool,
     nbytes = 2 * x.numel() * x.element_size()
     rows = []
 
+    def case(fmt: str, mode: str) -> Callable[[], object]:
+        xx = x.view(1 << 10, -1) if fmt.endswith("_ch0") else x  # (1,024 channels)
+        return lambda: quantize(xx, fmt, mode)
+
     cases: list[tuple[str, Callable[[], object]]] = []
     for label, fmt, modes in ROWS:
-        for mode in modes:
-            xx = x.view(1 << 10, -1) if fmt.endswith("_ch0") else x
-            cases.append((f"{label} {mode}", lambda xx=xx, fmt=fmt, mode=mode: quantize(xx, fmt, mode)))
+        cases += [(f"{label} {mode}", case(fmt, mode)) for mode in modes]
     if device.type == "cpu":
-        for fmt, mode in COMPILED_MX_ROWS:
-            fn = without_native(lambda fmt=fmt, mode=mode: quantize(x, fmt, mode))
-            cases.append((f"{fmt} {mode} (compiled, no native)", fn))
+        cases += [(f"{fmt} {mode} (compiled, no native)", without_native(case(fmt, mode)))
+                  for fmt, mode in COMPILED_ROWS]
         cases += native_cases(x)
     if with_anchors and device.type == "cpu":
         cases += anchors(x)

@@ -323,7 +323,10 @@ class BlockFormat(Format):
 
     The shared exponent is floor(log2(max|x| in block)) - emax(element), clamped to e8m0's [-127, 127];
     elements are rounded in the element format and saturate at its largest finite value (OCP MX v1.0 §6.3).
-    A block holding an infinity or NaN becomes all NaN (the scale is NaN).
+    A block holding an infinity or NaN becomes all NaN (the scale is NaN). An element whose largest exponent is
+    below 127 needs a smallest value of at least 2**-95 (true of every OCP element): a block whose maximum lies
+    above the element's range scales its elements down, some below float32's normals, where the kernels keep only
+    that they are far under the element's grid.
     """
 
     element: FloatFormat | FixedPointFormat

@@ -1,12 +1,14 @@
-"""The native rounding extension (``csrc/round.cpp``): one-pass element-wise rounding of float32 CPU tensors,
+"""The native rounding extension (``csrc/``): one-pass element-wise rounding of float32 CPU tensors,
 straight-through autograd ops that round forward and round the gradient backward, and fused ``nn.Linear``,
-``nn.Conv{N}d`` and ``nn.ReLU`` nodes with their layer-level roundings, all in C++.
+``nn.Conv{N}d`` and ``nn.ReLU`` nodes with their layer-level roundings (``round.cpp``); MX blocks
+(``blocks.cpp``); per-channel integer affine rows and dynamic fixed point's exponent histogram (``scales.cpp``);
+all in C++.
 
 Layer-level emulation calls it for every rounding it can do (:func:`spec`), which keeps a training step free of
-Python autograd functions. It is compiled with ``torch.utils.cpp_extension`` on first use (about a minute,
-then cached by torch in ``TORCH_EXTENSIONS_DIR``). Where it cannot be built (no C++ compiler, no ninja) or
-``BOUNDFINDER_NATIVE=0`` is set, :func:`load` returns None, one log line says why, and emulation keeps its
-Python path (same results, slower).
+Python autograd functions; ``quantize`` calls it for the block, per-channel and dynamic formats of float32 CPU
+tensors. It is compiled with ``torch.utils.cpp_extension`` on first use (about a minute, then cached by torch in
+``TORCH_EXTENSIONS_DIR``). Where it cannot be built (no C++ compiler, no ninja) or ``BOUNDFINDER_NATIVE=0`` is
+set, :func:`load` returns None, one log line says why, and the torch kernels run (same results, slower).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ log = logging.getLogger("boundfinder")
 #: max_finite, overflow); the empty list rounds nothing (a copy forward, the gradient passed through).
 Spec = list[float]
 
-_SOURCES = [str(Path(__file__).with_name("csrc") / name) for name in ("round.cpp", "blocks.cpp")]
+_SOURCES = [str(Path(__file__).with_name("csrc") / name) for name in ("round.cpp", "blocks.cpp", "scales.cpp")]
 _FP16 = FloatFormat(exp_bits=5, man_bits=10)
 _OVERFLOW = {"inf": 0, "nan": 1, "saturate": 2}
 # No -ffast-math (it would reassociate and change results); -fno-trapping-math only lets the loops vectorise

@@ -162,7 +162,10 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
                            lanes=mode == kernels.MODE["stochastic"])
     if isinstance(fmt, DynamicFixedPointFormat):
         allowed = torch.tensor(int(fmt.overflow_rate * x.numel()), dtype=torch.int64, device=x.device)
-        frac = kernels.dynamic_frac_bits(x.view(torch.int32), allowed, fmt.word_bits)
+        ext = native.load() if native.usable(x) else None
+        # the exponent histogram in one read (native), or from a tensor of bins (torch kernels)
+        hist = ext.exponent_histogram(x) if ext is not None else None
+        frac = kernels.dynamic_frac_bits(x.view(torch.int32), allowed, fmt.word_bits, hist=hist)
         frac = frac.to(torch.float32)
         base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
         params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
@@ -171,6 +174,10 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         return kernels.run(kernels.round_fixed, x, (params, seed), (mode,), elementwise=True,
                            lanes=mode == kernels.MODE["stochastic"])
     if isinstance(fmt, IntFormat):
+        if fmt.axis is not None:
+            out = _native_channels(x, fmt, mode, seed)
+            if out is not None:
+                return out
         lo, hi = _minmax(x, fmt.axis)
         scale, zp = affine_qparams(lo, hi, fmt)
         return _fake_quant(x, scale, zp, fmt, mode, seed)
@@ -255,8 +262,26 @@ def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: Int
     rows, axis = _channel_view(x, fmt.axis)
     out = kernels.run(kernels.fake_quant_affine, rows, (scale[:, None], zp[:, None], seed),
                       (fmt.qmin, fmt.qmax, mode))
-    moved = x.movedim(axis, 0).shape
-    return out.reshape(moved).movedim(0, axis).contiguous()
+    return _from_channel_view(out, x, axis)
+
+
+def _from_channel_view(rows: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """``rows`` (channels, -1) back in the shape of ``x``, whose channel axis is ``axis`` (see _channel_view)."""
+    return rows.reshape(x.movedim(axis, 0).shape).movedim(0, axis).contiguous()
+
+
+def _native_channels(x: torch.Tensor, fmt: IntFormat, mode: int, seed: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel integer affine quantization of a float32 CPU tensor by the native extension: each channel's
+    range, scale and zero point, and the channel quantized while it is in cache (the torch kernels' results); None
+    where the extension is not there, or a channel holds an infinity or NaN (the torch kernels take those)."""
+    rows, axis = _channel_view(x, fmt.axis)
+    ext = native.load() if native.usable(rows) else None
+    if ext is None:
+        return None
+    zero = 0 if fmt.signed else 2 ** (fmt.bits - 1)  # (affine_qparams' symmetric zero point)
+    out, finite = ext.round_affine_rows(rows.contiguous(), fmt.qmin, fmt.qmax, fmt.symmetric, zero, mode,
+                                        int(seed[kernels.LANES]))
+    return _from_channel_view(out, x, axis) if finite else None
 
 
 # -- binary ---------------------------------------------------------------------------------------------------

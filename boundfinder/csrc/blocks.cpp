@@ -15,34 +15,21 @@
 
 namespace {
 
-// Everything a loop calls is inlined into it, in each of its clones: a call left in a loop stops vectorisation.
-#define BF_INLINE inline __attribute__((always_inline))
-
 using bf::bits;
 using bf::from_bits;
+using bf::kDown;
+using bf::kNearest;
+using bf::kRandBits;
+using bf::kStochastic;
+using bf::kTruncate;
+using bf::kUp;
+using bf::random_bits;
+using bf::subnormal_log2;
 
 constexpr uint32_t kAbs = 0x7FFFFFFFu;
 constexpr uint32_t kInfWord = 0x7F800000u;
 constexpr uint32_t kNanWord = 0x7FC00000u;
-constexpr int kRandBits = 30;  // kernels.RAND_BITS
 constexpr int64_t kBlock32 = 32;
-constexpr int kNearest = 0, kTruncate = 1, kUp = 2, kDown = 3, kStochastic = 4;  // kernels.MODE
-
-BF_INLINE uint32_t random_bits(uint32_t index, uint32_t key) {
-  uint32_t h = index ^ key;  // lowbias32 (kernels._lowbias32), 30 bits of it
-  h ^= h >> 16;
-  h *= 0x7FEB352Du;
-  h ^= h >> 15;
-  h *= 0x846CA68Bu;
-  h ^= h >> 16;
-  return h & ((1u << kRandBits) - 1);
-}
-
-// floor(log2(a)) of a positive word under 2**23 (a float32 subnormal's significand): the exponent of its exact
-// conversion to float (a vector instruction, where a count of leading zeros is not on AVX2).
-BF_INLINE int32_t subnormal_log2(uint32_t a) {
-  return static_cast<int32_t>(bits(static_cast<float>(static_cast<int32_t>(a))) >> 23) - 127;
-}
 
 // kernels.float_fields, as unsigned words (code_off may be negative: it is only ever subtracted, modulo 2**32).
 struct FloatElement {

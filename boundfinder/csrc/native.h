@@ -32,8 +32,37 @@ inline float from_bits(uint32_t u) {
   return f;
 }
 
+// Everything a loop calls is inlined into it, in each of its clones: a call left in a loop stops vectorisation.
+#define BF_INLINE inline __attribute__((always_inline))
+
+constexpr int kRandBits = 30;  // kernels.RAND_BITS
+constexpr int kNearest = 0, kTruncate = 1, kUp = 2, kDown = 3, kStochastic = 4;  // kernels.MODE
+
+// kernels.rand_like's stream: 30 bits of lowbias32(index ^ key), index the element's flat index.
+BF_INLINE uint32_t random_bits(uint32_t index, uint32_t key) {
+  uint32_t h = index ^ key;
+  h ^= h >> 16;
+  h *= 0x7FEB352Du;
+  h ^= h >> 15;
+  h *= 0x846CA68Bu;
+  h ^= h >> 16;
+  return h & ((1u << kRandBits) - 1);
+}
+
+// floor(log2(a)) of a positive word under 2**23 (a float32 subnormal's significand): the exponent of its exact
+// conversion to float (a vector instruction, where a count of leading zeros is not on AVX2).
+BF_INLINE int32_t subnormal_log2(uint32_t a) {
+  return static_cast<int32_t>(bits(static_cast<float>(static_cast<int32_t>(a))) >> 23) - 127;
+}
+
 // blocks.cpp: MX block rounding (see there).
 torch::Tensor round_blocks(const torch::Tensor& blocks, const std::vector<double>& fields, bool fixed, int64_t mode,
                            int64_t emax, int64_t key);
+
+// scales.cpp: formats whose scale is a reduction (see there).
+std::tuple<torch::Tensor, bool> round_affine_rows(const torch::Tensor& rows, int64_t qmin, int64_t qmax,
+                                                  bool symmetric, int64_t symmetric_zero_point, int64_t mode,
+                                                  int64_t key);
+torch::Tensor exponent_histogram(const torch::Tensor& x);
 
 }  // namespace bf
