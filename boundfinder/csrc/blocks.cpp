@@ -13,20 +13,9 @@
 #include <cmath>
 #include <cstdint>
 
+namespace bf {
 namespace {
 
-using bf::bits;
-using bf::from_bits;
-using bf::kDown;
-using bf::kNearest;
-using bf::kRandBits;
-using bf::kStochastic;
-using bf::kTruncate;
-using bf::kUp;
-using bf::random_bits;
-using bf::subnormal_log2;
-
-constexpr uint32_t kAbs = 0x7FFFFFFFu;
 constexpr uint32_t kInfWord = 0x7F800000u;
 constexpr uint32_t kNanWord = 0x7FC00000u;
 constexpr int64_t kBlock32 = 32;
@@ -140,18 +129,6 @@ BF_INLINE float pow2(int32_t e) {
   return e >= -126 ? from_bits(static_cast<uint32_t>(e + 127) << 23) : from_bits(1u << (e + 149));
 }
 
-// kernels.round_to_integer.
-template <int M>
-BF_INLINE float to_integer(float y, uint32_t rbits) {
-  if (M == kNearest) return std::nearbyint(y);
-  if (M == kTruncate) return std::trunc(y);
-  if (M == kUp) return std::ceil(y);
-  if (M == kDown) return std::floor(y);
-  const float lo = std::floor(y);
-  const float frac = (y - lo) * static_cast<float>(1 << kRandBits);
-  return lo + ((static_cast<int32_t>(frac) + static_cast<int32_t>(rbits)) >= (1 << kRandBits) ? 1.0f : 0.0f);
-}
-
 // kernels.round_block (fixed-point elements) for one block: frexp, exp2 and the products as there.
 template <int M, int64_t N>
 BF_INLINE void fixed_block(const float* __restrict x, float* __restrict out, int64_t size,
@@ -234,8 +211,6 @@ BF_CLONES void round_fixed_blocks(const float* in, float* out, int64_t begin, in
 }
 
 }  // namespace
-
-namespace bf {
 
 // `blocks` (n_blocks, block_size), contiguous float32 on the CPU, rounded block by block into a new tensor.
 // `fields`: kernels.float_fields of a float element, or kernels.fixed_fields of a fixed-point one (`fixed`);

@@ -4,6 +4,7 @@
 
 #include <torch/extension.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -47,6 +48,20 @@ BF_INLINE uint32_t random_bits(uint32_t index, uint32_t key) {
   h *= 0x846CA68Bu;
   h ^= h >> 16;
   return h & ((1u << kRandBits) - 1);
+}
+
+constexpr uint32_t kAbs = 0x7FFFFFFFu;  // a float32 word's magnitude bits
+
+// kernels.round_to_integer: y rounded to an integer-valued float with mode M (random bits for stochastic).
+template <int M>
+BF_INLINE float to_integer(float y, uint32_t rbits) {
+  if (M == kNearest) return std::nearbyint(y);
+  if (M == kTruncate) return std::trunc(y);
+  if (M == kUp) return std::ceil(y);
+  if (M == kDown) return std::floor(y);
+  const float lo = std::floor(y);
+  const float frac = (y - lo) * static_cast<float>(1 << kRandBits);  // exact: a power-of-two scale of y - lo
+  return lo + ((static_cast<int32_t>(frac) + static_cast<int32_t>(rbits)) >= (1 << kRandBits) ? 1.0f : 0.0f);
 }
 
 // floor(log2(a)) of a positive word under 2**23 (a float32 subnormal's significand): the exponent of its exact

@@ -14,20 +14,9 @@
 #include <cstdint>
 #include <mutex>
 
+namespace bf {
 namespace {
 
-using bf::bits;
-using bf::from_bits;
-using bf::kDown;
-using bf::kNearest;
-using bf::kRandBits;
-using bf::kStochastic;
-using bf::kTruncate;
-using bf::kUp;
-using bf::random_bits;
-using bf::subnormal_log2;
-
-constexpr uint32_t kAbs = 0x7FFFFFFFu;
 constexpr uint32_t kExpMask = 0x7F800000u;
 
 // A float32 word as an int32 that orders like the value (every NaN aside): negative values' magnitude bits
@@ -59,18 +48,6 @@ Affine affine_qparams(float min_val, float max_val, int64_t qmin, int64_t qmax, 
   // lo / scale lies in [-span, 0]: its rounding converts to int32 exactly
   const int64_t zp = qmin - static_cast<int64_t>(static_cast<int32_t>(std::nearbyint(lo / scale)));
   return {scale, static_cast<float>(std::min(std::max(zp, qmin), qmax))};
-}
-
-// kernels.round_to_integer.
-template <int M>
-BF_INLINE float to_integer(float y, uint32_t rbits) {
-  if (M == kNearest) return std::nearbyint(y);
-  if (M == kTruncate) return std::trunc(y);
-  if (M == kUp) return std::ceil(y);
-  if (M == kDown) return std::floor(y);
-  const float lo = std::floor(y);
-  const float frac = (y - lo) * static_cast<float>(1 << kRandBits);
-  return lo + ((static_cast<int32_t>(frac) + static_cast<int32_t>(rbits)) >= (1 << kRandBits) ? 1.0f : 0.0f);
 }
 
 // kernels.fake_quant_affine for one row of finite elements' parameters (NaN elements stay themselves).
@@ -167,8 +144,6 @@ BF_CLONES void exponent_bins(const uint32_t* __restrict w, int32_t* __restrict b
 }
 
 }  // namespace
-
-namespace bf {
 
 // `rows` (channels, n), contiguous float32 on the CPU, each row quantized to integers in [qmin, qmax] with its
 // own scale and zero point from its min and max (quantize.affine_qparams: symmetric formats use
