@@ -311,17 +311,19 @@ def _block(x: torch.Tensor, fmt: BlockFormat, mode: int, seed: torch.Tensor) -> 
                           f"{tuple(x1.shape)}, but got axis={fmt.axis}.")
     moved = x1.movedim(fmt.axis, -1)
     n = moved.shape[-1]
+    elem = fmt.element
+    ext = native.load() if native.usable(moved) else None
+    if ext is not None:
+        # float32 CPU tensors: one pass over the rows, each block rounded while it is in cache, a row's last block
+        # as long as the row leaves it (the torch kernels' results, without their padding)
+        out = ext.round_blocks(moved.reshape(-1, n).contiguous(), fmt.block_size, _element_fields(elem),
+                               isinstance(elem, FixedPointFormat), mode, fmt.element_emax, int(seed[kernels.LANES]))
+        return out.view(moved.shape).movedim(-1, fmt.axis).reshape(x.shape).contiguous()
     pad = (-n) % fmt.block_size
     rows = torch.nn.functional.pad(moved, (0, pad)) if pad else moved
     blocks = rows.reshape(-1, fmt.block_size)
-    elem = fmt.element
     dev = str(x.device)
-    ext = native.load() if native.usable(blocks) else None
-    if ext is not None:
-        # float32 CPU blocks: one pass, each block rounded while it is in cache (the compiled kernel's results)
-        out = ext.round_blocks(blocks.contiguous(), _element_fields(elem), isinstance(elem, FixedPointFormat), mode,
-                               fmt.element_emax, int(seed[kernels.LANES]))
-    elif isinstance(elem, FixedPointFormat):
+    if isinstance(elem, FixedPointFormat):
         params = _fixed_params(elem, dev)
         out = kernels.run(kernels.round_block, blocks.contiguous(), (params, seed), (mode, fmt.element_emax, True))
     else:

@@ -77,17 +77,20 @@ def test_quantize_runs_the_native_kernel_on_float32_cpu_blocks(monkeypatch):
             return ext.round_blocks(*args)
 
     monkeypatch.setattr(native, "load", lambda: Counting())
-    x = torch.randn(4, 64)
-    quantize(x, "mxfp8_e4m3")
+    x = torch.randn(4, 70)
+    quantize(x, "mxfp8_e4m3")  # rows of 70: blocks of 32, 32 and 6, without padding
     quantize(x.to(torch.bfloat16), "mxint8", "stochastic")  # (16-bit inputs are rounded through float32)
-    assert calls == [(8, 32), (8, 32)]
+    quantize(x, "mxfp4_e2m1_ax0")  # (blocks along the first axis: rows of 4 after moving it last)
+    assert calls == [(4, 70), (4, 70), (70, 4)]
 
 
 def test_the_kernel_refuses_what_it_cannot_take():
     fields = [float(f) for f in kernels.float_fields(parse_format("e4m3fn"))]
     with pytest.raises(RuntimeError, match="contiguous 2-D float32 CPU tensor"):
-        ext.round_blocks(torch.randn(32, 4).t(), fields, False, 0, 8, 0)
+        ext.round_blocks(torch.randn(32, 4).t(), 32, fields, False, 0, 8, 0)
+    with pytest.raises(RuntimeError, match="`block_size >= 1` must hold, got 0"):
+        ext.round_blocks(torch.randn(4, 32), 0, fields, False, 0, 8, 0)
     with pytest.raises(RuntimeError, match="expected 4 element fields, got 8"):
-        ext.round_blocks(torch.randn(4, 32), fields, True, 0, 8, 0)
+        ext.round_blocks(torch.randn(4, 32), 32, fields, True, 0, 8, 0)
     with pytest.raises(RuntimeError, match=r"mode must be in 0\.\.4, got 5"):
-        ext.round_blocks(torch.randn(4, 32), fields, False, 5, 8, 0)
+        ext.round_blocks(torch.randn(4, 32), 32, fields, False, 5, 8, 0)

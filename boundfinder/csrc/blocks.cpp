@@ -161,92 +161,116 @@ BF_INLINE void fixed_block(const float* __restrict x, float* __restrict out, int
   }
 }
 
+// Rows of `cols` elements, `bs` to a block (`per_row` blocks, the last one shorter where bs does not divide cols).
+// Block g of the padded layout (kernels' reference pads each row to whole blocks) draws its random bits from
+// index g * bs on.
+struct Rows {
+  int64_t cols, bs, per_row;
+};
+
+// block(at, n, first) for the blocks g in [begin, end): their first element's offset, length and padded index.
+template <typename F>
+BF_INLINE void for_blocks(const Rows& L, int64_t begin, int64_t end, F&& block) {
+  int64_t row = begin / L.per_row, b = begin - row * L.per_row;
+  for (int64_t g = begin; g < end; ++g) {
+    const int64_t col = b * L.bs;
+    block(row * L.cols + col, std::min(L.bs, L.cols - col), static_cast<uint32_t>(g * L.bs));
+    if (++b == L.per_row) {
+      b = 0;
+      ++row;
+    }
+  }
+}
+
 template <int M>
-BF_INLINE void float_blocks(const float* in, float* out, int64_t begin, int64_t end, int64_t bs,
+BF_INLINE void float_blocks(const float* in, float* out, int64_t begin, int64_t end, const Rows& L,
                             const FloatElement& p, int32_t emax, uint32_t key) {
   const uint32_t* w = reinterpret_cast<const uint32_t*>(in);
   uint32_t* o = reinterpret_cast<uint32_t*>(out);
-  if (bs == kBlock32) {  // every MX format's size: a fixed trip count, no loop remainders
-    for (int64_t b = begin; b < end; ++b)
-      float_block<M, kBlock32>(w + b * bs, o + b * bs, bs, static_cast<uint32_t>(b * bs), p, emax, key);
-  } else {
-    for (int64_t b = begin; b < end; ++b)
-      float_block<M, 0>(w + b * bs, o + b * bs, bs, static_cast<uint32_t>(b * bs), p, emax, key);
-  }
+  for_blocks(L, begin, end, [&](int64_t at, int64_t n, uint32_t first) __attribute__((always_inline)) {
+    if (n == kBlock32) {  // every MX format's size: a fixed trip count, no loop remainders
+      float_block<M, kBlock32>(w + at, o + at, n, first, p, emax, key);
+    } else {
+      float_block<M, 0>(w + at, o + at, n, first, p, emax, key);
+    }
+  });
 }
 
 template <int M>
-BF_INLINE void fixed_blocks(const float* in, float* out, int64_t begin, int64_t end,
-                                                        int64_t bs, const FixedElement& p, int32_t emax,
-                                                        uint32_t key) {
-  if (bs == kBlock32) {
-    for (int64_t b = begin; b < end; ++b)
-      fixed_block<M, kBlock32>(in + b * bs, out + b * bs, bs, static_cast<uint32_t>(b * bs), p, emax, key);
-  } else {
-    for (int64_t b = begin; b < end; ++b)
-      fixed_block<M, 0>(in + b * bs, out + b * bs, bs, static_cast<uint32_t>(b * bs), p, emax, key);
-  }
+BF_INLINE void fixed_blocks(const float* in, float* out, int64_t begin, int64_t end, const Rows& L,
+                            const FixedElement& p, int32_t emax, uint32_t key) {
+  for_blocks(L, begin, end, [&](int64_t at, int64_t n, uint32_t first) __attribute__((always_inline)) {
+    if (n == kBlock32) {
+      fixed_block<M, kBlock32>(in + at, out + at, n, first, p, emax, key);
+    } else {
+      fixed_block<M, 0>(in + at, out + at, n, first, p, emax, key);
+    }
+  });
 }
 
-BF_CLONES void round_float_blocks(const float* in, float* out, int64_t begin, int64_t end, int64_t bs,
+BF_CLONES void round_float_blocks(const float* in, float* out, int64_t begin, int64_t end, const Rows& L,
                                   const FloatElement& p, int32_t emax, uint32_t key, int64_t mode) {
   switch (mode) {
-    case kNearest: return float_blocks<kNearest>(in, out, begin, end, bs, p, emax, key);
-    case kTruncate: return float_blocks<kTruncate>(in, out, begin, end, bs, p, emax, key);
-    case kUp: return float_blocks<kUp>(in, out, begin, end, bs, p, emax, key);
-    case kDown: return float_blocks<kDown>(in, out, begin, end, bs, p, emax, key);
-    default: return float_blocks<kStochastic>(in, out, begin, end, bs, p, emax, key);
+    case kNearest: return float_blocks<kNearest>(in, out, begin, end, L, p, emax, key);
+    case kTruncate: return float_blocks<kTruncate>(in, out, begin, end, L, p, emax, key);
+    case kUp: return float_blocks<kUp>(in, out, begin, end, L, p, emax, key);
+    case kDown: return float_blocks<kDown>(in, out, begin, end, L, p, emax, key);
+    default: return float_blocks<kStochastic>(in, out, begin, end, L, p, emax, key);
   }
 }
 
-BF_CLONES void round_fixed_blocks(const float* in, float* out, int64_t begin, int64_t end, int64_t bs,
+BF_CLONES void round_fixed_blocks(const float* in, float* out, int64_t begin, int64_t end, const Rows& L,
                                   const FixedElement& p, int32_t emax, uint32_t key, int64_t mode) {
   switch (mode) {
-    case kNearest: return fixed_blocks<kNearest>(in, out, begin, end, bs, p, emax, key);
-    case kTruncate: return fixed_blocks<kTruncate>(in, out, begin, end, bs, p, emax, key);
-    case kUp: return fixed_blocks<kUp>(in, out, begin, end, bs, p, emax, key);
-    case kDown: return fixed_blocks<kDown>(in, out, begin, end, bs, p, emax, key);
-    default: return fixed_blocks<kStochastic>(in, out, begin, end, bs, p, emax, key);
+    case kNearest: return fixed_blocks<kNearest>(in, out, begin, end, L, p, emax, key);
+    case kTruncate: return fixed_blocks<kTruncate>(in, out, begin, end, L, p, emax, key);
+    case kUp: return fixed_blocks<kUp>(in, out, begin, end, L, p, emax, key);
+    case kDown: return fixed_blocks<kDown>(in, out, begin, end, L, p, emax, key);
+    default: return fixed_blocks<kStochastic>(in, out, begin, end, L, p, emax, key);
   }
 }
 
 }  // namespace
 
-// `blocks` (n_blocks, block_size), contiguous float32 on the CPU, rounded block by block into a new tensor.
+// `rows` (n_rows, cols), contiguous float32 on the CPU, rounded in blocks of `block_size` consecutive elements of
+// a row (the last block of a row shorter where block_size does not divide cols: the reference pads the row with
+// zeros, which change no block's maximum) into a new tensor of the same shape.
 // `fields`: kernels.float_fields of a float element, or kernels.fixed_fields of a fixed-point one (`fixed`);
 // `mode`: kernels.MODE; `emax`: the element's emax (BlockFormat.element_emax); `key`: kernels.seed_key (any
-// value for the deterministic modes). Element i of the flattened tensor draws random bits at index i.
-torch::Tensor round_blocks(const torch::Tensor& blocks, const std::vector<double>& fields, bool fixed, int64_t mode,
-                           int64_t emax, int64_t key) {
-  TORCH_CHECK(blocks.scalar_type() == torch::kFloat32 && blocks.device().is_cpu() && blocks.dim() == 2 &&
-                  blocks.is_contiguous(),
-              "boundfinder round_blocks: expected a contiguous 2-D float32 CPU tensor, got ", blocks.scalar_type(),
-              " of shape ", blocks.sizes(), " on ", blocks.device());
+// value for the deterministic modes). Random bits are drawn by the index of the padded rows, as the reference.
+torch::Tensor round_blocks(const torch::Tensor& rows, int64_t block_size, const std::vector<double>& fields,
+                           bool fixed, int64_t mode, int64_t emax, int64_t key) {
+  TORCH_CHECK(rows.scalar_type() == torch::kFloat32 && rows.device().is_cpu() && rows.dim() == 2 &&
+                  rows.is_contiguous(),
+              "boundfinder round_blocks: expected a contiguous 2-D float32 CPU tensor, got ", rows.scalar_type(),
+              " of shape ", rows.sizes(), " on ", rows.device());
+  TORCH_CHECK(block_size >= 1, "boundfinder round_blocks: `block_size >= 1` must hold, got ", block_size);
   TORCH_CHECK(fields.size() == (fixed ? 4u : 8u), "boundfinder round_blocks: expected ", fixed ? 4 : 8,
               " element fields, got ", fields.size());
   TORCH_CHECK(mode >= kNearest && mode <= kStochastic, "boundfinder round_blocks: mode must be in 0..4, got ", mode);
-  TORCH_CHECK(blocks.numel() < (int64_t(1) << 31) || mode != kStochastic,
-              "boundfinder round_blocks: stochastic rounding takes at most 2**31 - 1 elements");
   torch::NoGradGuard no_grad;
-  torch::Tensor out = torch::empty_like(blocks);
-  const int64_t nblocks = blocks.size(0), bs = blocks.size(1);
-  if (blocks.numel() == 0) return out;
-  const float* in = blocks.data_ptr<float>();
+  torch::Tensor out = torch::empty_like(rows);
+  if (rows.numel() == 0) return out;
+  const Rows L{rows.size(1), block_size, (rows.size(1) + block_size - 1) / block_size};
+  const int64_t nblocks = rows.size(0) * L.per_row;
+  TORCH_CHECK(nblocks * block_size < (int64_t(1) << 31) || mode != kStochastic,
+              "boundfinder round_blocks: stochastic rounding takes at most 2**31 - 1 elements, padded rows included");
+  const float* in = rows.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const uint32_t k = static_cast<uint32_t>(key);
   const int32_t e = static_cast<int32_t>(emax);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / bs);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / block_size);
   if (fixed) {
     const FixedElement p{static_cast<float>(fields[0]), static_cast<float>(fields[1]), static_cast<float>(fields[2]),
                          static_cast<float>(fields[3])};
     at::parallel_for(0, nblocks, grain,
-                     [&](int64_t b0, int64_t b1) { round_fixed_blocks(in, o, b0, b1, bs, p, e, k, mode); });
+                     [&](int64_t b0, int64_t b1) { round_fixed_blocks(in, o, b0, b1, L, p, e, k, mode); });
   } else {
     uint32_t f[8];
     for (int i = 0; i < 8; ++i) f[i] = static_cast<uint32_t>(static_cast<int64_t>(fields[i]));
     const FloatElement p{f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]};
     at::parallel_for(0, nblocks, grain,
-                     [&](int64_t b0, int64_t b1) { round_float_blocks(in, o, b0, b1, bs, p, e, k, mode); });
+                     [&](int64_t b0, int64_t b1) { round_float_blocks(in, o, b0, b1, L, p, e, k, mode); });
   }
   return out;
 }

@@ -71,8 +71,8 @@ BF_INLINE int32_t subnormal_log2(uint32_t a) {
 }
 
 // blocks.cpp: MX block rounding (see there).
-torch::Tensor round_blocks(const torch::Tensor& blocks, const std::vector<double>& fields, bool fixed, int64_t mode,
-                           int64_t emax, int64_t key);
+torch::Tensor round_blocks(const torch::Tensor& rows, int64_t block_size, const std::vector<double>& fields,
+                           bool fixed, int64_t mode, int64_t emax, int64_t key);
 
 // scales.cpp: formats whose scale is a reduction (see there).
 std::tuple<torch::Tensor, bool> round_affine_rows(const torch::Tensor& rows, int64_t qmin, int64_t qmax,

@@ -575,7 +575,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_relu", &fused_relu, "an nn.ReLU with its layer-level roundings, one autograd node");
   m.def("fused_conv", &fused_conv, "an nn.Conv{1,2,3}d with its layer-level roundings, one autograd node");
   m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward");
-  m.def("round_blocks", &bf::round_blocks, "MX blocks (n_blocks, block_size) rounded, each with its shared scale");
+  m.def("round_blocks", &bf::round_blocks, "rows rounded in MX blocks, each block with its shared scale");
   m.def("round_affine_rows", &bf::round_affine_rows, "rows quantized to integers with their own min/max scales");
   m.def("exponent_histogram", &bf::exponent_histogram, "counts of the binary exponents of finite nonzero elements");
 }
