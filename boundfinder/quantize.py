@@ -83,6 +83,14 @@ def _fixed_params(fmt: FixedPointFormat, device: str) -> torch.Tensor:
         return kernels.fixed_params(fmt, torch.device(device))
 
 
+@functools.lru_cache(maxsize=1024)
+def _dynamic_params(word_bits: int, frac_bits: int) -> torch.Tensor:
+    """The fixed-point kernel's parameters for a dynamic fixed-point word with ``frac_bits`` (on the CPU)."""
+    with _python_dispatch._disable_current_modes():
+        return kernels.fixed_params(FixedPointFormat(word_bits=word_bits, frac_bits=0), torch.device("cpu"),
+                                    frac_bits=frac_bits)
+
+
 def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Round every element of ``x`` to ``fmt``; returns a new tensor with x's shape, dtype and device (and its
@@ -161,16 +169,17 @@ def _dispatch(x: torch.Tensor, fmt: Format, mode: int, seed: torch.Tensor) -> to
         return kernels.run(kernels.round_fixed, x, (_fixed_params(fmt, dev), seed), (mode,), elementwise=True,
                            lanes=mode == kernels.MODE["stochastic"])
     if isinstance(fmt, DynamicFixedPointFormat):
-        allowed = torch.tensor(int(fmt.overflow_rate * x.numel()), dtype=torch.int64, device=x.device)
+        allowed = int(fmt.overflow_rate * x.numel())
         ext = native.load() if native.usable(x) else None
-        # the exponent histogram in one read (native), or from a tensor of bins (torch kernels)
-        hist = ext.exponent_histogram(x) if ext is not None else None
-        frac = kernels.dynamic_frac_bits(x.view(torch.int32), allowed, fmt.word_bits, hist=hist)
-        frac = frac.to(torch.float32)
-        base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
-        params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
-                              torch.tensor(float(base.qmin), device=x.device),
-                              torch.tensor(float(base.qmax), device=x.device)])
+        if ext is not None:  # the exponent histogram in one read, and the rule on it, in one call
+            params = _dynamic_params(fmt.word_bits, ext.dynamic_frac_bits(x, allowed, fmt.word_bits))
+        else:  # the histogram from a tensor of bins, the rule in tensor operations (no host synchronisation)
+            frac = kernels.dynamic_frac_bits(x.view(torch.int32), torch.tensor(allowed, device=x.device),
+                                             fmt.word_bits).to(torch.float32)
+            base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
+            params = torch.stack([torch.exp2(frac), torch.exp2(-frac),
+                                  torch.tensor(float(base.qmin), device=x.device),
+                                  torch.tensor(float(base.qmax), device=x.device)])
         return kernels.run(kernels.round_fixed, x, (params, seed), (mode,), elementwise=True,
                            lanes=mode == kernels.MODE["stochastic"])
     if isinstance(fmt, IntFormat):

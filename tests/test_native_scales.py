@@ -87,6 +87,17 @@ def test_exponent_histogram_equals_the_torch_kernels(n):
     assert got.dtype == torch.int64 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("rate", [0.0, 1e-4, 0.01, 0.3, 1.0])
+@pytest.mark.parametrize("case", ["words", "normals", "zeros", "specials", "one"])
+def test_dynamic_frac_bits_equals_the_torch_rule(rate, case):
+    x = {"words": _words(5000, seed=1), "normals": torch.randn(5000) * 2.0**40, "zeros": torch.zeros(100),
+         "specials": torch.tensor([0.0, float("inf"), float("nan"), -0.0]), "one": torch.tensor([3e-41])}[case]
+    allowed = int(rate * x.numel())
+    for word_bits in (2, 8, 24):
+        want = int(kernels.dynamic_frac_bits(x.view(torch.int32), torch.tensor(allowed), word_bits))
+        assert ext.dynamic_frac_bits(x, allowed, word_bits) == want, (word_bits, want)
+
+
 @pytest.mark.parametrize("name", ["dfixed8", "dfixed16", "dfixed4_r0.1"])
 def test_dynamic_fixed_point_equals_the_torch_kernels(name, monkeypatch):
     x = _words(20_000, seed=5)

@@ -79,5 +79,6 @@ std::tuple<torch::Tensor, bool> round_affine_rows(const torch::Tensor& rows, int
                                                   bool symmetric, int64_t symmetric_zero_point, int64_t mode,
                                                   int64_t key);
 torch::Tensor exponent_histogram(const torch::Tensor& x);
+int64_t dynamic_frac_bits(const torch::Tensor& x, int64_t allowed, int64_t word_bits);
 
 }  // namespace bf

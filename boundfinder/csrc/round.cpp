@@ -578,4 +578,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("round_blocks", &bf::round_blocks, "rows rounded in MX blocks, each block with its shared scale");
   m.def("round_affine_rows", &bf::round_affine_rows, "rows quantized to integers with their own min/max scales");
   m.def("exponent_histogram", &bf::exponent_histogram, "counts of the binary exponents of finite nonzero elements");
+  m.def("dynamic_frac_bits", &bf::dynamic_frac_bits, "dynamic fixed point's fraction length by the overflow rate");
 }

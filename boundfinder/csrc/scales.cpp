@@ -216,4 +216,23 @@ torch::Tensor exponent_histogram(const torch::Tensor& x) {
   return hist;
 }
 
+// kernels.dynamic_frac_bits from exponent_histogram(x): the largest fraction length F such that at most `allowed`
+// finite elements have |x| >= 2**(word_bits - 1 - F); among those, the one whose range reaches down to the
+// smallest nonzero element; 126 when there is none.
+int64_t dynamic_frac_bits(const torch::Tensor& x, int64_t allowed, int64_t word_bits) {
+  const torch::Tensor hist = exponent_histogram(x);
+  const int64_t* h = hist.data_ptr<int64_t>();
+  int lowest = 0;
+  while (lowest < kBins && h[lowest] == 0) ++lowest;
+  if (lowest == kBins) return 126;
+  int64_t above = 0;  // elements in bins >= i, for i from the top down: the lowest i with at most `allowed`
+  int first_ok = kBins;
+  for (int i = kBins - 1; i >= 0 && above + h[i] <= allowed; --i) {
+    above += h[i];
+    first_ok = i;
+  }
+  const int64_t t = std::max(lowest, first_ok) - 149;  // |x| >= 2**t overflows
+  return std::min<int64_t>(std::max<int64_t>(word_bits - 1 - t, -126), 126);
+}
+
 }  // namespace bf
