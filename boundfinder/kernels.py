@@ -505,7 +505,9 @@ def round_block_words(w: torch.Tensor, params: torch.Tensor, seed: torch.Tensor,
     a = w & ABS_MASK
     sign = w ^ a
     amax = a.amax(dim=1, keepdim=True)
-    k = -torch.clamp((amax >> 23) - (127 + emax), min=-127, max=127)  # scaled = x * 2**k
+    # the biased exponent of the block's maximum (<= 0 for a float32 subnormal: its floor(log2) + 127)
+    e_amax = torch.where((amax >> 23) == 0, _floor_log2(amax) - 22, amax >> 23)
+    k = -torch.clamp(e_amax - (127 + emax), min=-127, max=127)  # scaled = x * 2**k
     expf = a >> 23
     sub = expf == 0
     e_a = _floor_log2(a)  # used for float32 subnormals: a = 2**e_a * (1 + fraction)

@@ -275,10 +275,10 @@ def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, 
     a = w & 0x7FFFFFFF
     sign = w ^ a
     amax = tl.max(a, axis=1, keep_dims=True)  # magnitude words order like their values; NaN above infinity
+    # a subnormal amax normalised by an exact scaling by 2**64 (the kernels are compiled without flush to zero)
+    amax_p = (amax.to(tl.float32, bitcast=True) * 18446744073709551616.0).to(tl.int32, bitcast=True)
     if FIXED:
-        # kernels.round_block: the shared exponent is floor(log2(amax)) - emax (frexp's exponent - 1; -1 for 0);
-        # a subnormal amax is normalised by an exact scaling (the kernels are compiled without flush to zero)
-        amax_p = (amax.to(tl.float32, bitcast=True) * 18446744073709551616.0).to(tl.int32, bitcast=True)
+        # kernels.round_block: the shared exponent is floor(log2(amax)) - emax (frexp's exponent - 1; -1 for 0)
         floor_log2 = tl.where(amax == 0, -1, tl.where((amax >> 23) == 0, (amax_p >> 23) - (127 + 64),
                                                       (amax >> 23) - 127))
         shared = tl.minimum(tl.maximum(floor_log2 - emax, -127), 127)
@@ -295,7 +295,8 @@ def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, 
         # |x| * 2**k is exact where it is a float32 normal, or where k >= 0; where neither (far under the element's
         # smallest value) 2**-126 stands in, as there; scaling back rounds a float32 subnormal result to nearest
         # even, as its shift does. (No flush to zero: the kernels are compiled without it.)
-        k = -tl.minimum(tl.maximum((amax >> 23) - (127 + emax), -127), 127)  # scaled = x * 2**k
+        e_amax = tl.where((amax >> 23) == 0, (amax_p >> 23) - 64, amax >> 23)  # (<= 0 for a subnormal amax)
+        k = -tl.minimum(tl.maximum(e_amax - (127 + emax), -127), 127)  # scaled = x * 2**k
         prod = (a.to(tl.float32, bitcast=True) * _pow2(k)).to(tl.int32, bitcast=True)
         scaled = tl.where(a == 0, 0, tl.where(k >= 0, prod, tl.maximum(prod, 0x00800000)))
         r = _round_words(scaled | sign, idx.to(tl.int32), key, d, emin32, man_sub, max_word, q_word, halfq_word,

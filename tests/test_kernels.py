@@ -74,13 +74,14 @@ def test_inside_a_dispatch_mode_quantize_runs_eagerly_without_marking_compilatio
 
 
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1",
-                                  "mx_e8m3", "mx_e8m7"])
+                                  "mx_e8m3", "mx_e8m7", "mx_e4m1_b25", "mx_e2m1fn_b40"])
 @pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down", "stochastic"])
 def test_mx_integer_kernel_equals_the_float_one(name, rounding):
     # round_block_words (integer operations, what quantize runs without the native extension) against
     # round_block (float scaling and a reinterpreted element rounding), bit for bit: random words, huge and tiny
     # blocks, elements far below their block's maximum, float32 subnormals, zeros of both signs. Elements with
-    # 8 exponent bits keep float32 subnormals of a block near float32's maximum as they are (scaled by 2**0).
+    # 8 exponent bits keep float32 subnormals of a block near float32's maximum as they are (scaled by 2**0);
+    # elements with a negative largest exponent scale a block of subnormals by its maximum's own exponent.
     import numpy as np
 
     from boundfinder import parse_format

@@ -22,6 +22,7 @@ FORMATS = [
     "mx_e3m0_b2",  # one code per binade, an odd bias difference (ties to even by the exponent)
     "mx_e7m2",  # the widest element that skips the scaling
     "mx_e8m3",  # quantum below 2**-95: every block takes the scaled path
+    "mx_e4m1_b25",  # a negative largest exponent (-11): blocks of subnormals scale by their own exponent
     "mx_fixed6.3", "mx_ufixed8.6",  # fixed-point elements other than mxint8
     "mxfp8_e4m3_k1", "mxfp6_e2m3_k7", "mxfp4_e2m1_k64",  # block sizes other than 32 (the kernel's fixed one)
     "mxfp8_e4m3_ax0",

@@ -202,13 +202,16 @@ def test_block_axis_padding_and_nonfinite_blocks():
     assert bits_equal(yt.t(), y)
 
 
-@pytest.mark.parametrize("name", ["mx_e8m3", "mx_e8m7", "mx_e7m2", "mx_e3m0_b2", "mx_e4m3_b3_k8"])
+@pytest.mark.parametrize("name", ["mx_e8m3", "mx_e8m7", "mx_e7m2", "mx_e3m0_b2", "mx_e4m3_b3_k8", "mx_e4m1_b25_k4",
+                                  "mx_e3m4_b9_k8"])
 @pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down"])
 def test_custom_mx_elements_match_gfloat(name, rounding):
     # Elements beyond the OCP ones, as gfloat block formats with the same element (saturating) and an e8m0
     # scale: block maxima from 1 to 2**127 with elements down to float32's subnormals, which the scale keeps
-    # (elements reaching 2**127) or takes far under the element's grid. (gfloat encodes no block element without
-    # subnormals: mx_e3m4_nosub is checked against the torch kernels in test_native_blocks.py.)
+    # (elements reaching 2**127) or takes far under the element's grid; and blocks of float32 subnormals only,
+    # whose scale elements with a negative largest exponent (e4m1_b25: 2**-11) take from the subnormal maximum's
+    # own exponent. (gfloat encodes no block element without subnormals: mx_e3m4_nosub is checked against the torch
+    # kernels in test_native_blocks.py.)
     from gfloat.block import BlockFormatInfo
     from gfloat.formats import format_info_ocp_e8m0
 
@@ -219,6 +222,8 @@ def test_custom_mx_elements_match_gfloat(name, rounding):
     rng = np.random.default_rng(2)
     blocks = rng.normal(0, 1, (200, fmt.block_size)) * np.exp2(rng.integers(0, 127, (200, 1)))
     blocks[:, 1::2] = rng.integers(1, 2**23, (200, fmt.block_size // 2)) * 2.0**-149  # float32 subnormals
+    blocks[::4] = rng.integers(0, 2**23, (50, fmt.block_size)) >> rng.integers(0, 23, (50, 1))
+    blocks[::4] *= 2.0**-149 * np.where(rng.random((50, fmt.block_size)) < 0.5, 1, -1)
     x = blocks.astype(np.float32)
     rnd = GFLOAT_MODES[rounding]
     want = np.stack([gfloat.quantize_block(fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)

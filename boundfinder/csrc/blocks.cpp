@@ -78,7 +78,9 @@ BF_INLINE void float_block(const uint32_t* __restrict w, uint32_t* __restrict ou
     for (int64_t j = 0; j < n; ++j) out[j] = kNanWord;
     return;
   }
-  const int32_t k = -std::min(std::max(static_cast<int32_t>(amax >> 23) - (127 + emax), -127), 127);  // x * 2**k
+  // the biased exponent of the block's maximum (<= 0 for a float32 subnormal: its floor(log2) + 127)
+  const int32_t e_amax = amax >= 0x00800000u ? static_cast<int32_t>(amax >> 23) : subnormal_log2(amax) - 22;
+  const int32_t k = -std::min(std::max(e_amax - (127 + emax), -127), 127);  // scaled = x * 2**k
   if (static_cast<int32_t>(p.emin32 - p.man_sub) - k >= 2) {
     // Rounding x * 2**k to the element and scaling back is rounding x to the element's format with its
     // exponents shifted by -k, as long as that format's quantum and half quantum are float32 normals: every
