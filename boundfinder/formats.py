@@ -341,10 +341,11 @@ class BlockFormat(Format):
         if isinstance(elem, FloatFormat) and self.element_emax < 127 and elem.min_subnormal < 2.0**-95:
             # A block whose maximum lies above the element's range scales its elements down, some below float32's
             # normals, where the kernels keep only that they are far under the element's smallest value.
+            max_bias = 96 - (elem.man_bits if elem.subnormals else 0)  # (smallest value 2**(1 - bias - man_sub))
             raise FormatError(
                 f"`smallest value >= 2**-95 or largest exponent >= 127` must hold for an MX element, but {elem} "
                 f"has smallest value 2**{math.log2(elem.min_subnormal):g} and largest exponent {self.element_emax}; "
-                "give the element a smaller bias.")
+                f"give the element a bias of at most {max_bias} (it has {elem.bias}).")
         if isinstance(self.axis, bool) or not isinstance(self.axis, int):
             raise FormatError(f"axis must be an int, but got axis={self.axis!r}.")
 

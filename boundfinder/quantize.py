@@ -111,11 +111,22 @@ def quantize(x: torch.Tensor, fmt: str | Format, rounding: str = "nearest", *,
     check_rounding(rounding, allowed)
     if x.numel() == 0:
         return x.detach().clone()
-    if rounding == "stochastic" and x.numel() >= 2**31:
+    draws = _stream_length(x, fmt) if rounding == "stochastic" else 0
+    if draws >= 2**31:
         # the counter of the random-bit hash is an int32 element index
-        raise FormatError(f"stochastic rounding takes at most 2**31 - 1 elements per call, but got {x.numel()}; "
-                          "round the tensor in chunks.")
+        got = (f"{draws} with MX rows padded to whole blocks of {fmt.block_size}; round the tensor in chunks or use a "
+               "smaller block size." if isinstance(fmt, BlockFormat) else f"{draws}; round the tensor in chunks.")
+        raise FormatError(f"stochastic rounding takes at most 2**31 - 1 elements per call, but got {got}")
     return quantize_with_seed(x, fmt, rounding, draw_seed(generator) if rounding == "stochastic" else None)
+
+
+def _stream_length(x: torch.Tensor, fmt: Format) -> int:
+    """How many random numbers stochastic rounding of ``x`` draws: one per element, MX rows padded to whole
+    blocks (an axis the tensor does not have is reported later, by the block rounding)."""
+    if not isinstance(fmt, BlockFormat) or not -max(x.dim(), 1) <= fmt.axis < max(x.dim(), 1):
+        return x.numel()
+    n = x.shape[fmt.axis] if x.dim() else 1
+    return x.numel() // n * -(-n // fmt.block_size) * fmt.block_size
 
 
 def quantize_with_seed(x: torch.Tensor, fmt: Format, rounding: str, seed: int | None) -> torch.Tensor:

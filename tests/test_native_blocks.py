@@ -85,6 +85,18 @@ def test_quantize_runs_the_native_kernel_on_float32_cpu_blocks(monkeypatch):
     assert calls == [(4, 70), (4, 70), (70, 4)]
 
 
+def test_quantize_takes_no_torch_kernel_for_float32_cpu_blocks(monkeypatch):
+    def torch_kernel(*args, **kwargs):
+        raise AssertionError("a torch block kernel ran")
+
+    monkeypatch.setattr(kernels, "round_block_words", torch_kernel)
+    monkeypatch.setattr(kernels, "round_block", torch_kernel)
+    x = torch.randn(3, 70)
+    for name in ("mxfp8_e4m3", "mxint8", "mxfp6_e2m3_ax0"):
+        for rounding in MODES:
+            assert quantize(x, name, rounding).shape == x.shape
+
+
 def test_the_kernel_refuses_what_it_cannot_take():
     fields = [float(f) for f in kernels.float_fields(parse_format("e4m3fn"))]
     with pytest.raises(RuntimeError, match="contiguous 2-D float32 CPU tensor"):

@@ -244,6 +244,19 @@ def test_an_element_with_float32s_exponent_range_rounds_float32_subnormals_on_it
     assert quantize(x, "mx_e8m3", "up")[1:4].tolist() == [step, -0.0, step]
 
 
+@pytest.mark.parametrize(("x", "name", "words"), [
+    (torch.ones(1).expand(2**31), "e4m3fn", ["at most 2**31 - 1 elements", "got 2147483648;", "in chunks"]),
+    # 2,048 rows of one element, each padded to a block of 2**20: the random stream runs over the padded rows
+    (torch.ones(2048, 1), "mxfp8_e4m3_k1048576", ["got 2147483648 with MX rows padded to whole blocks of 1048576",
+                                                   "smaller block size"]),
+])
+def test_stochastic_rounding_beyond_the_random_streams_counter_is_refused(x, name, words):
+    with pytest.raises(FormatError) as info:
+        quantize(x, name, "stochastic")
+    assert all(w in str(info.value) for w in words), str(info.value)
+    assert quantize(x[:4], name, "stochastic").shape == x[:4].shape  # (a smaller call is fine)
+
+
 @pytest.mark.parametrize("bad", [torch.arange(5), torch.ones(3, dtype=torch.float64), [1.0, 2.0]])
 def test_non_float_input_is_rejected(bad):
     with pytest.raises(FormatError, match=r"float32, bfloat16 or float16|takes a torch\.Tensor"):

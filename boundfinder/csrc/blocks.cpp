@@ -245,7 +245,7 @@ torch::Tensor round_blocks(const torch::Tensor& rows, int64_t block_size, const 
   TORCH_CHECK(rows.scalar_type() == torch::kFloat32 && rows.device().is_cpu() && rows.dim() == 2 &&
                   rows.is_contiguous(),
               "boundfinder round_blocks: expected a contiguous 2-D float32 CPU tensor, got ", rows.scalar_type(),
-              " of shape ", rows.sizes(), " on ", rows.device());
+              " of shape ", rows.sizes(), " with strides ", rows.strides(), " on ", rows.device());
   TORCH_CHECK(block_size >= 1, "boundfinder round_blocks: `block_size >= 1` must hold, got ", block_size);
   TORCH_CHECK(fields.size() == (fixed ? 4u : 8u), "boundfinder round_blocks: expected ", fixed ? 4 : 8,
               " element fields, got ", fields.size());

@@ -156,7 +156,7 @@ std::tuple<torch::Tensor, bool> round_affine_rows(const torch::Tensor& rows, int
   TORCH_CHECK(rows.scalar_type() == torch::kFloat32 && rows.device().is_cpu() && rows.dim() == 2 &&
                   rows.is_contiguous(),
               "boundfinder round_affine_rows: expected a contiguous 2-D float32 CPU tensor, got ", rows.scalar_type(),
-              " of shape ", rows.sizes(), " on ", rows.device());
+              " of shape ", rows.sizes(), " with strides ", rows.strides(), " on ", rows.device());
   TORCH_CHECK(qmin < qmax && qmax - qmin < (int64_t(1) << 24), "boundfinder round_affine_rows: `qmin < qmax` with ",
               "fewer than 2**24 codes must hold, got qmin=", qmin, ", qmax=", qmax);
   TORCH_CHECK(mode >= kNearest && mode <= kStochastic, "boundfinder round_affine_rows: mode must be in 0..4, got ",
@@ -189,7 +189,7 @@ std::tuple<torch::Tensor, bool> round_affine_rows(const torch::Tensor& rows, int
 torch::Tensor exponent_histogram(const torch::Tensor& x) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu() && x.is_contiguous(),
               "boundfinder exponent_histogram: expected a contiguous float32 CPU tensor, got ", x.scalar_type(),
-              " on ", x.device());
+              " with strides ", x.strides(), " on ", x.device());
   torch::Tensor hist = torch::zeros({kBins}, torch::kInt64);
   int64_t* total = hist.data_ptr<int64_t>();
   const uint32_t* w = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
