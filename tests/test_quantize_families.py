@@ -175,6 +175,16 @@ def test_binary_ste_clips_gradient():
     assert w.grad.tolist() == [1.0, 0.0, 1.0]
 
 
+def _assert_blocks_match_gfloat(x: np.ndarray, fmt, block_fi, rounding: str) -> None:
+    """quantize(x, fmt, rounding) equals gfloat.quantize_block on each row of x (one block per row), bit for bit."""
+    rnd = GFLOAT_MODES[rounding]
+    want = np.stack([gfloat.quantize_block(block_fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
+                     for row in x]).astype(np.float32)
+    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
+    unsigned_zero = lambda v: np.where(v == 0, np.float32(0), v)  # noqa: E731 - gfloat's zeros may differ in sign
+    assert bits_equal(unsigned_zero(got), unsigned_zero(want)), mismatches(got, want, x)
+
+
 @pytest.mark.parametrize("block_fi", all_block_formats, ids=lambda b: b.name)
 @pytest.mark.parametrize("rounding", ["nearest", "truncate"])
 def test_mx_block_formats_match_gfloat(block_fi, rounding):
@@ -184,12 +194,7 @@ def test_mx_block_formats_match_gfloat(block_fi, rounding):
     blocks[0] = 0.0
     blocks[1, :5] = [448.0, 1e-3, -2.5, 0.0, -0.0]
     x = blocks.astype(np.float32)
-    rnd = {"nearest": gfloat.RoundMode.TiesToEven, "truncate": gfloat.RoundMode.TowardZero}[rounding]
-    want = np.stack([gfloat.quantize_block(block_fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
-                     for row in x]).astype(np.float32)
-    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
-    unsigned_zero = lambda v: np.where(v == 0, np.float32(0), v)  # noqa: E731 - gfloat's zeros may differ in sign
-    assert bits_equal(unsigned_zero(got), unsigned_zero(want)), mismatches(got, want, x)
+    _assert_blocks_match_gfloat(x, fmt, block_fi, rounding)
 
 
 def test_block_axis_padding_and_nonfinite_blocks():
@@ -225,12 +230,7 @@ def test_custom_mx_elements_match_gfloat(name, rounding):
     blocks[::4] = rng.integers(0, 2**23, (50, fmt.block_size)) >> rng.integers(0, 23, (50, 1))
     blocks[::4] *= 2.0**-149 * np.where(rng.random((50, fmt.block_size)) < 0.5, 1, -1)
     x = blocks.astype(np.float32)
-    rnd = GFLOAT_MODES[rounding]
-    want = np.stack([gfloat.quantize_block(fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
-                     for row in x]).astype(np.float32)
-    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
-    unsigned_zero = lambda v: np.where(v == 0, np.float32(0), v)  # noqa: E731 - gfloat's zeros may differ in sign
-    assert bits_equal(unsigned_zero(got), unsigned_zero(want)), mismatches(got, want, x)
+    _assert_blocks_match_gfloat(x, fmt, fi, rounding)
 
 
 def test_an_element_with_float32s_exponent_range_rounds_float32_subnormals_on_its_own_grid():
@@ -294,10 +294,4 @@ def test_mx_blocks_across_float32s_whole_range_match_gfloat(block_fi, rounding):
     # and random float32 words: blocks near float32's maximum with elements that scaling takes below 2**-149
     words = rng.integers(0, 2**32, (150, 32), dtype=np.uint64).astype(np.uint32).view(np.float32)
     x = np.concatenate([blocks.astype(np.float32), words[np.isfinite(words).all(1)]])
-    rnd = {"nearest": gfloat.RoundMode.TiesToEven, "truncate": gfloat.RoundMode.TowardZero,
-           "up": gfloat.RoundMode.TowardPositive, "down": gfloat.RoundMode.TowardNegative}[rounding]
-    want = np.stack([gfloat.quantize_block(block_fi, row.astype(np.float64), gfloat.compute_scale_amax, rnd)
-                     for row in x]).astype(np.float32)
-    got = quantize(torch.from_numpy(x), fmt, rounding).numpy()
-    unsigned_zero = lambda v: np.where(v == 0, np.float32(0), v)  # noqa: E731 - gfloat's zeros may differ in sign
-    assert bits_equal(unsigned_zero(got), unsigned_zero(want)), mismatches(got, want, x)
+    _assert_blocks_match_gfloat(x, fmt, block_fi, rounding)
