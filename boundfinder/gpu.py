@@ -1,5 +1,7 @@
-"""The Triton path for CUDA tensors (``triton_kernels.py``): one hand-written kernel per element-wise float or
-fixed-point rounding and per MX block rounding, with the format and the stochastic key as scalar arguments.
+"""The Triton path for CUDA tensors: one hand-written kernel per element-wise float or fixed-point rounding and
+per MX block rounding, with the format and the stochastic key as scalar arguments (``triton_kernels.py``); for
+the formats whose scale is a reduction (integer affine, binary, dynamic fixed point), the reduction and one
+rounding kernel that reads its result on the device (``triton_scales.py``).
 
 ``quantize`` and emulation's rounders call it for float32, bfloat16 and float16 CUDA tensors (one pass: a
 16-bit tensor is widened and narrowed inside the kernel), dense in any layout (contiguous for stochastic
@@ -19,7 +21,15 @@ from collections.abc import Callable
 import torch
 
 from boundfinder import kernels
-from boundfinder.formats import BlockFormat, FixedPointFormat, FloatFormat, Format
+from boundfinder.formats import (
+    BinaryFormat,
+    BlockFormat,
+    DynamicFixedPointFormat,
+    FixedPointFormat,
+    FloatFormat,
+    Format,
+    IntFormat,
+)
 
 log = logging.getLogger("boundfinder")
 
@@ -36,12 +46,13 @@ def enabled() -> bool:
 
 
 def load() -> types.ModuleType | None:
-    """``boundfinder.triton_kernels``, or None (with one log line) where Triton cannot be imported."""
+    """``boundfinder.triton_kernels`` (``triton_scales`` imported with it), or None (with one log line) where
+    Triton cannot be imported."""
     global _module, _tried
     if not _tried:
         _tried = True
         try:
-            from boundfinder import triton_kernels
+            from boundfinder import triton_kernels, triton_scales  # noqa: F401 - (the second: its import works)
         except Exception as exc:  # noqa: BLE001 - missing, or broken on import: either way, the other path
             log.warning("boundfinder: Triton is not importable (%s); CUDA tensors are rounded by torch.compile's "
                         "kernels, which give identical results more slowly.", exc)
@@ -97,13 +108,22 @@ def _dense(x: torch.Tensor) -> bool:
 @functools.lru_cache(maxsize=256)
 def kernel(fmt: Format, mode: int) -> Callable[..., torch.Tensor | None] | None:
     """``f(x, key, out=None)`` rounding a tensor that ``usable`` accepts to ``fmt`` with rounding mode ``mode``
-    (``kernels.MODE``; ``key``: ``kernels.seed_key(seed)``, used by stochastic rounding); None for formats the
-    Triton kernels do not cover (int affine, dynamic fixed point, binary: their scales are reductions over the
-    whole tensor or a channel) or where Triton is missing. For block (MX) formats ``f`` returns None for the
-    tensors it does not take (see ``triton_kernels.block_rounder``)."""
+    (``kernels.MODE``; ``key``: ``kernels.seed_key(seed)``, used by stochastic rounding); None where Triton is
+    missing. For block (MX), per-channel integer and per-channel binary formats ``f`` returns None for the
+    tensors it does not take (see ``triton_kernels.block_rounder`` and ``triton_scales``)."""
     tk = load()
     if tk is None:
         return None
+    from boundfinder import triton_scales as ts
+
+    if isinstance(fmt, IntFormat):
+        zero = 0 if fmt.signed else 2 ** (fmt.bits - 1)  # (affine_qparams' symmetric zero point)
+        return ts.affine_rounder(fmt.qmin, fmt.qmax, fmt.symmetric, zero, fmt.axis, mode)
+    if isinstance(fmt, BinaryFormat):
+        return ts.binary_rounder(fmt.scale == "mean", fmt.axis, mode)
+    if isinstance(fmt, DynamicFixedPointFormat):
+        base = FixedPointFormat(word_bits=fmt.word_bits, frac_bits=0)
+        return ts.dynamic_rounder(fmt.word_bits, base.qmin, base.qmax, fmt.overflow_rate, mode)
     if isinstance(fmt, FloatFormat):
         return tk.float_rounder(kernels.float_fields(fmt), mode, kernels.OVERFLOW[fmt.overflow],
                                 kernels.float_variant(fmt), bf16_exact(fmt))

@@ -552,18 +552,24 @@ def exponent_histogram(bins: torch.Tensor, *, scatter: bool = False) -> torch.Te
     return hist[:N_BINS]
 
 
-def dynamic_frac_bits(w: torch.Tensor, allowed: torch.Tensor, word_bits: int) -> torch.Tensor:
-    """Courbariaux's overflow-rate rule: the largest fraction length F such that at most ``allowed`` (a 0-d
-    tensor) finite elements of the float32 words ``w`` have |x| >= 2**(word_bits - 1 - F); among the lengths
+def dynamic_frac_bits(w: torch.Tensor, allowed: torch.Tensor | int, word_bits: int) -> torch.Tensor:
+    """Courbariaux's overflow-rate rule: the largest fraction length F such that at most ``allowed`` (an int or a
+    0-d tensor) finite elements of the float32 words ``w`` have |x| >= 2**(word_bits - 1 - F); among the lengths
     the rule admits, the one whose range reaches down to the smallest nonzero element (126 when there is none).
 
     From a histogram of the binary exponents (one compiled pass for the bins, one counting pass), so the whole
     float32 range is searched; no host synchronisation. Returns a 0-d int32 tensor on the words' device.
-    (The native extension's ``dynamic_frac_bits`` applies the same rule on the CPU.)
+    (The native extension's ``dynamic_frac_bits`` applies the same rule on the CPU, the Triton kernels of
+    ``triton_scales`` count the histogram on a GPU.)
     """
     bins = run(exponent_bins, w.reshape(-1), (), (), elementwise=True)
     # bincount has no deterministic CUDA kernel (integer counts are exact anyway, but torch refuses it there)
     hist = exponent_histogram(bins, scatter=w.is_cuda and torch.are_deterministic_algorithms_enabled())
+    return frac_bits_from_histogram(hist, allowed, word_bits)
+
+
+def frac_bits_from_histogram(hist: torch.Tensor, allowed: torch.Tensor | int, word_bits: int) -> torch.Tensor:
+    """``dynamic_frac_bits`` from the counts of each exponent bin (``exponent_histogram``'s N_BINS counts)."""
     at_or_above = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])  # count(bin >= i), i <= N_BINS
     present = hist > 0
     lowest = torch.argmax(present.to(torch.int8))  # the first (smallest) occupied binade

@@ -49,17 +49,20 @@ def reference(fmt, mode):
         os.environ["BOUNDFINDER_TRITON"] = "1"
 
 tk = gpu.load()
+from boundfinder import triton_scales as ts
 launches = []  # (kernel, ADD) of every launch
-for name in ("_round_float", "_round_fixed", "_round_block"):
-    class Recording:
-        def __init__(self, kern, name):
-            self.kern, self.name = kern, name
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append((self.name, kwargs.get("ADD")))
-                return self.kern[grid](*args, **kwargs)
-            return launch
-    setattr(tk, name, Recording(getattr(tk, name), name))
+class Recording:
+    def __init__(self, kern, name):
+        self.kern, self.name = kern, name
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            launches.append((self.name, kwargs.get("ADD")))
+            return self.kern[grid](*args, **kwargs)
+        return launch
+for module, names in ((tk, ("_round_float", "_round_fixed", "_round_block")),
+                      (ts, ("_affine", "_affine_table", "_abs_sums", "_binary", "_exponent_hist", "_round_dynamic"))):
+    for name in names:
+        setattr(module, name, Recording(getattr(module, name), name))
 
 SPECIAL = {
     "e4m3_nosub": FloatFormat(exp_bits=4, man_bits=3, subnormals=False),
@@ -246,9 +249,70 @@ def integration():
     out["messages"] = records
     return out
 
+# formats whose scale is a reduction: (format, the launches of one call)
+SCALES = {"int8": ["_affine"], "uint8": ["_affine"], "int8_sym": ["_affine"], "uint4_sym": ["_affine"],
+          "int8_ch0": ["_affine_table", "_affine"], "uint8_ch1": ["_affine_table", "_affine"],
+          "int4_sym_chm1": ["_affine_table", "_affine"], "binary": ["_binary"], "binary_ch1": ["_binary"],
+          "binary_mean": ["_abs_sums", "_binary"], "binary_mean_ch0": [],
+          "dfixed8": ["_exponent_hist", "_round_dynamic"], "dfixed4_r0.1": ["_exponent_hist", "_round_dynamic"],
+          "dfixed16_r0": ["_exponent_hist", "_round_dynamic"]}
+
+def scales():
+    """Integer affine, binary and dynamic fixed point: the reduction and one rounding launch, equal to the torch
+    path. Programs of 256 elements, so that several programs (and the histogram's loop over blocks) run."""
+    tk.BLOCK = 256
+    bad = []
+    n = 2 * 3 * 5 * 64
+    base = torch.cat([normal[: n // 2], normal[: n // 4] * 1e-3, normal[: n // 4] * 2**-130])
+    base[:7] = torch.tensor([0.0, -0.0, 1e-45, -1e-40, 3e38, -3e38, 1.5])
+    t3 = base.view(6, 5, 64).clone()
+    t3[1, 2, 3], t3[2, 0, 0], t3[3, 1, :] = float("inf"), float("nan"), 0.25  # an inf and a NaN channel, a flat row
+    t3[4, 3, :] = 0.0
+    ranged = (base.view(6, 5, 64).clamp(-100, 100) * 0.01).clone()  # (no value near float32's top)
+    inputs = {"flat": base, "odd": base[: n - 3], "one": base[8:9].reshape(()), "ranged": ranged, "t3": t3,
+              "words": x[:1000],
+              "subnormal": ranged * 2**-130, "bf16": ranged.bfloat16(), "fp16": ranged.half(),
+              "channels_last": ranged.view(2, 3, 5, 64).contiguous(memory_format=torch.channels_last)}
+    for name, want in SCALES.items():
+        modes = ("nearest", "stochastic") if name.startswith("binary") else ("nearest", "truncate", "up", "down",
+                                                                             "stochastic")
+        for mode in modes:
+            for label, t in inputs.items():
+                errors = []  # a tensor without the channel axis: both paths refuse it, with the same message
+                for flag in ("0", "1"):
+                    os.environ["BOUNDFINDER_TRITON"] = flag
+                    try:
+                        quantize(t, name, mode)
+                    except Exception as exc:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                os.environ["BOUNDFINDER_TRITON"] = "1"
+                if errors:
+                    if len(errors) != 2 or errors[0] != errors[1] or "FormatError" not in errors[0]:
+                        bad.append([name, mode, label, "errors", errors])
+                    continue
+                ref, got = paths(t, name, mode)
+                if got.dtype != t.dtype or got.stride() != ref.stride() or not torch.equal(word(ref.float()),
+                                                                                          word(got.float())):
+                    bad.append([name, mode, label, "words"])
+                if [k for k, _ in launches] != want:
+                    bad.append([name, mode, label, "launches", [k for k, _ in launches]])
+    # the histogram itself (the rule cannot see how float32 subnormals are binned: their fraction lengths clamp)
+    from boundfinder import kernels
+    w = torch.cat([x, ranged.flatten() * 2**-130])
+    for t in (w, w.bfloat16()):
+        partial = torch.empty(8, 512, dtype=torch.int32)
+        ts._exponent_hist[(8,)](t.view(torch.int32 if t.dtype is torch.float32 else torch.int16), partial, t.numel(),
+                                triton.cdiv(t.numel(), 256), IO=0 if t.dtype is torch.float32 else 1, BLOCK=256,
+                                NB=512, WIDE=False)
+        want = kernels.exponent_histogram(kernels.exponent_bins(t.float().view(torch.int32)))
+        if not torch.equal(partial.sum(0)[: kernels.N_BINS].long(), want) or want[:23].sum() == 0:
+            bad.append(["histogram", str(t.dtype)])
+    return {"bad": bad}
+
 arg = sys.argv[1]
-print(json.dumps(integration() if arg == "integration" else blocks() if arg == "blocks"
-                 else dtypes(arg[7:].split(",")) if arg.startswith("dtypes:") else check(arg.split(","))))
+TASKS = {"integration": integration, "blocks": blocks, "scales": scales}
+print(json.dumps(TASKS[arg]() if arg in TASKS else dtypes(arg[7:].split(",")) if arg.startswith("dtypes:")
+                 else check(arg.split(","))))
 '''
 
 FORMATS = {
@@ -287,6 +351,12 @@ def test_triton_kernels_take_16_bit_tensors_and_dense_layouts():
 
 def test_triton_block_kernel_matches_the_reference():
     assert _child("blocks")["bad"] == []  # MX formats, all modes, padded rows, 16-bit inputs: one launch each
+
+
+def test_triton_reduction_formats_match_the_reference():
+    # integer affine (per tensor, per channel along axes 0, 1, -1), binary, dynamic fixed point: all modes, 16-bit
+    # inputs, a channels_last tensor, channels holding inf, NaN or one value, float32's extremes
+    assert _child("scales")["bad"] == []
 
 
 def test_triton_path_integration():
