@@ -5,7 +5,9 @@
 
 Prints, per kernel, the SASS instructions per element and how many of them issue on the integer/logic (ALU)
 pipe, with the registers per thread, the width of the loads and the number of float instructions that flush
-subnormals to zero (.FTZ: there must be none, the kernels' exactness relies on subnormals). An element-wise
+subnormals to zero (.ftz in the PTX: there must be none, the kernels' exactness relies on subnormals; the
+machine code of an IEEE division, div.rn.f32, uses .FTZ instructions on operands it has scaled, which is
+the vendor's exact division, so the PTX is what is counted). An element-wise
 kernel keeps up with memory only while its ALU work per element stays under the budget printed below (a static
 estimate from the vendor's figures: 64 ALU lanes per multiprocessor per clock, 132 multiprocessors at 1.98 GHz,
 against the 4.3 TB/s a device copy reaches, 8 bytes per float32 element; a bfloat16 or float16 element moves 4
@@ -31,6 +33,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from boundfinder import FloatFormat, gpu, kernels, parse_format  # noqa: E402
 from boundfinder import triton_kernels as tk  # noqa: E402
+from boundfinder import triton_scales as ts  # noqa: E402
 
 # Issued outside the integer/logic pipe: the FMA pipe (IMAD, float arithmetic), conversions, memory, control.
 _NOT_ALU = {"IMAD", "IMUL", "FFMA", "FMUL", "FADD", "F2I", "I2F", "I2FP", "F2F", "FRND", "LDG", "STG", "LDC",
@@ -54,10 +57,13 @@ def _tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def compile_kernel(fn, signature: dict, constants: dict, warps: int):
+def compile_kernel(fn, signature: dict, constants: dict, warps: int, divisible: tuple[str, ...] = ()):
+    """``fn`` compiled for sm_90, its first three arguments (and those named in ``divisible``) taken as
+    divisible by 16, as Triton specialises them at a launch."""
+    args = {0, 1, 2} | {fn.arg_names.index(k) for k in divisible}
     src = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constants, "constexpr")},
                     constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
-                    attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2)})
+                    attrs={(i,): [["tt.divisibility", 16]] for i in sorted(args)})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
@@ -75,7 +81,7 @@ def analyse(kernel, per_thread: int, cubin: Path) -> dict:
             "regs": int(re.search(r"REG:(\d+)", usage).group(1)),
             "load_bits": max(int(b) if b else 32 for b in loads),
             # float instructions flushing subnormals to zero: the kernels' exactness needs none
-            "ftz": len(re.findall(r"\.FTZ\b", sass))}
+            "ftz": len(re.findall(r"\.ftz\b", kernel.asm["ptx"]))}
 
 
 def main() -> int:
@@ -89,7 +95,7 @@ def main() -> int:
           f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per float32 element, "
           f"{budget / 2:.0f} per 16-bit element\n")
     print("| input | kernel | instructions / element | ALU / element | ALU share of budget | registers | "
-          "load bits | FTZ |\n|---|---|---:|---:|---:|---:|---:|---:|")
+          "load bits | PTX .ftz |\n|---|---|---:|---:|---:|---:|---:|---:|")
     shape = {"BLOCK": args.block, "EVEN": True, "WIDE": False}
 
     def float_case(inp: str, name: str, mode: str, io: int):
@@ -123,13 +129,39 @@ def main() -> int:
                  "G": args.block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
 
     cases += [block_case(name, mode) for name, mode in BLOCK_CASES]
+
+    # the formats whose scale is a reduction (triton_scales): the rounding kernels, and the reductions' passes
+    def scale_case(label: str, fn, sig: dict, consts: dict):
+        return "fp32", label, fn, {"x_ptr": "*i32", "out_ptr": "*i32", **sig}, {"IO": 0, **consts}, ("inner",)
+
+    affine = {"lo_ptr": "*fp32", "hi_ptr": "*fp32", "table_ptr": "*fp32", "n": "i32", "inner": "i32",
+              "channels": "i32", "chunks": "i32", "qmin": "fp32", "qmax": "fp32", "zp_sym": "fp32", "key": "i32"}
+    # (per channel: 1, each element's channel from its index; 2, a program in one row)
+    for label, mode, channels in (("int8", "nearest", 0), ("int8", "down", 0), ("int8", "stochastic", 0),
+                                  ("int8_ch0 (element)", "nearest", 1), ("int8_ch0 (element)", "stochastic", 1),
+                                  ("int8_ch0 (row)", "nearest", 2), ("int8_ch0 (row)", "stochastic", 2)):
+        cases.append(scale_case(f"{label} {mode}", ts._affine, affine, {"MODE": kernels.MODE[mode], "SYM": False,
+                                                                        "CHANNELS": channels, **shape}))
+    binary = {"scale_ptr": "*fp32", "n": "i32", "key": "i32"}
+    cases += [scale_case(f"{label} {mode}", ts._binary, binary, {"MODE": kernels.MODE[mode], "MEAN": mean, **shape})
+              for label, mode, mean in (("binary_mean", "nearest", True), ("binary", "stochastic", False))]
+    dynamic = {"frac_ptr": "*i32", "n": "i32", "qmin": "fp32", "qmax": "fp32", "key": "i32"}
+    cases += [scale_case(f"dfixed8 {mode}", ts._round_dynamic, dynamic, {"MODE": kernels.MODE[mode], **shape})
+              for mode in ("nearest", "stochastic")]
+    sums = ("fp32", "mean |x| partial sums (float64)", ts._abs_sums, {"x_ptr": "*i32", "sums_ptr": "*fp64",
+                                                                       "n": "i32"}, {"IO": 0, **shape})
+    hist = ("fp32", "exponent histogram (one block of the loop)", ts._exponent_hist,
+            {"x_ptr": "*i32", "hist_ptr": "*i32", "n": "i32", "blocks": "i32"},
+            {"IO": 0, "BLOCK": args.block, "NB": ts._HIST_BINS, "WIDE": False})
+    cases += [sums, hist]
     for inp, name, mode in IO_CASES:
         # bfloat16: rounded back (IO 1) unless every value of the format is a bfloat16 value (IO 3)
         io = 2 if inp == "fp16" else 3 if gpu.bf16_exact(parse_format(name)) else 1
         cases.append(fixed_case(inp, mode, io) if name == "fixed16.8" else float_case(inp, name, mode, io))
     cubin = Path("/tmp") / "boundfinder_triton_sass.cubin"
-    for inp, label, fn, sig, consts in cases:
-        r = analyse(compile_kernel(fn, sig, consts, args.warps), per_thread, cubin)
+    for inp, label, fn, sig, consts, *divisible in cases:
+        divisible = tuple(d for d in (divisible[0] if divisible else ()) if d in sig)  # (a row length: 16 | it)
+        r = analyse(compile_kernel(fn, sig, consts, args.warps, divisible), per_thread, cubin)
         share = r["alu_per_elem"] / (budget if inp == "fp32" else budget / 2)
         print(f"| {inp} | {label} | {r['per_elem']:.1f} | {r['alu_per_elem']:.1f} | {share:.0%} | {r['regs']} | "
               f"{r['load_bits']} | {r['ftz']} |", flush=True)

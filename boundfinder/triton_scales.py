@@ -24,11 +24,14 @@ from boundfinder import kernels
 from boundfinder import triton_kernels as tk
 from boundfinder.triton_kernels import _load_words, _offsets, _pow2, _rand30, _round_to_integer, _store_words
 
-_NAN = tl.PropagateNan.ALL  # torch.minimum, maximum and clamp propagate NaN; Triton's default does not
-_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps: the smallest scale affine_qparams gives
+_NAN = tl.constexpr(tl.PropagateNan.ALL)  # torch.minimum, maximum and clamp propagate NaN; Triton's default does not
+_EPS = tl.constexpr(1.1920928955078125e-07)  # torch.finfo(torch.float32).eps: the smallest scale affine_qparams gives
 # Exponent histogram bins per program: kernels.N_BINS (277) and the bin of zeros, infinities and NaN, rounded
 # up to a power of two (tl.histogram's range)
 _HIST_BINS = 512
+# Per-channel quantization runs one program per piece of a row (no integer division per element) where the rows
+# (the elements after the channel axis) hold at least this many elements
+ROW_MIN = 256
 
 
 # -- integer affine -------------------------------------------------------------------------------------------
@@ -64,7 +67,8 @@ def _fake_quant(x, idx, key, scale, inv, zp, qmin, qmax, MODE: tl.constexpr):
         q = _round_to_integer(tl.where(y == y, y, 0.0), idx, key, 0) + zp
         r = tl.where(y == y, (q - zp) * scale, y)
         return tl.where(x != x, x, r)
-    j = tl.floor(y)
+    j = _round_to_integer(tl.where(y == y, y, 0.0), idx, key, 3)  # floor (tl.floor flushes subnormals to zero)
+    j = tl.where(y == y, j, y)
     # x * (1 / scale) may be off by one code: compare with the neighbours' dequantized values
     j = tl.where(j * scale > x, j - 1.0, tl.where((j + 1.0) * scale <= x, j + 1.0, j))
     j = tl.minimum(tl.maximum(j, lo_j, propagate_nan=_NAN), hi_j, propagate_nan=_NAN)
@@ -85,31 +89,52 @@ def _fake_quant(x, idx, key, scale, inv, zp, qmin, qmax, MODE: tl.constexpr):
     return tl.where(x != x, x, tl.where(out == 0.0, 0.0, out))
 
 
-@triton.jit(do_not_specialize=["n", "inner", "channels", "qmin", "qmax", "zp_sym", "key"])
-def _affine(x_ptr, out_ptr, lo_ptr, hi_ptr, table_ptr, n, inner, channels, qmin, qmax, zp_sym, key,
+# (inner stays specialised: a row length divisible by 16 lets the rows be loaded 128 bits at a time)
+@triton.jit(do_not_specialize=["n", "channels", "chunks", "qmin", "qmax", "zp_sym", "key"])
+def _affine(x_ptr, out_ptr, lo_ptr, hi_ptr, table_ptr, n, inner, channels, chunks, qmin, qmax, zp_sym, key,
             MODE: tl.constexpr, SYM: tl.constexpr, CHANNELS: tl.constexpr, IO: tl.constexpr, BLOCK: tl.constexpr,
             EVEN: tl.constexpr, WIDE: tl.constexpr):
-    """Integer affine quantization of a tensor's elements: per tensor (``lo_ptr``, ``hi_ptr``: its min and max), or per
-    channel (``table_ptr``: scale, 1 / scale and zero point of each of ``channels`` channels, ``inner`` elements
-    apart in the contiguous tensor; random bits drawn by the element's index in the channel-major order in
-    which the torch path draws them)."""
-    offs = _offsets(BLOCK, WIDE)
-    mask = offs < n
-    x = _load_words(x_ptr, offs, mask, IO, EVEN).to(tl.float32, bitcast=True)
-    if CHANNELS:
-        ch = (offs // inner) % channels  # (in range for the masked lanes too)
-        scale = tl.load(table_ptr + ch * 3)
-        inv = tl.load(table_ptr + ch * 3 + 1)
-        zp = tl.load(table_ptr + ch * 3 + 2)
-        if MODE == 4:  # noqa: SIM108 - a constexpr branch: Triton compiles only the branch taken
-            idx = ch * (n // channels) + (offs // (inner * channels)) * inner + offs % inner
+    """Integer affine quantization of a tensor's elements. CHANNELS 0: per tensor (``lo_ptr``, ``hi_ptr``: its
+    min and max). Per channel (``table_ptr``: scale, 1 / scale and zero point of each of ``channels`` channels,
+    ``inner`` elements apart in the contiguous tensor, seen as rows of ``inner`` elements, each in one channel):
+    CHANNELS 1, each element's channel from its index; CHANNELS 2, each program in one row (``chunks`` programs
+    per row: its channel's parameters are loaded once, and no element needs an integer division; EVEN: BLOCK
+    divides ``inner``). Random bits are drawn by the element's index in the channel-major order in which the
+    torch path draws them."""
+    if CHANNELS == 2:
+        pid = tl.program_id(0)
+        row = pid // chunks
+        col = (pid - row * chunks) * BLOCK + tl.arange(0, BLOCK)
+        mask = col < inner
+        if WIDE:  # noqa: SIM108 - a constexpr branch: Triton compiles only the branch taken
+            offs = row.to(tl.int64) * inner + col
         else:
-            idx = offs
+            offs = row * inner + col
     else:
+        offs = _offsets(BLOCK, WIDE)
+        mask = offs < n
+    x = _load_words(x_ptr, offs, mask, IO, EVEN).to(tl.float32, bitcast=True)
+    if CHANNELS == 0:
         lo = tl.load(lo_ptr).to(tl.float32)
         hi = tl.load(hi_ptr).to(tl.float32)
         scale, inv, zp = _affine_qparams(lo, hi, qmin, qmax, zp_sym, SYM)
         idx = offs
+    else:
+        if CHANNELS == 2:
+            ch = row % channels
+            if MODE == 4:  # noqa: SIM108 - as above
+                idx = ch * (n // channels) + (row // channels) * inner + col
+            else:
+                idx = offs
+        else:
+            ch = (offs // inner) % channels  # (in range for the masked lanes too)
+            if MODE == 4:  # noqa: SIM108 - as above
+                idx = ch * (n // channels) + (offs // (inner * channels)) * inner + offs % inner
+            else:
+                idx = offs
+        scale = tl.load(table_ptr + ch * 3)
+        inv = tl.load(table_ptr + ch * 3 + 1)
+        zp = tl.load(table_ptr + ch * 3 + 2)
     r = _fake_quant(x, idx.to(tl.int32), key, scale, inv, zp, qmin, qmax, MODE)
     _store_words(out_ptr, offs, mask, r.to(tl.int32, bitcast=True), IO, EVEN)
 
@@ -234,12 +259,20 @@ def affine_rounder(qmin: int, qmax: int, symmetric: bool, zp_sym: int, axis: int
             lo, hi = lo.to(torch.float32), hi.to(torch.float32)
             table = torch.empty(channels, 3, dtype=torch.float32, device=x.device)
         out = torch.empty_like(x) if out is None else out
+        flags = {**consts, **_flags(x), "CHANNELS": 0 if axis is None else 1}
+        grid, chunks = _grid(n), 1
+        if axis is not None and inner >= ROW_MIN:
+            # rows of at least ROW_MIN elements: a program in one row, of a power of two up to tk.BLOCK elements
+            block = min(tk.BLOCK, triton.next_power_of_2(inner))
+            chunks = triton.cdiv(inner, block)
+            if n // inner * chunks < 2**31:
+                grid = (n // inner * chunks,)
+                flags.update(CHANNELS=2, BLOCK=block, EVEN=inner % block == 0)
         with tk._on_device(x):
             if axis is not None:
                 _affine_table[(triton.cdiv(channels, 1024),)](lo, hi, table, channels, *scalars, SYM=symmetric,
                                                              BLOCK=1024)
-            _affine[_grid(n)](_view(x), _view(out), lo, hi, table, n, inner, channels, *scalars, key, **consts,
-                              CHANNELS=axis is not None, **_flags(x))
+            _affine[grid](_view(x), _view(out), lo, hi, table, n, inner, channels, chunks, *scalars, key, **flags)
         return out
 
     return run

@@ -50,13 +50,13 @@ def reference(fmt, mode):
 
 tk = gpu.load()
 from boundfinder import triton_scales as ts
-launches = []  # (kernel, ADD) of every launch
+launches = []  # (kernel, ADD or CHANNELS) of every launch
 class Recording:
     def __init__(self, kern, name):
         self.kern, self.name = kern, name
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            launches.append((self.name, kwargs.get("ADD")))
+            launches.append((self.name, kwargs.get("ADD", kwargs.get("CHANNELS"))))
             return self.kern[grid](*args, **kwargs)
         return launch
 for module, names in ((tk, ("_round_float", "_round_fixed", "_round_block")),
@@ -261,7 +261,7 @@ def scales():
     """Integer affine, binary and dynamic fixed point: the reduction and one rounding launch, equal to the torch
     path. Programs of 256 elements, so that several programs (and the histogram's loop over blocks) run."""
     tk.BLOCK = 256
-    bad = []
+    bad, variants = [], set()
     n = 2 * 3 * 5 * 64
     base = torch.cat([normal[: n // 2], normal[: n // 4] * 1e-3, normal[: n // 4] * 2**-130])
     base[:7] = torch.tensor([0.0, -0.0, 1e-45, -1e-40, 3e38, -3e38, 1.5])
@@ -271,7 +271,7 @@ def scales():
     ranged = (base.view(6, 5, 64).clamp(-100, 100) * 0.01).clone()  # (no value near float32's top)
     inputs = {"flat": base, "odd": base[: n - 3], "one": base[8:9].reshape(()), "ranged": ranged, "t3": t3,
               "words": x[:1000],
-              "subnormal": ranged * 2**-130, "bf16": ranged.bfloat16(), "fp16": ranged.half(),
+              "subnormal": ranged * 2**-130, "rows512": base[:1536].view(3, 512), "bf16": ranged.bfloat16(), "fp16": ranged.half(),
               "channels_last": ranged.view(2, 3, 5, 64).contiguous(memory_format=torch.channels_last)}
     for name, want in SCALES.items():
         modes = ("nearest", "stochastic") if name.startswith("binary") else ("nearest", "truncate", "up", "down",
@@ -296,6 +296,7 @@ def scales():
                     bad.append([name, mode, label, "words"])
                 if [k for k, _ in launches] != want:
                     bad.append([name, mode, label, "launches", [k for k, _ in launches]])
+                variants |= {v for k, v in launches if k == "_affine"}
     # the histogram itself (the rule cannot see how float32 subnormals are binned: their fraction lengths clamp)
     from boundfinder import kernels
     w = torch.cat([x, ranged.flatten() * 2**-130])
@@ -307,7 +308,7 @@ def scales():
         want = kernels.exponent_histogram(kernels.exponent_bins(t.float().view(torch.int32)))
         if not torch.equal(partial.sum(0)[: kernels.N_BINS].long(), want) or want[:23].sum() == 0:
             bad.append(["histogram", str(t.dtype)])
-    return {"bad": bad}
+    return {"bad": bad, "affine_variants": sorted(variants)}
 
 arg = sys.argv[1]
 TASKS = {"integration": integration, "blocks": blocks, "scales": scales}
@@ -356,7 +357,9 @@ def test_triton_block_kernel_matches_the_reference():
 def test_triton_reduction_formats_match_the_reference():
     # integer affine (per tensor, per channel along axes 0, 1, -1), binary, dynamic fixed point: all modes, 16-bit
     # inputs, a channels_last tensor, channels holding inf, NaN or one value, float32's extremes
-    assert _child("scales")["bad"] == []
+    result = _child("scales")
+    assert result["bad"] == []
+    assert result["affine_variants"] == [0, 1, 2]  # per tensor; per channel by element, and by row
 
 
 def test_triton_path_integration():
