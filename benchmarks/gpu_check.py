@@ -24,8 +24,9 @@ CASES = ["e4m3fn", "e5m2", "bf16", "fp16", "e3m2fn", "e2m1fn", "e8m3", "e4m3_nos
 MODES = ["nearest", "truncate", "up", "down", "stochastic"]
 QUICK = {"e4m3fn": MODES, "bf16": ["nearest", "truncate", "stochastic"], "fp16": ["nearest", "stochastic"],
          "e3m2fn": ["nearest", "stochastic"], "fixed16.8": ["nearest", "up", "stochastic"],
-         "dfixed8": ["nearest"], "int8": ["nearest", "down", "stochastic"],
-         "mxfp8_e4m3": ["nearest", "up", "stochastic"], "mxint8": ["nearest"], "binary_mean": ["nearest"]}
+         "dfixed8": ["nearest", "stochastic"], "int8": ["nearest", "down", "stochastic"],
+         "int8_ch0": ["nearest", "stochastic"], "mxfp8_e4m3": ["nearest", "up", "stochastic"], "mxint8": ["nearest"],
+         "binary_mean": ["nearest", "stochastic"]}
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:

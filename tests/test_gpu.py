@@ -100,6 +100,30 @@ def test_triton_block_kernel_matches_the_cpu_reference(rounding, monkeypatch):
             assert bits_equal(cpu.float(), quantize(t.cuda(), name, rounding).cpu().float()), (name, t.shape)
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "truncate", "up", "down", "stochastic"])
+def test_triton_reduction_kernels_match_the_cpu_reference(rounding, monkeypatch):
+    """Integer affine (per tensor; per channel by element and by row), binary and dynamic fixed point: the
+    reduction and one rounding kernel, equal to the CPU's eager reference; tensors with and without inf and NaN,
+    float32 and bfloat16."""
+    pytest.importorskip("triton")
+    x = _edge_inputs()
+    finite = torch.nan_to_num(x[: 48 * 1024], nan=0.0, posinf=1e30, neginf=-1e30) * 1e-20
+    tensors = (x, finite, finite.view(48, 1024), finite.view(48, 8, 128), finite.to(torch.bfloat16))
+    names = ["int8", "uint8_sym", "int8_ch0", "uint8_ch1", "int4_chm1", "dfixed8", "dfixed16_r0.01"]
+    if rounding in ("nearest", "stochastic"):
+        names += ["binary", "binary_mean"]
+    for name in names:
+        for t in tensors:
+            if "_ch" in name and t.dim() < 3 and name != "int8_ch0":
+                continue
+            monkeypatch.setenv("BOUNDFINDER_COMPILE", "0")
+            torch.manual_seed(0)
+            cpu = quantize(t, name, rounding)
+            monkeypatch.delenv("BOUNDFINDER_COMPILE")
+            torch.manual_seed(0)
+            assert bits_equal(cpu.float(), quantize(t.cuda(), name, rounding).cpu().float()), (name, t.shape, t.dtype)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_triton_kernels_run_on_the_tensors_device():
     x = torch.randn(1 << 16)

@@ -270,8 +270,8 @@ def scales():
     t3[4, 3, :] = 0.0
     ranged = (base.view(6, 5, 64).clamp(-100, 100) * 0.01).clone()  # (no value near float32's top)
     inputs = {"flat": base, "odd": base[: n - 3], "one": base[8:9].reshape(()), "ranged": ranged, "t3": t3,
-              "words": x[:1000],
-              "subnormal": ranged * 2**-130, "rows512": base[:1536].view(3, 512), "bf16": ranged.bfloat16(), "fp16": ranged.half(),
+              "words": x[:1000], "subnormal": ranged * 2**-130, "rows512": base[:1536].view(3, 512),
+              "bf16": ranged.bfloat16(), "fp16": ranged.half(),
               "channels_last": ranged.view(2, 3, 5, 64).contiguous(memory_format=torch.channels_last)}
     for name, want in SCALES.items():
         modes = ("nearest", "stochastic") if name.startswith("binary") else ("nearest", "truncate", "up", "down",
