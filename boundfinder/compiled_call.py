@@ -86,6 +86,19 @@ class _Graph:
         return inputs
 
 
+def config_patches(example_inputs: list[Any]) -> dict[str, Any]:
+    """Inductor's settings for the kernels: the eager kernels' arithmetic, bit for bit. CPU: the minimum parallel
+    chunk (see ``DirectCompiled._backend``). CUDA: Triton's ``/`` on float32 is the approximate ``div.full.f32``,
+    and Triton contracts a product and a sum into one fused multiply-add; torch's eager CUDA kernels divide
+    correctly rounded and round the product. Inductor's eager-numerics settings restore both (``div_rn``, no
+    fusion) and keep subnormals in its library calls."""
+    patches: dict[str, Any] = {"cpp.min_chunk_size": 1}
+    if any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in example_inputs):
+        patches.update({"eager_numerics.division_rounding": True, "eager_numerics.disable_ftz": True,
+                        "emulate_precision_casts": True})
+    return patches
+
+
 class DirectCompiled:
     """``torch.compile(fn, dynamic=True, fullgraph=True)`` of ``fn(x, *tensors)`` returning one tensor, called
     directly once compiled (see the module docstring)."""
@@ -113,7 +126,7 @@ class DirectCompiled:
         # So the minimum chunk is one element: with more than one thread every kernel gets its parallel region,
         # as one compiled on a large example does; with one thread the code stays a plain loop (dynamo recompiles
         # when the thread count changes: the global state below).
-        compiled = compile_fx(gm, example_inputs, config_patches={"cpp.min_chunk_size": 1})
+        compiled = compile_fx(gm, example_inputs, config_patches=config_patches(example_inputs))
         spec: list[tuple[int, int | None]] | None = []
         for node in gm.graph.nodes:
             if node.op != "placeholder":

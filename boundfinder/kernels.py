@@ -437,8 +437,11 @@ def fake_quant_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
 
 # -- binary -----------------------------------------------------------------------------------------------------
 def mean_abs(x: torch.Tensor) -> torch.Tensor:
-    """mean |x| accumulated in float64 (a float32 sum overflows near float32's maximum), rounded once."""
-    return x.abs().to(torch.float64).mean().to(torch.float32)
+    """mean |x| accumulated in float64 (a float32 sum overflows near float32's maximum), rounded once. The sum is
+    divided by a tensor: ``mean()`` and division by a Python number multiply by 1 / n on CUDA (not correctly
+    rounded); on the CPU both divide, so the results there are ``mean()``'s."""
+    total = x.abs().to(torch.float64).sum()
+    return (total / torch.full_like(total, x.numel())).to(torch.float32)
 
 
 def binary_sign(x: torch.Tensor, scale: torch.Tensor, seed: torch.Tensor, mode: int) -> torch.Tensor:

@@ -242,10 +242,12 @@ def affine_qparams(min_val: torch.Tensor, max_val: torch.Tensor, fmt: IntFormat 
     lo = torch.minimum(min_val, torch.zeros_like(min_val))
     hi = torch.maximum(max_val, torch.zeros_like(max_val))
     eps = torch.finfo(torch.float32).eps
-    span = float(fmt.qmax - fmt.qmin)
+    # (divisors as device tensors: CUDA divides by a Python number as a multiplication by its reciprocal, which
+    # is not correctly rounded; the CPU divides either way)
+    span = torch.full_like(hi, float(fmt.qmax - fmt.qmin))
     if fmt.symmetric:
         hi = torch.maximum(-lo, hi)
-        scale = torch.clamp(hi / (span / 2), min=eps)
+        scale = torch.clamp(hi / (span * 0.5), min=eps)
         zp_value = 0 if fmt.signed else 2 ** (fmt.bits - 1)
         zp = torch.full_like(scale, zp_value, dtype=torch.int32)
     else:
@@ -316,7 +318,8 @@ def _binarize(x: torch.Tensor, fmt: BinaryFormat, mode: int, seed: torch.Tensor)
         rows, axis = _channel_view(x, fmt.axis)
         shape = [1] * x.dim()
         shape[axis] = x.shape[axis]
-        scale = rows.abs().mean(dim=1, dtype=torch.float64).to(torch.float32).view(shape)
+        total = rows.abs().sum(dim=1, dtype=torch.float64)  # (divided as in kernels.mean_abs)
+        scale = (total / torch.full_like(total, rows.shape[1])).to(torch.float32).view(shape)
     if scale.dim() == 0:
         return kernels.run(kernels.binary_sign, x, (scale, seed), (mode,), elementwise=True,
                            lanes=mode == kernels.MODE["stochastic"])

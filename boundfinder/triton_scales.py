@@ -34,6 +34,17 @@ _HIST_BINS = 512
 ROW_MIN = 256
 
 
+@triton.jit
+def _store_values(ptr, offs, mask, r, IO: tl.constexpr, EVEN: tl.constexpr):
+    """``_store_words`` for float32 results that may hold a NaN computed here (from a NaN or infinite scale): in
+    bfloat16 every NaN is stored as the quiet NaN, as torch's ``.to(torch.bfloat16)`` stores it. (An NVIDIA GPU
+    computes the NaN 0x7FFFFFFF, whose rounding to bfloat16 would carry into the sign: -0.0.)"""
+    w = r.to(tl.int32, bitcast=True)
+    if IO == 1:
+        w = tl.where(r == r, w, 0x7FC00000)
+    _store_words(ptr, offs, mask, w, IO, EVEN)
+
+
 # -- integer affine -------------------------------------------------------------------------------------------
 @triton.jit
 def _affine_qparams(lo, hi, qmin, qmax, zp_sym, SYM: tl.constexpr):
@@ -135,8 +146,8 @@ def _affine(x_ptr, out_ptr, lo_ptr, hi_ptr, table_ptr, n, inner, channels, chunk
         scale = tl.load(table_ptr + ch * 3)
         inv = tl.load(table_ptr + ch * 3 + 1)
         zp = tl.load(table_ptr + ch * 3 + 2)
-    r = _fake_quant(x, idx.to(tl.int32), key, scale, inv, zp, qmin, qmax, MODE)
-    _store_words(out_ptr, offs, mask, r.to(tl.int32, bitcast=True), IO, EVEN)
+    _store_values(out_ptr, offs, mask, _fake_quant(x, idx.to(tl.int32), key, scale, inv, zp, qmin, qmax, MODE), IO,
+                  EVEN)
 
 
 @triton.jit(do_not_specialize=["channels", "qmin", "qmax", "zp_sym"])
@@ -175,7 +186,7 @@ def _binary(x_ptr, out_ptr, scale_ptr, n, key, MODE: tl.constexpr, MEAN: tl.cons
         s = tl.where(x >= 0, 1.0, -1.0)
     if MEAN:
         s = s * tl.load(scale_ptr)
-    _store_words(out_ptr, offs, mask, tl.where(x != x, x, s).to(tl.int32, bitcast=True), IO, EVEN)
+    _store_values(out_ptr, offs, mask, tl.where(x != x, x, s), IO, EVEN)  # (s is NaN where the mean is)
 
 
 # -- dynamic fixed point --------------------------------------------------------------------------------------
@@ -293,7 +304,8 @@ def binary_rounder(mean: bool, axis: int | None, mode: int) -> Rounder:
                 sums = torch.empty(_grid(n)[0], dtype=torch.float64, device=x.device)
                 _abs_sums[_grid(n)](_view(x), sums, n, IO=flags["IO"], BLOCK=tk.BLOCK, EVEN=flags["EVEN"],
                                     WIDE=flags["WIDE"], num_warps=tk.NUM_WARPS)
-                scale = (sums.sum() / n).to(torch.float32)
+                total = sums.sum()  # (divided as in kernels.mean_abs: by a tensor, correctly rounded)
+                scale = (total / torch.full_like(total, n)).to(torch.float32)
             else:
                 scale = out  # (not read)
             _binary[_grid(n)](_view(x), _view(out), scale, n, key, MODE=mode, MEAN=mean, **flags)

@@ -230,3 +230,28 @@ def test_a_kernel_first_compiled_on_a_few_elements_still_runs_in_parallel():
         assert torch.equal(dc(big, p), _elementwise(big, p))  # the same graph serves every size
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cuda_graphs_compile_with_the_eager_kernels_arithmetic():
+    """Inductor's Triton code would divide approximately (div.full.f32) and fuse multiply-adds; a graph on CUDA
+    tensors compiles with the settings that keep torch's eager arithmetic (checked bit for bit against the CPU by
+    tests/test_gpu.py where a GPU is lent). Every name is one of Inductor's settings: a renamed one raises."""
+    from torch._inductor import config
+    from torch._inductor.codegen.triton import TritonOverrides
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from boundfinder.compiled_call import config_patches
+
+    with FakeTensorMode():
+        cuda = torch.empty(4, device="cuda")
+
+    class Var(str):
+        dtype = torch.float32
+
+    assert config_patches([torch.empty(4), 3]) == {"cpp.min_chunk_size": 1}
+    patches = config_patches([cuda, 3])
+    assert patches["emulate_precision_casts"]  # (Inductor compiles Triton with enable_fp_fusion = not this)
+    with config.patch(patches):
+        assert config.eager_numerics.disable_ftz
+        assert TritonOverrides.truediv(Var("a"), Var("b")) == "triton.language.div_rn(a, b)"
+    assert TritonOverrides.truediv(Var("a"), Var("b")) == "(a / b)"

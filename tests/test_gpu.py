@@ -104,11 +104,14 @@ def test_triton_block_kernel_matches_the_cpu_reference(rounding, monkeypatch):
 def test_triton_reduction_kernels_match_the_cpu_reference(rounding, monkeypatch):
     """Integer affine (per tensor; per channel by element and by row), binary and dynamic fixed point: the
     reduction and one rounding kernel, equal to the CPU's eager reference; tensors with and without inf and NaN,
-    float32 and bfloat16."""
+    float32 and bfloat16 (with a NaN: its tensor's or channel's results are all NaN)."""
     pytest.importorskip("triton")
     x = _edge_inputs()
     finite = torch.nan_to_num(x[: 48 * 1024], nan=0.0, posinf=1e30, neginf=-1e30) * 1e-20
-    tensors = (x, finite, finite.view(48, 1024), finite.view(48, 8, 128), finite.to(torch.bfloat16))
+    # bfloat16 with a NaN: the NaN scale's results are NaN computed on the GPU (0x7FFFFFFF), stored as NaN
+    nan16 = finite.view(48, 1024).to(torch.bfloat16)
+    nan16[3, 7] = float("nan")
+    tensors = (x, finite, finite.view(48, 1024), finite.view(48, 8, 128), finite.to(torch.bfloat16), nan16)
     names = ["int8", "uint8_sym", "int8_ch0", "uint8_ch1", "int4_chm1", "dfixed8", "dfixed16_r0.01"]
     if rounding in ("nearest", "stochastic"):
         names += ["binary", "binary_mean"]
