@@ -131,8 +131,10 @@ def main() -> int:
     cases += [block_case(name, mode) for name, mode in BLOCK_CASES]
 
     # the formats whose scale is a reduction (triton_scales): the rounding kernels, and the reductions' passes
-    def scale_case(label: str, fn, sig: dict, consts: dict):
-        return "fp32", label, fn, {"x_ptr": "*i32", "out_ptr": "*i32", **sig}, {"IO": 0, **consts}, ("inner",)
+    def scale_case(label: str, fn, sig: dict, consts: dict, inp: str = "fp32"):
+        io = {"fp32": 0, "bf16": 1}[inp]  # (bfloat16: the stores make any NaN they computed the quiet NaN)
+        ptr = _POINTER[io]
+        return inp, label, fn, {"x_ptr": ptr, "out_ptr": ptr, **sig}, {"IO": io, **consts}, ("inner",)
 
     affine = {"lo_ptr": "*fp32", "hi_ptr": "*fp32", "table_ptr": "*fp32", "n": "i32", "inner": "i32",
               "channels": "i32", "chunks": "i32", "qmin": "fp32", "qmax": "fp32", "zp_sym": "fp32", "key": "i32"}
@@ -145,6 +147,8 @@ def main() -> int:
     binary = {"scale_ptr": "*fp32", "n": "i32", "key": "i32"}
     cases += [scale_case(f"{label} {mode}", ts._binary, binary, {"MODE": kernels.MODE[mode], "MEAN": mean, **shape})
               for label, mode, mean in (("binary_mean", "nearest", True), ("binary", "stochastic", False))]
+    cases += [scale_case("int8 nearest", ts._affine, affine, {"MODE": 0, "SYM": False, "CHANNELS": 0, **shape}, "bf16"),
+              scale_case("binary_mean nearest", ts._binary, binary, {"MODE": 0, "MEAN": True, **shape}, "bf16")]
     dynamic = {"frac_ptr": "*i32", "n": "i32", "qmin": "fp32", "qmax": "fp32", "key": "i32"}
     cases += [scale_case(f"dfixed8 {mode}", ts._round_dynamic, dynamic, {"MODE": kernels.MODE[mode], **shape})
               for mode in ("nearest", "stochastic")]
