@@ -4,10 +4,10 @@
     python benchmarks/triton_sass.py --block 2048 --warps 8
 
 Prints, per kernel, the SASS instructions per element and how many of them issue on the integer/logic (ALU)
-pipe, with the registers per thread, the width of the loads and the number of float instructions that flush
-subnormals to zero (.ftz in the PTX: there must be none, the kernels' exactness relies on subnormals; the
-machine code of an IEEE division, div.rn.f32, uses .FTZ instructions on operands it has scaled, which is
-the vendor's exact division, so the PTX is what is counted). An element-wise
+pipe, with the registers per thread, the width of the loads and the number of inexact float instructions in
+the PTX: flushes of subnormals to zero, approximations (Triton's own float32 ``/``) and multiply-adds contracted
+from a product and a sum. There must be none (tests/test_triton_ptx.py); the PTX is what is counted, as the
+machine code of an IEEE division, div.rn.f32, uses .FTZ instructions on operands it has scaled itself. An element-wise
 kernel keeps up with memory only while its ALU work per element stays under the budget printed below (a static
 estimate from the vendor's figures: 64 ALU lanes per multiprocessor per clock, 132 multiprocessors at 1.98 GHz,
 against the 4.3 TB/s a device copy reaches, 8 bytes per float32 element; a bfloat16 or float16 element moves 4
@@ -67,6 +67,18 @@ def compile_kernel(fn, signature: dict, constants: dict, warps: int, divisible: 
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
+# PTX instructions whose result differs from the IEEE operation the kernels' code states: float arithmetic that
+# flushes subnormals to zero, approximate division (Triton's own ``/`` on float32) and other approximations, and
+# multiply-adds the compiler contracted from a product and a sum (the kernels call no fma). Their exactness needs
+# none: ``tests/test_triton_ptx.py`` checks every kernel of the table.
+_INEXACT = {"ftz": r"\.ftz\b", "approx": r"\.approx\b", "div.full": r"\bdiv\.full\b",
+            "fma": r"\b(?:fma|mad)\.[\w.]*\.f(?:32|64)\b"}
+
+
+def inexact_instructions(ptx: str) -> dict[str, int]:
+    return {name: len(re.findall(pattern, ptx)) for name, pattern in _INEXACT.items()}
+
+
 def analyse(kernel, per_thread: int, cubin: Path) -> dict:
     cubin.write_bytes(kernel.asm["cubin"])
     sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
@@ -80,23 +92,13 @@ def analyse(kernel, per_thread: int, cubin: Path) -> dict:
     return {"per_elem": len(ops) / per_thread, "alu_per_elem": alu / per_thread,
             "regs": int(re.search(r"REG:(\d+)", usage).group(1)),
             "load_bits": max(int(b) if b else 32 for b in loads),
-            # float instructions flushing subnormals to zero: the kernels' exactness needs none
-            "ftz": len(re.findall(r"\.ftz\b", kernel.asm["ptx"]))}
+            "inexact": sum(inexact_instructions(kernel.asm["ptx"]).values())}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--block", type=int, default=tk.BLOCK)
-    ap.add_argument("--warps", type=int, default=tk.NUM_WARPS)
-    args = ap.parse_args()
-    per_thread = args.block // (32 * args.warps)
-    budget = ALU_LANES * SMS * CLOCK_HZ / (COPY_BYTES_PER_S / 8)
-    print(f"sm_90, block {args.block}, {args.warps} warps ({per_thread} elements per thread), triton "
-          f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per float32 element, "
-          f"{budget / 2:.0f} per 16-bit element\n")
-    print("| input | kernel | instructions / element | ALU / element | ALU share of budget | registers | "
-          "load bits | PTX .ftz |\n|---|---|---:|---:|---:|---:|---:|---:|")
-    shape = {"BLOCK": args.block, "EVEN": True, "WIDE": False}
+def kernel_cases(block: int) -> list[tuple]:
+    """Every kernel configuration the table lists: (input dtype, label, kernel, signature, constants[, arguments
+    divisible by 16])."""
+    shape = {"BLOCK": block, "EVEN": True, "WIDE": False}
 
     def float_case(inp: str, name: str, mode: str, io: int):
         fmt = FloatFormat(exp_bits=8, man_bits=3, overflow="saturate") if name == "e8m3_sat" else parse_format(name)
@@ -126,7 +128,7 @@ def main() -> int:
                "scale": "fp32", "inv": "fp32", "qmin": "fp32", "qmax": "fp32"}
         return ("fp32", f"{name} {mode}{' (adder)' if add else ''}", tk._round_block, sig,
                 {"MODE": m, "ADD": add, "FIXED": not floating, "IO": 0, "BS": fmt.block_size,
-                 "G": args.block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
+                 "G": block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
 
     cases += [block_case(name, mode) for name, mode in BLOCK_CASES]
 
@@ -156,19 +158,35 @@ def main() -> int:
                                                                        "n": "i32"}, {"IO": 0, **shape})
     hist = ("fp32", "exponent histogram (one block of the loop)", ts._exponent_hist,
             {"x_ptr": "*i32", "hist_ptr": "*i32", "n": "i32", "blocks": "i32"},
-            {"IO": 0, "BLOCK": args.block, "NB": ts._HIST_BINS, "WIDE": False})
+            {"IO": 0, "BLOCK": block, "NB": ts._HIST_BINS, "WIDE": False})
     cases += [sums, hist]
     for inp, name, mode in IO_CASES:
         # bfloat16: rounded back (IO 1) unless every value of the format is a bfloat16 value (IO 3)
         io = 2 if inp == "fp16" else 3 if gpu.bf16_exact(parse_format(name)) else 1
         cases.append(fixed_case(inp, mode, io) if name == "fixed16.8" else float_case(inp, name, mode, io))
+    return cases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--block", type=int, default=tk.BLOCK)
+    ap.add_argument("--warps", type=int, default=tk.NUM_WARPS)
+    args = ap.parse_args()
+    per_thread = args.block // (32 * args.warps)
+    budget = ALU_LANES * SMS * CLOCK_HZ / (COPY_BYTES_PER_S / 8)
+    print(f"sm_90, block {args.block}, {args.warps} warps ({per_thread} elements per thread), triton "
+          f"{triton.__version__}; ALU budget at copy speed: {budget:.0f} instructions per float32 element, "
+          f"{budget / 2:.0f} per 16-bit element\n")
+    print("| input | kernel | instructions / element | ALU / element | ALU share of budget | registers | "
+          "load bits | PTX ftz / approx / fma |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    cases = kernel_cases(args.block)
     cubin = Path("/tmp") / "boundfinder_triton_sass.cubin"
     for inp, label, fn, sig, consts, *divisible in cases:
         divisible = tuple(d for d in (divisible[0] if divisible else ()) if d in sig)  # (a row length: 16 | it)
         r = analyse(compile_kernel(fn, sig, consts, args.warps, divisible), per_thread, cubin)
         share = r["alu_per_elem"] / (budget if inp == "fp32" else budget / 2)
         print(f"| {inp} | {label} | {r['per_elem']:.1f} | {r['alu_per_elem']:.1f} | {share:.0%} | {r['regs']} | "
-              f"{r['load_bits']} | {r['ftz']} |", flush=True)
+              f"{r['load_bits']} | {r['inexact']} |", flush=True)
     return 0
 
 
