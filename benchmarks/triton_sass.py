@@ -127,7 +127,8 @@ def kernel_cases(block: int) -> list[tuple]:
                **{k: "fp32" if k.startswith("tiny") else "i32" for k in tk._SCALARS}, "emax": "i32",
                "scale": "fp32", "inv": "fp32", "qmin": "fp32", "qmax": "fp32"}
         return ("fp32", f"{name} {mode}{' (adder)' if add else ''}", tk._round_block, sig,
-                {"MODE": m, "ADD": add, "FIXED": not floating, "IO": 0, "BS": fmt.block_size,
+                {"MODE": m, "ADD": add, "FIXED": not floating, "LEAN": floating and tk._lean(fields, m), "IO": 0,
+                 "BS": fmt.block_size,
                  "G": block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
 
     cases += [block_case(name, mode) for name, mode in BLOCK_CASES]

@@ -108,23 +108,34 @@ def _round_float(x_ptr, out_ptr, n, d, emin32, man_sub, max_word, q_word, halfq_
     mask = offs < n
     w = _load_words(x_ptr, offs, mask, IO, EVEN)
     r = _round_words(w, offs.to(tl.int32), key, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest,
-                     code_off, tiny_s1, tiny_s2, MODE, OVERFLOW, E8, ADD)
+                     code_off, tiny_s1, tiny_s2, MODE, OVERFLOW, E8, ADD, False)
     _store_words(out_ptr, offs, mask, r, IO, EVEN)
 
 
 @triton.jit
 def _round_words(w, idx, key, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest, code_off, tiny_s1,
-                 tiny_s2, MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, ADD: tl.constexpr):
+                 tiny_s2, MODE: tl.constexpr, OVERFLOW: tl.constexpr, E8: tl.constexpr, ADD: tl.constexpr,
+                 FINITE: tl.constexpr):
     """Float32 words ``w`` rounded to the float format of the scalars (``kernels.round_float_words``); ``idx``:
-    the elements' indices in the random stream of ``key`` (stochastic rounding)."""
-    a = w & 0x7FFFFFFF
-    sign = w ^ a
+    the elements' indices in the random stream of ``key`` (stochastic rounding). ``FINITE``: every word is +0 or
+    a positive normal value (MX blocks' scaled magnitudes; modes nearest, truncate and stochastic, general variant,
+    saturating): the sign, NaN and float32-subnormal cases are left out."""
+    tl.static_assert(not FINITE or ((MODE == 0 or MODE == 1 or MODE == 4) and OVERFLOW == 2 and not E8))
+    if FINITE:
+        a = w
+        sign = 0
+    else:
+        a = w & 0x7FFFFFFF
+        sign = w ^ a
     if E8:
         dc = d
         mask = (1 << d) - 1
     else:
         # binades below the format's smallest normal (see kernels.round_float_words)
-        t = tl.maximum(emin32 - tl.maximum(a >> 23, 1), 0)
+        if FINITE:  # noqa: SIM108 - a constexpr branch (for +0, t is one more than for a subnormal: either rounds to 0)
+            t = tl.maximum(emin32 - (a >> 23), 0)
+        else:
+            t = tl.maximum(emin32 - tl.maximum(a >> 23, 1), 0)
         dc = tl.minimum(d + t, 23)
         mask = (1 << dc) - 1
     if MODE == 0 and ADD:
@@ -154,7 +165,10 @@ def _round_words(w, idx, key, d, emin32, man_sub, max_word, q_word, halfq_word, 
         r = (a + tl.where(away, mask, 0)) & ~mask
     else:
         rbits = _rand30(idx, key)
-        r = (tl.minimum(a, 0x7F800001) + (rbits >> (30 - dc))) & ((-1) << dc)
+        if FINITE:  # noqa: SIM108 - as above
+            r = (a + (rbits >> (30 - dc))) & ((-1) << dc)
+        else:  # (a NaN or infinity must not carry into the next word)
+            r = (tl.minimum(a, 0x7F800001) + (rbits >> (30 - dc))) & ((-1) << dc)
 
     if E8:
         r = tl.where(a > 0x7F800000, a, r)
@@ -175,7 +189,11 @@ def _round_words(w, idx, key, d, emin32, man_sub, max_word, q_word, halfq_word, 
             # in [2**-118, 2**30), float32's normal range; conversion truncates. Other lanes are not selected.
             frac = ((a.to(tl.float32, bitcast=True) * tiny_s1) * tiny_s2).to(tl.int32)
             r = tl.where(tiny, q_word & -((frac + rbits) >> 30), r)
-        if OVERFLOW == 2 and MODE == 0 and ADD:
+        if OVERFLOW == 2 and MODE == 0 and ADD and FINITE:
+            r = tl.where(a >= ovf_nearest, max_word, r)
+        elif OVERFLOW == 2 and FINITE:
+            r = tl.minimum(r, max_word)
+        elif OVERFLOW == 2 and MODE == 0 and ADD:
             # (the adder's lanes at or above the threshold hold no rounded value to clamp)
             r = tl.where(a > 0x7F800000, a, tl.where(a >= ovf_nearest, max_word, r))
         elif OVERFLOW == 2:
@@ -247,13 +265,16 @@ def _fixed_values(x, idx, key, scale, inv, qmin, qmax, MODE: tl.constexpr):
 @triton.jit(do_not_specialize=[*_SCALARS, "cols", "nb", "total", "emax", "scale", "inv", "qmin", "qmax"])
 def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, q_word, halfq_word, ovf_nearest,
                  code_off, key, tiny_s1, tiny_s2, emax, scale, inv, qmin, qmax, MODE: tl.constexpr,
-                 ADD: tl.constexpr, FIXED: tl.constexpr, IO: tl.constexpr, BS: tl.constexpr, G: tl.constexpr,
-                 PADDED: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
+                 ADD: tl.constexpr, FIXED: tl.constexpr, LEAN: tl.constexpr, IO: tl.constexpr, BS: tl.constexpr,
+                 G: tl.constexpr, PADDED: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
     """MX block rounding (``kernels.round_block_words`` for float elements, ``kernels.round_block`` for fixed
     point) of rows of ``cols`` elements, ``nb`` blocks of BS per row (the last one padded with zeros when BS does
     not divide ``cols``), ``total`` blocks in all: G blocks per program, each block's shared exponent from its
     largest magnitude, in registers. ``PADDED``: BS does not divide ``cols``; ``EVEN``: it does, and G divides
-    ``total``. Random bits are drawn by the padded index, as the reference draws them over its padded blocks."""
+    ``total``. Random bits are drawn by the padded index, as the reference draws them over its padded blocks.
+    ``LEAN`` (float elements; see ``_lean``): the element format rounds +0 and every magnitude up to 2**-126 to 0 in
+    this mode, so the scaled magnitudes need no case for zero or for float32 subnormals, and round without their
+    sign (``_round_words``'s FINITE)."""
     if WIDE:
         g = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)[:, None]
     else:
@@ -298,10 +319,17 @@ def _round_block(x_ptr, out_ptr, cols, nb, total, d, emin32, man_sub, max_word, 
         e_amax = tl.where((amax >> 23) == 0, (amax_p >> 23) - 64, amax >> 23)  # (<= 0 for a subnormal amax)
         k = -tl.minimum(tl.maximum(e_amax - (127 + emax), -127), 127)  # scaled = x * 2**k
         prod = (a.to(tl.float32, bitcast=True) * _pow2(k)).to(tl.int32, bitcast=True)
-        scaled = tl.where(a == 0, 0, tl.where(k >= 0, prod, tl.maximum(prod, 0x00800000)))
-        r = _round_words(scaled | sign, idx.to(tl.int32), key, d, emin32, man_sub, max_word, q_word, halfq_word,
-                         ovf_nearest, code_off, tiny_s1, tiny_s2, MODE, 2, False, ADD)
-        out = (r.to(tl.float32, bitcast=True) * _pow2(-k)).to(tl.int32, bitcast=True)
+        if LEAN:
+            # (2**-126 stands in for 0 and float32 subnormals too: all of them round to 0; in a block holding an
+            # infinity or NaN, the words are replaced below)
+            r = _round_words(tl.maximum(prod, 0x00800000), idx.to(tl.int32), key, d, emin32, man_sub, max_word,
+                             q_word, halfq_word, ovf_nearest, code_off, tiny_s1, tiny_s2, MODE, 2, False, ADD, True)
+            out = (r.to(tl.float32, bitcast=True) * _pow2(-k)).to(tl.int32, bitcast=True) | sign
+        else:
+            scaled = tl.where(a == 0, 0, tl.where(k >= 0, prod, tl.maximum(prod, 0x00800000)))
+            r = _round_words(scaled | sign, idx.to(tl.int32), key, d, emin32, man_sub, max_word, q_word,
+                             halfq_word, ovf_nearest, code_off, tiny_s1, tiny_s2, MODE, 2, False, ADD, False)
+            out = (r.to(tl.float32, bitcast=True) * _pow2(-k)).to(tl.int32, bitcast=True)
     out = tl.where(amax >= 0x7F800000, 0x7FC00000, out)  # an inf or NaN in the block: all NaN
     _store_words(out_ptr, offs, mask, out, IO, EVEN)
 
@@ -348,7 +376,8 @@ def block_rounder(fields: tuple[int, ...] | None, fixed: tuple[float, ...] | Non
     along another axis than the last, or not contiguous; block sizes other than powers of two up to 1,024), which
     the torch path rounds."""
     consts = {"MODE": mode, "FIXED": fixed is not None,
-              "ADD": mode == 0 and fields is not None and _adder_rounds(fields, kernels.GENERAL)}
+              "ADD": mode == 0 and fields is not None and _adder_rounds(fields, kernels.GENERAL),
+              "LEAN": fields is not None and _lean(fields, mode)}
     # (the unused kind's scalars: placeholders)
     tiny = _tiny_scales(fields[4]) if fields is not None else (1.0, 1.0)
     fields = fields if fields is not None else (0,) * 8
@@ -404,6 +433,16 @@ def _adder_rounds(fields: tuple[int, ...], variant: int) -> bool:
     d, emin32, man_sub, max_word = fields[0], fields[1], fields[2], fields[3]
     return (variant == kernels.GENERAL and 1 <= d <= 22 and (max_word >> 23) + d <= 253
             and emin32 + 23 - man_sub <= 254)
+
+
+def _lean(fields: tuple[int, ...], mode: int) -> bool:
+    """Whether the MX kernel may round a block's scaled magnitudes without cases for zero, float32 subnormals and
+    the sign (``_round_block``'s LEAN): round to nearest, truncation or stochastic rounding, into an element
+    format whose smallest magnitude q is at least 2**-95, so that 0 and every magnitude up to 2**-126 round to 0
+    alike (to nearest: under q / 2; stochastically: |x| / q to 30 bits is 0). Directed rounding away from zero
+    takes a nonzero magnitude to q, so it keeps them apart."""
+    return mode in (kernels.MODE["nearest"], kernels.MODE["truncate"], kernels.MODE["stochastic"]) \
+        and fields[4] >= (127 - 95) << 23
 
 
 def _on_device(x: torch.Tensor):

@@ -176,15 +176,24 @@ BLOCKS = {
     "mxfp8_e4m3_ax0": "mxfp8_e4m3_ax0",
 }
 
+# blocks holding zeros, -0 and values far under the element's smallest value (float32 subnormals among them)
+# beside normal values, with block factors 2**k above 1 and below it
+_z = normal[:2048].clone()
+_z[::3], _z[1::5], _z[2::7], _z[3::11], _z[4::13] = 0.0, -0.0, 1e-41, -3e-39, _z[4::13] * 2.0**-30
+sparse = torch.cat([_z, _z * 2.0**-110, _z * 2.0**100])
+
+
 def blocks():
     """MX block formats: one launch (blocks along the last axis, padded where the block size does not divide
     it; whole programs, a partial last program, padded rows), equal to the torch path."""
     bad = []
+    cases = [(x, shape) for shape in ((x.numel() // 4096 * 4096,), (5, 64), (48, 449), (7, 13), ())]
+    cases += [(sparse, shape) for shape in ((sparse.numel(),), (12, 511))]
     for name, fmt in BLOCKS.items():
         for mode in ("nearest", "truncate", "up", "down", "stochastic"):
-            for shape in ((x.numel() // 4096 * 4096,), (5, 64), (48, 449), (7, 13), ()):
+            for data, shape in cases:
                 n = math.prod(shape)
-                t32 = x[:n].reshape(shape) if shape else x[40]
+                t32 = data[:n].reshape(shape) if shape else data[40]
                 for dtype in (torch.float32, torch.bfloat16, torch.float16):
                     if dtype is torch.float16 and name != "mxfp8_e4m3":
                         continue
