@@ -5,7 +5,6 @@ from __future__ import annotations
 import gfloat
 import ml_dtypes
 import numpy as np
-import torch
 from gfloat.types import Domain, FormatInfo
 
 from boundfinder import FloatFormat
@@ -82,20 +81,3 @@ def corner_inputs(fmt: FloatFormat, seed: int = 0, n_random: int = 4000) -> np.n
     pos = np.concatenate([f32(vals), mids32, up, down, f32(extra)])
     out = np.concatenate([pos, -pos, rand, f32([np.nan])])
     return out.astype(np.float32)
-
-
-def bits_equal(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> bool:
-    """Bit-exact equality, with every NaN equal to every NaN (payloads are not compared)."""
-    a = torch.as_tensor(np.asarray(a, dtype=np.float32))
-    b = torch.as_tensor(np.asarray(b, dtype=np.float32))
-    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    if not torch.equal(nan_a, nan_b):
-        return False
-    return torch.equal(a[~nan_a].view(torch.int32), b[~nan_b].view(torch.int32))
-
-
-def mismatches(got, want, x) -> str:
-    got, want, x = (np.asarray(v, dtype=np.float32) for v in (got, want, x))
-    bad = ~((got.view(np.int32) == want.view(np.int32)) | (np.isnan(got) & np.isnan(want)))
-    idx = np.flatnonzero(bad)[:8]
-    return "; ".join(f"x={x[i]!r} got={got[i]!r} want={want[i]!r}" for i in idx) + f" ({bad.sum()} in all)"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from boundfinder import quantize
-from tests.oracles import bits_equal
+from tests.bits import bits_equal
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

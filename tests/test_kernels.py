@@ -9,7 +9,7 @@ import torch
 
 from boundfinder import kernels as K
 from boundfinder import native, quantize
-from tests.oracles import bits_equal
+from tests.bits import bits_equal
 
 
 @pytest.fixture

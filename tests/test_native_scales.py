@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from boundfinder import kernels, native, parse_format, quantize
-from tests.oracles import bits_equal
+from tests.bits import bits_equal
 
 ext = native.load()
 pytestmark = pytest.mark.skipif(ext is None, reason="the native extension could not be built here")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from boundfinder import FloatFormat, FormatError, parse_format, quantize, reference
 from boundfinder import kernels as K
-from tests.oracles import bits_equal, mismatches
+from tests.bits import bits_equal, mismatches
 
 MODES = ["nearest", "truncate", "up", "down", "stochastic"]
 

@@ -21,7 +21,8 @@ from boundfinder import (
     reference,
 )
 from boundfinder import kernels as K
-from tests.oracles import GFLOAT_MODES, bits_equal, mismatches
+from tests.bits import bits_equal, mismatches
+from tests.oracles import GFLOAT_MODES
 
 MODES = ["nearest", "truncate", "up", "down"]
 

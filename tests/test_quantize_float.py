@@ -8,7 +8,8 @@ import torch
 
 from boundfinder import FloatFormat, parse_format, quantize, reference
 from boundfinder import kernels as K
-from tests.oracles import ML_DTYPES, bits_equal, corner_inputs, gfloat_round, mismatches
+from tests.bits import bits_equal, mismatches
+from tests.oracles import ML_DTYPES, corner_inputs, gfloat_round
 
 MODES = ["nearest", "truncate", "up", "down"]
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from boundfinder import FloatFormat, native, parse_format, quantize
 from boundfinder.emulation import emulate, layer
-from tests.oracles import ML_DTYPES, bits_equal, corner_inputs, gfloat_round, mismatches
+from tests.bits import bits_equal, mismatches
+from tests.oracles import ML_DTYPES, corner_inputs, gfloat_round
 
 ext = native.load()
 needs_ext = pytest.mark.skipif(ext is None, reason="the native extension could not be built here")
