@@ -128,8 +128,7 @@ def kernel_cases(block: int) -> list[tuple]:
                "scale": "fp32", "inv": "fp32", "qmin": "fp32", "qmax": "fp32"}
         return ("fp32", f"{name} {mode}{' (adder)' if add else ''}", tk._round_block, sig,
                 {"MODE": m, "ADD": add, "FIXED": not floating, "LEAN": floating and tk._lean(fields, m), "IO": 0,
-                 "BS": fmt.block_size,
-                 "G": block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
+                 "BS": fmt.block_size, "G": block // fmt.block_size, "PADDED": False, "EVEN": True, "WIDE": False})
 
     cases += [block_case(name, mode) for name, mode in BLOCK_CASES]
 

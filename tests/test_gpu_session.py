@@ -42,19 +42,22 @@ def _session_tests() -> list[str]:
     return [a for a in shlex.split(line) if a.startswith("tests/")]
 
 
+def _collect(*tests: str) -> subprocess.CompletedProcess:
+    """pytest's collection of ``tests``, after importing the session's benchmarks, without the ABSENT packages."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BOUNDFINDER_NATIVE": "0"}
+    return subprocess.run([sys.executable, "-c", _CHILD, ",".join(ABSENT), *tests], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_the_gpu_sessions_tests_load_without_the_packages_the_gpu_machine_lacks():
     tests = _session_tests()
     assert "tests/test_gpu.py" in tests
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BOUNDFINDER_NATIVE": "0"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, ",".join(ABSENT), *tests], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = _collect(*tests)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_the_check_sees_a_missing_package():
     """Control: a test module that needs one of the absent packages fails to load under the same check."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BOUNDFINDER_NATIVE": "0"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, ",".join(ABSENT), "tests/test_quantize_float.py"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = _collect("tests/test_quantize_float.py")
     assert proc.returncode != 0
     assert "gfloat" in proc.stdout + proc.stderr
