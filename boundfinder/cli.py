@@ -3,6 +3,8 @@
     boundfinder formats                 # every named format with its bits, range and precision
     boundfinder formats --json
     boundfinder quantize e4m3fn 0.1 300 1e6 --rounding truncate
+    boundfinder sweep --plot sweep.png     # minimum safe bits of one format family, with a confidence interval
+    boundfinder search --trials 40         # per-layer bit widths with Optuna, certified on held-out items
 """
 
 from __future__ import annotations
@@ -99,16 +101,20 @@ def _int_list(text: str) -> list[int]:
     return out
 
 
+def _builders() -> dict:
+    from boundfinder.models import MLP, LeNet, LogisticRegression
+
+    return {"mlp": lambda: MLP(hidden=(64,), lr=0.05, momentum=0.9),
+            "lenet": lambda: LeNet(lr=0.05, momentum=0.9),
+            "logreg": lambda: LogisticRegression(lr=0.05, momentum=0.9)}
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from boundfinder.data import DigitsDataModule
-    from boundfinder.models import MLP, LeNet, LogisticRegression
     from boundfinder.search.sweep import precision_sweep
 
-    builders = {"mlp": lambda: MLP(hidden=(64,), lr=0.05, momentum=0.9),
-                "lenet": lambda: LeNet(lr=0.05, momentum=0.9),
-                "logreg": lambda: LogisticRegression(lr=0.05, momentum=0.9)}
     dm = DigitsDataModule(batch_size=64, seed=0)
-    result = precision_sweep(builders[args.model], dm, args.family, _int_list(args.bits), level=args.level,
+    result = precision_sweep(_builders()[args.model], dm, args.family, _int_list(args.bits), level=args.level,
                              rounding=args.rounding, roles=[r for r in args.roles.split(",") if r],
                              layers=args.layers, seeds=_int_list(args.seeds), epochs=args.epochs,
                              train_under_emulation=args.train)
@@ -135,6 +141,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         ax.set_title(f"{args.model} on digits: {args.family}, {args.level} level")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    try:
+        import optuna
+    except ImportError:
+        raise BoundfinderError("`boundfinder search` needs Optuna: pip install 'boundfinder[search]'.") from None
+    from boundfinder.data import DigitsDataModule
+    from boundfinder.search.study import precision_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
+    try:
+        result = precision_search(
+            _builders()[args.model], DigitsDataModule(batch_size=64, seed=0), args.family, _int_list(args.bits),
+            layers=layers, roles=[r for r in args.roles.split(",") if r], level=args.level, rounding=args.rounding,
+            seeds=_int_list(args.seeds), epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence,
+            n_trials=args.trials, timeout=args.timeout, storage=args.storage or None, study_name=args.study,
+            sampler_seed=args.seed, heartbeat_interval=args.heartbeat, model_name=args.model)
+    except KeyboardInterrupt:
+        where = args.storage or "memory (lost)"
+        print(f"boundfinder: interrupted; every finished trial is in {where}: run the same command to go on.",
+              file=sys.stderr)
+        return 130
+    print(result.report())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.summary(), f, indent=2)
     return 0
 
 
@@ -170,6 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the sweep and bound summary to this JSON file")
     p.add_argument("--plot", help="write the accuracy-vs-bits plot to this PNG file")
     p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("search", help="search per-layer bit widths with Optuna on the embedded digits data, then "
+                       "certify the cheapest safe configuration on held-out test items; workers sharing --storage "
+                       "and --study split the trials")
+    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
+    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b})")
+    p.add_argument("--bits", default="0-10", help="bit widths each layer may take (default 0-10)")
+    p.add_argument("--layers", default=None, help="comma-separated layer-name patterns, one search group each "
+                   "(default: every layer with parameters)")
+    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
+    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
+    p.add_argument("--roles", default="weight,bias,input,activation", help="tensor roles to round")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--trials", type=int, default=40, help="complete trials the study should reach, counting every "
+                   "worker's (default 40)")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--storage", default="sqlite:///boundfinder-search.db", help="Optuna storage: a database URL "
+                   "(sqlite:///file.db, postgresql://user:pw@host/db) or a journal file (.log); '' keeps the study "
+                   "in memory (default sqlite:///boundfinder-search.db)")
+    p.add_argument("--study", default=None, help="study name (default: model-family-level-rounding)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (give each worker its own)")
+    p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between a running trial's heartbeats; a "
+                   "trial silent for twice as long is failed and retried (database storages)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--json", help="write the result summary to this JSON file")
+    p.set_defaults(func=_cmd_search)
     return ap
 
 

@@ -1,1 +1,10 @@
-"""Sensitivity sweeps and Optuna studies over per-layer precision (``boundfinder.search``)."""
+"""Sensitivity sweeps and Optuna studies over per-layer precision (``boundfinder.search``).
+
+* :func:`~boundfinder.search.sweep.precision_sweep`: one format family's bit widths on the whole model (or a layer
+  pattern), measured per test item, read by ``estimate_bound``;
+* :func:`~boundfinder.search.study.precision_search`: per-layer bit widths searched with Optuna on validation items,
+  the cheapest safe configuration certified on test items; many workers can share one storage
+  (:func:`~boundfinder.search.storage.open_storage`).
+
+The Optuna-based modules import Optuna when used (the ``search`` extra); the sweep does not need it.
+"""

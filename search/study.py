@@ -1,0 +1,434 @@
+"""Optuna search over per-layer precision: the cheapest configuration whose accuracy drop stays within the
+tolerance, certified on test items the search never saw.
+
+1. One full-precision model per seed is trained from its seed alone, so every worker of a distributed search
+   trains the same models.
+2. Each trial gives every searched layer group a bit width of the format family, rounds the models under that
+   policy and records which *validation* items they get right. The objective is the cost (mean bits per
+   parameter, parameters outside the searched groups counted at 32), minimised under the constraint
+   ``validation drop <= tolerance`` (``trial.set_constraint``). The per-item results are stored in the trial.
+3. Confirmation: the feasible trials' Pareto front (cost against validation drop), topped by the widest
+   configuration, is measured on the *test* items and tested from the most expensive configuration down, each
+   at the full level, stopping at the first that cannot be certified (``estimate_bound`` with the candidates as
+   its levels). With probability >= ``confidence`` every configuration declared safe is truly safe; the chosen
+   one is the cheapest declared safe. The search's own selection (its winner's curse) only ordered the
+   candidates; it never touched the items the confidence statement rests on.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from boundfinder.bounds import BoundEstimate, estimate_bound
+from boundfinder.errors import BoundfinderError
+from boundfinder.formats import parse_format
+from boundfinder.policy import ROLES, PrecisionPolicy, Rule, layer_modules
+from boundfinder.search.storage import mask_url, open_storage
+from boundfinder.search.sweep import (
+    INFERENCE_ROLES,
+    _predict,
+    _predict_under,
+    _seeded_model,
+    _train,
+    expand_family,
+)
+
+__all__ = ["Candidate", "SearchResult", "precision_search"]
+
+log = logging.getLogger(__name__)
+
+#: Study user attribute holding the search settings; a worker with other settings is refused.
+CONFIG_KEY = "boundfinder.search"
+#: Study user attribute: which validation items the full-precision models get right (packed, one per seed).
+BASELINE_KEY = "boundfinder.val_baseline"
+_FULL_WIDTH = 32  # float32: what a parameter outside the searched groups costs
+
+
+def _param_name(group: str) -> str:
+    return f"bits[{group}]"
+
+
+def _pack(correct: np.ndarray) -> str:
+    """Per-item booleans as base64 of their packed bits (a few hundred bytes for thousands of items)."""
+    return base64.b64encode(np.packbits(correct.astype(bool)).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def _width(fmt) -> float:
+    """Storage bits per element of a format (a block format's shared scale included)."""
+    return float(getattr(fmt, "bits_per_element", fmt.bits))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """One configuration of the search: a bit width per layer group, its cost and validation drop."""
+
+    bits: dict[str, int]
+    formats: dict[str, str]
+    cost: float
+    val_drop: float
+    trial: int | None
+
+    def describe(self) -> str:
+        return " ".join(f"{g}={f}" for g, f in self.formats.items())
+
+    def summary(self) -> dict[str, Any]:
+        return {"bits": dict(self.bits), "formats": dict(self.formats), "cost": self.cost,
+                "val_drop": self.val_drop, "trial": self.trial}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    """What a search found and what its confirmation on the test items certified.
+
+    ``candidates`` are ordered from the cheapest to the most expensive; ``confirmation.levels[k]`` holds the test
+    measurement of ``candidates[k]`` (its ``bits`` field is the rank ``k``). ``chosen`` is the cheapest candidate
+    declared safe, or None (``confirmation.reason`` says why).
+    """
+
+    study_name: str
+    storage: str
+    family: str
+    groups: tuple[str, ...]
+    parameters: dict[str, int]
+    n_complete: int
+    n_failed: int
+    candidates: tuple[Candidate, ...]
+    confirmation: BoundEstimate | None
+    chosen: Candidate | None
+    reason: str
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description."""
+        levels = self.confirmation.levels if self.confirmation is not None else ()
+        rows = []
+        for k, cand in enumerate(self.candidates):
+            row = cand.summary()
+            if k < len(levels):
+                lv = levels[k].summary()
+                row |= {"test_drop": lv["drop"], "test_upper": lv["upper"], "declared_safe": lv["declared_safe"]}
+            rows.append(row)
+        return {
+            "study_name": self.study_name, "storage": self.storage, "family": self.family,
+            "groups": list(self.groups), "parameters": dict(self.parameters), "n_complete": self.n_complete,
+            "n_failed": self.n_failed, "candidates": rows,
+            "confirmation": None if self.confirmation is None else self.confirmation.summary(),
+            "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
+        }
+
+    def report(self) -> str:
+        """A plain-text table of the candidates and the verdict."""
+        conf = self.confirmation
+        lines = [f"study {self.study_name!r} in {self.storage}: {self.n_complete} trials complete, "
+                 f"{self.n_failed} failed; {len(self.groups)} layer groups, family {self.family}"]
+        if conf is not None:
+            lines.append(f"candidates: the validation Pareto front, tested on {conf.n_items} test items x "
+                         f"{conf.n_seeds} seeds from the most expensive down ({conf.method}, "
+                         f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
+            lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "
+                         "configuration")
+            for cand, lv in reversed(list(zip(self.candidates, conf.levels, strict=True))):
+                lines.append(f"{cand.cost:10.3f} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
+                             f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}")
+        if self.chosen is not None:
+            lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} bits per parameter, "
+                         f"{_FULL_WIDTH / self.chosen.cost:.2f}x smaller than float32)")
+        lines.append(f"reason: {self.reason}")
+        return "\n".join(lines)
+
+
+def _bit_choices(bits: Sequence[int]) -> tuple[int, int, int] | None:
+    """(low, high, step) when ``bits`` is an evenly spaced range, else None (then a categorical choice)."""
+    if len(bits) < 2:
+        return None
+    step = bits[1] - bits[0]
+    if step > 0 and all(b - a == step for a, b in itertools.pairwise(bits)):
+        return bits[0], bits[-1], step
+    return None
+
+
+def _groups_of(model: torch.nn.Module, layers: Sequence[str] | None) -> dict[str, list[str]]:
+    """Search group (a layer-name pattern) -> the layers it selects. Default: each layer owning parameters."""
+    modules = layer_modules(model)
+    if layers is None:
+        groups = {name: [name] for name, m in modules.items()
+                  if next(iter(m.parameters(recurse=False)), None) is not None}
+        if not groups:
+            raise BoundfinderError(f"{type(model).__name__} has no layer with parameters to search over.")
+        return groups
+    groups: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for pattern in layers:
+        if not isinstance(pattern, str) or not pattern:
+            raise BoundfinderError(f"layer patterns must be non-empty strings, but got {pattern!r}.")
+        # resolve() names the modules that exist when the pattern matches none
+        PrecisionPolicy.from_spec({pattern: "fp32"}).resolve(model)
+        rule = Rule(pattern=pattern, formats={"weight": "fp32"})
+        selected = [name for name, m in modules.items() if rule.selects(name, m)]
+        for name in selected:
+            if name in owner:
+                raise BoundfinderError(f"layer {name!r} is selected by both patterns {owner[name]!r} and "
+                                       f"{pattern!r}; search groups must be disjoint.")
+            owner[name] = pattern
+        groups[pattern] = selected
+    return groups
+
+
+def _storage_label(storage: Any) -> str:
+    if storage is None or isinstance(storage, str):
+        return mask_url(storage)
+    return type(storage).__name__
+
+
+def _items_digest(items) -> str:
+    return hashlib.sha1(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+class _Measure:
+    """Per-item correctness of every seed's model under a configuration, on one split."""
+
+    def __init__(self, models, loader_fn, level: str, rounding: str, roles: tuple[str, ...]) -> None:
+        self.models, self.loader_fn, self.level, self.rounding, self.roles = models, loader_fn, level, rounding, roles
+        self.baseline = np.stack([self._correct(m, None) for m in models])
+
+    def _correct(self, model, formats: dict[str, str] | None) -> np.ndarray:
+        if formats is None:
+            pred, target = _predict(model, self.loader_fn())
+        else:
+            policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
+            pred, target = _predict_under(model, policy, self.level, self.loader_fn())
+        return (pred == target).numpy()
+
+    def __call__(self, formats: dict[str, str]) -> np.ndarray:
+        return np.stack([self._correct(m, formats) for m in self.models])
+
+
+def precision_search(
+    build_model: Callable[[], torch.nn.Module],
+    datamodule,
+    family: str = "e8m{b}",
+    bits: Iterable[int] = range(0, 11),
+    *,
+    layers: Sequence[str] | None = None,
+    roles: Iterable[str] = INFERENCE_ROLES,
+    level: str = "layer",
+    rounding: str = "nearest",
+    seeds: Iterable[int] = (0,),
+    epochs: int = 20,
+    tolerance: float = 0.01,
+    confidence: float = 0.95,
+    n_trials: int = 40,
+    timeout: float | None = None,
+    storage: Any = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+    heartbeat_interval: float = 30.0,
+    grace_period: float | None = None,
+    model_name: str | None = None,
+) -> SearchResult:
+    """Search per-layer bit widths of ``family`` with Optuna, then certify the result on the test items.
+
+    ``build_model()`` returns a fresh LightningModule; ``datamodule`` gives train/val/test loaders (validation
+    items guide the search, test items certify it). ``layers``: one search group per pattern (default: one per
+    layer owning parameters). ``n_trials``: complete trials the *study* should reach, counting those of every
+    worker sharing ``storage`` (a URL or journal path, see :mod:`boundfinder.search.storage`, or an Optuna
+    storage object). Running this again with the same storage and ``study_name`` continues the study; a worker
+    whose settings differ from the study's is refused with the differences listed. ``sampler_seed`` makes
+    one worker's proposals reproducible; give each worker of a distributed search its own.
+
+    Returns a :class:`SearchResult`; ``n_trials=0`` only confirms what the storage already holds.
+    """
+    import optuna
+
+    bits = sorted({int(b) for b in bits})
+    if len(bits) < 2:
+        raise BoundfinderError(f"a search needs at least 2 distinct bit widths, but got bits={bits}.")
+    names = dict(zip(bits, expand_family(family, bits), strict=True))
+    roles = tuple(roles)
+    for r in roles:
+        if r not in ROLES:
+            raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
+    if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
+        raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
+                               f"tolerance={tolerance!r}, confidence={confidence!r}.")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
+        raise BoundfinderError(f"`n_trials >= 0` must hold (an int), but got n_trials={n_trials!r}.")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise BoundfinderError("a search needs at least one training seed, but got seeds=().")
+
+    # Everything a bad argument can reject is checked before the minutes of training.
+    probe = build_model()
+    groups = _groups_of(probe, layers)
+    PrecisionPolicy.from_spec(dict.fromkeys(groups, names[bits[-1]]), rounding=rounding, roles=roles).resolve(probe)
+    modules = layer_modules(probe)
+    counts = {name: sum(p.numel() for p in m.parameters(recurse=False)) for name, m in modules.items()}
+    parameters = {g: sum(counts[n] for n in members) for g, members in groups.items()}
+    total = sum(p.numel() for p in probe.parameters()) or 1
+    outside = total - sum(parameters.values())
+    widths = {b: _width(parse_format(n)) for b, n in names.items()}
+
+    def cost(choice: dict[str, int]) -> float:
+        return (sum(parameters[g] * widths[b] for g, b in choice.items()) + outside * _FULL_WIDTH) / total
+
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    config = {
+        "version": 1, "model": model_name or type(probe).__name__, "parameters": parameters, "family": family,
+        "bits": bits, "roles": list(roles), "level": level, "rounding": rounding, "seeds": list(seeds),
+        "epochs": epochs, "tolerance": tolerance, "data": type(datamodule).__name__,
+        "val_items": _items_digest(datamodule.val_items), "test_items": _items_digest(datamodule.test_items),
+    }
+    study_name = study_name or f"{config['model']}-{family.replace('{', '').replace('}', '')}-{level}-{rounding}"
+    opened = storage if storage is None or not isinstance(storage, str) else open_storage(
+        storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+    study = optuna.create_study(storage=opened, study_name=study_name, direction="minimize", sampler=sampler,
+                                load_if_exists=True)
+    stored = study.user_attrs.get(CONFIG_KEY)
+    if stored is None:
+        study.set_user_attr(CONFIG_KEY, config)
+    elif stored != (mine := json.loads(json.dumps(config))):
+        diff = ", ".join(f"{k}: study {stored.get(k)!r}, this run {v!r}" for k, v in mine.items() if stored.get(k) != v)
+        raise BoundfinderError(f"study {study_name!r} in {_storage_label(storage)} "
+                               f"was created with other settings ({diff}); use the same settings to join it, or "
+                               "another study name.")
+    widest = dict.fromkeys(groups, bits[-1])
+    study.enqueue_trial({_param_name(g): b for g, b in widest.items()}, skip_if_exists=True)
+
+    models = []
+    for seed in seeds:
+        model = _seeded_model(build_model, seed)
+        _train(model, datamodule, epochs=epochs, seed=seed)
+        models.append(model)
+    val = _Measure(models, datamodule.val_dataloader, level, rounding, roles)
+    packed = [_pack(b) for b in val.baseline]
+    if study.user_attrs.get(BASELINE_KEY) is None:
+        study.set_user_attr(BASELINE_KEY, packed)
+    elif study.user_attrs[BASELINE_KEY] != packed:
+        log.warning("this worker's full-precision models classify the validation items differently from those of "
+                    "the study's first worker (training is not reproducible across these workers); each trial's "
+                    "drop is measured against the models of the worker that ran it")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    spaced = _bit_choices(bits)
+
+    def objective(trial: optuna.Trial) -> float:
+        choice = {}
+        for g in groups:
+            if spaced is not None:
+                choice[g] = trial.suggest_int(_param_name(g), spaced[0], spaced[1], step=spaced[2])
+            else:
+                choice[g] = trial.suggest_categorical(_param_name(g), bits)
+        same = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.params == trial.params and "val_drop" in t.user_attrs]
+        if same:  # a configuration measured before (by any worker) is reused, not measured again
+            attrs = same[0].user_attrs
+            drop = attrs["val_drop"]
+            for key in ("val_drop", "val_correct", "formats"):
+                trial.set_user_attr(key, attrs[key])
+            trial.set_user_attr("reused_from", same[0].number)
+        else:
+            formats = {g: names[b] for g, b in choice.items()}
+            correct = val(formats)
+            drop = float(val.baseline.mean() - correct.mean())
+            trial.set_user_attr("val_drop", drop)
+            trial.set_user_attr("val_correct", [_pack(c) for c in correct])
+            trial.set_user_attr("formats", formats)
+        trial.set_user_attr("worker", worker)
+        trial.set_constraint("val_drop", drop - tolerance)
+        return cost(choice)
+
+    if n_trials:
+        target = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        if done < n_trials:
+            study.optimize(objective, n_trials=n_trials - done, timeout=timeout, callbacks=[target],
+                           gc_after_trial=False)
+
+    return _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models,
+                    datamodule, level, rounding, roles, tolerance, confidence)
+
+
+def _measured(study, groups, bits_of, cost) -> dict[tuple, Candidate]:
+    """Every configuration a complete trial measured, keyed by its bit widths in group order."""
+    import optuna
+
+    seen: dict[tuple, Candidate] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        choice = {g: int(t.params[_param_name(g)]) for g in groups if _param_name(g) in t.params}
+        if "val_drop" not in t.user_attrs or len(choice) != len(groups):
+            continue  # a trial of another search space (cannot happen once the settings check passed)
+        key = tuple(choice[g] for g in groups)
+        if key not in seen:
+            seen[key] = Candidate(bits=choice, formats={g: bits_of[b] for g, b in choice.items()},
+                                  cost=cost(choice), val_drop=float(t.user_attrs["val_drop"]), trial=t.number)
+    return seen
+
+
+def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate]:
+    """The feasible configurations' Pareto front on (cost, validation drop), cheapest first."""
+    front: list[Candidate] = []
+    best = math.inf
+    for cand in sorted(measured.values(), key=lambda c: (c.cost, c.val_drop)):
+        if cand.val_drop <= tolerance and cand.val_drop < best:
+            front.append(cand)
+            best = cand.val_drop
+    return front
+
+
+def _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models, datamodule,
+             level, rounding, roles, tolerance, confidence) -> SearchResult:
+    import optuna
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    n_complete = states.count(optuna.trial.TrialState.COMPLETE)
+    n_failed = states.count(optuna.trial.TrialState.FAIL)
+    measured = _measured(study, groups, names, cost)
+    front = _front(measured, tolerance)
+    widest = {g: bits[-1] for g in groups}
+    if not front or front[-1].bits != widest:
+        front.append(measured.get(tuple(widest.values())) or Candidate(
+            bits=widest, formats={g: names[b] for g, b in widest.items()}, cost=cost(widest),
+            val_drop=math.nan, trial=None))
+    test = _Measure(models, datamodule.test_dataloader, level, rounding, roles)
+    correct = np.stack([test(c.formats) for c in front])
+    ranks = np.arange(len(front))
+    if len(front) == 1:
+        # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two
+        # levels, and the same measurement twice leaves every bound and decision unchanged.
+        correct, ranks = np.concatenate([correct, correct]), np.arange(2)
+    est = estimate_bound(ranks, correct, test.baseline, tolerance=tolerance, confidence=confidence,
+                         fit_curve=False)
+    if len(front) == 1:
+        est = dataclasses.replace(est, levels=est.levels[1:], bits=None if est.bits is None else 0,
+                                  ci=tuple(None if c is None else 0 for c in est.ci))
+    chosen = front[est.bits] if est.bits is not None else None
+    if chosen is not None:
+        reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test drop "
+                  f"{est.levels[est.bits].drop:.4g}, upper bound {est.levels[est.bits].upper:.4g} <= tolerance "
+                  f"{tolerance:g} at {confidence:.0%} confidence, and so is every more expensive candidate")
+    else:
+        top = est.levels[-1]
+        reason = (f"not even the most expensive candidate ({front[-1].describe()}) is certified on the test items: "
+                  f"drop {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
+                  + ("more test items or seeds are needed" if est.status == "undetermined"
+                     else "search wider bit widths"))
+    return SearchResult(study_name=study_name, storage=_storage_label(storage),
+                        family=family, groups=tuple(groups), parameters=parameters, n_complete=n_complete,
+                        n_failed=n_failed, candidates=tuple(front), confirmation=est, chosen=chosen, reason=reason)

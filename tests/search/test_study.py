@@ -1,0 +1,220 @@
+"""Optuna search over per-layer bit widths: trials, the certified choice, storages, workers and failures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from boundfinder.cli import main
+from boundfinder.data import DigitsDataModule
+from boundfinder.errors import BoundfinderError, PolicyError
+from boundfinder.search import study as study_mod
+from boundfinder.search.storage import mask_url, open_storage
+from boundfinder.search.study import BASELINE_KEY, CONFIG_KEY, Candidate, precision_search
+from tests.search import workers
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                           optuna.trial.TrialState.RUNNING)
+# MLP(hidden=(16,)) on 64 inputs: fc1 has 64 * 16 + 16 parameters, the classifier 16 * 10 + 10
+FC1, CLS = 1040, 170
+
+
+def _load(url, name):
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('search')}/s.db"
+    return url, workers.search(url, "digits", 10, 0)
+
+
+def test_search_certifies_the_cheapest_configuration_of_its_fixed_sequence(searched):
+    _url, r = searched
+    assert r.n_complete == 10 and r.n_failed == 0
+    assert r.groups == ("features.fc1", "classifier") and r.parameters == {"features.fc1": FC1, "classifier": CLS}
+    costs = [c.cost for c in r.candidates]
+    assert costs == sorted(costs) and len(set(costs)) == len(costs)
+    # cost: mean bits per parameter; e8m{b} stores 9 + b bits
+    for c in r.candidates:
+        expect = (FC1 * (9 + c.bits["features.fc1"]) + CLS * (9 + c.bits["classifier"])) / (FC1 + CLS)
+        assert c.cost == pytest.approx(expect, rel=1e-12)
+    # below the widest configuration (the chain's top) the candidates are a Pareto front: cheaper means a larger
+    # validation drop, and every one is feasible
+    drops = [c.val_drop for c in r.candidates[:-1]]
+    assert all(a > b for a, b in itertools.pairwise(drops)) and all(d <= 0.01 for d in drops)
+    assert r.candidates[-1].bits == {"features.fc1": 4, "classifier": 4}
+    # confirmation on the 449 test items, not the validation items; declared safe is a suffix of the chain
+    conf = r.confirmation
+    assert conf.n_items == 449 and conf.n_seeds == 1 and len(conf.levels) == len(r.candidates)
+    safe = [lv.declared_safe for lv in conf.levels]
+    first = safe.index(True)
+    assert all(safe[first:]) and not any(safe[:first])
+    assert r.chosen == r.candidates[first] and conf.levels[first].upper <= 0.01
+    assert all(lv.upper <= 0.01 for lv in conf.levels[first:])
+    if first > 0:
+        assert conf.levels[first - 1].upper > 0.01
+    summary = json.loads(json.dumps(r.summary()))
+    assert summary["chosen"]["formats"] == r.chosen.formats
+    assert "chosen: " in r.report() and r.chosen.describe() in r.report()
+
+
+def test_trials_keep_their_per_item_measurements_in_the_storage(searched):
+    url, _ = searched
+    study = _load(url, "digits")
+    assert study.user_attrs[CONFIG_KEY]["family"] == "e8m{b}"
+    n_val = len(DigitsDataModule(batch_size=128, seed=0).val_items)
+    baseline = study_mod._unpack(study.user_attrs[BASELINE_KEY][0], n_val)
+    for t in study.get_trials(states=(COMPLETE,)):
+        correct = study_mod._unpack(t.user_attrs["val_correct"][0], n_val)
+        # the stored items reproduce the stored drop, and the constraint is that drop minus the tolerance
+        assert t.user_attrs["val_drop"] == pytest.approx(baseline.mean() - correct.mean(), abs=1e-12)
+        assert t.constraints == {"val_drop": pytest.approx(t.user_attrs["val_drop"] - 0.01)}
+        assert t.user_attrs["worker"].endswith(f":{os.getpid()}")
+    # the widest configuration is the first trial, queued when the study was created
+    assert study.trials[0].params == {"bits[features.fc1]": 4, "bits[classifier]": 4}
+
+
+def test_front_keeps_feasible_configurations_that_trade_cost_for_drop():
+    def cand(cost, drop):
+        return Candidate(bits={"a": int(cost)}, formats={"a": f"e8m{int(cost)}"}, cost=cost, val_drop=drop, trial=0)
+
+    measured = {(i,): c for i, c in enumerate([cand(1, 0.02), cand(2, 0.008), cand(3, 0.009), cand(4, 0.001),
+                                               cand(5, 0.001), cand(6, -0.002)])}
+    front = study_mod._front(measured, 0.01)
+    # 1: infeasible; 3: dearer than 2 with a larger drop; 5: dearer than 4 with the same drop
+    assert [c.cost for c in front] == [2, 4, 6]
+
+
+def test_search_continues_from_its_storage_and_refuses_a_worker_with_other_settings(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert workers.search(url, "again", 3, 0).n_complete == 3
+    more = workers.search(url, "again", 5, 1)
+    assert more.n_complete == 5 and len(_load(url, "again").trials) == 5  # two more, not five
+    with pytest.raises(BoundfinderError, match=r"other settings \(family: study 'e8m\{b\}', this run 'e5m\{b\}'"):
+        precision_search(workers.build, DigitsDataModule(batch_size=128, seed=0), "e5m{b}", range(0, 5),
+                         seeds=(0,), epochs=2, n_trials=5, storage=url, study_name="again", model_name="mlp16")
+
+
+def test_bad_arguments_fail_before_training_with_the_valid_choices():
+    dm = DigitsDataModule(batch_size=128, seed=0)
+    with pytest.raises(PolicyError, match=r"matches no module of SlowMLP; the modules are: .*'features\.fc1'"):
+        precision_search(workers.build, dm, layers=["decoder.*"], n_trials=1)
+    with pytest.raises(BoundfinderError, match=r"selected by both patterns 'features' and 'features\.fc1'"):
+        precision_search(workers.build, dm, layers=["features", "features.fc1"], n_trials=1)
+    with pytest.raises(BoundfinderError, match="at least 2 distinct bit widths"):
+        precision_search(workers.build, dm, bits=[3], n_trials=1)
+    with pytest.raises(BoundfinderError, match="n_trials >= 0"):
+        precision_search(workers.build, dm, n_trials=-1)
+    with pytest.raises(BoundfinderError, match="unknown role 'weights'"):
+        precision_search(workers.build, dm, roles=["weights"], n_trials=1)
+
+
+def test_storages_open_or_fail_with_the_url_and_no_password(tmp_path):
+    assert open_storage(None) is None
+    assert isinstance(open_storage(str(tmp_path / "journal.log")), optuna.storages.JournalStorage)
+    assert isinstance(open_storage(f"sqlite:///{tmp_path}/a.db"), optuna.storages.RDBStorage)
+    with pytest.raises(BoundfinderError, match=r"a database URL .* or a journal file"):
+        open_storage("search.db")
+    # a closed port on loopback: refused at once
+    with pytest.raises(BoundfinderError, match=r"cannot open the Optuna storage postgresql://bf:\*\*\*@127.0.0.1:1/x") \
+            as err:
+        open_storage("postgresql://bf:s3cret@127.0.0.1:1/x")
+    assert "s3cret" not in str(err.value)
+    assert mask_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def _storage_url(kind, tmp_path, request):
+    if kind == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        return url, f"{request.node.name}-{time.time_ns()}"
+    return f"sqlite:///{tmp_path}/shared.db", "shared"
+
+
+def _worker(url, name, trials, seed, *extra):
+    return subprocess.Popen([sys.executable, "-m", "tests.search.workers", url, name, str(trials), str(seed), *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_workers_in_separate_processes_share_one_study(kind, tmp_path, request):
+    url, name = _storage_url(kind, tmp_path, request)
+    # slow trials (about a second each) so that both workers are measuring while the study fills up
+    procs = [_worker(url, name, 12, seed, "--slow") for seed in (1, 2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = _load(url, name)
+    states = [t.state for t in study.trials]
+    # each worker stops once the study holds 12 complete trials; one more may finish after that while in flight
+    assert states.count(COMPLETE) in (12, 13) and states.count(RUNNING) == 0 and states.count(FAIL) == 0
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both did work
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_killed_workers_trial_is_failed_and_retried_by_another(kind, tmp_path, request):
+    url, name = _storage_url(kind, tmp_path, request)
+    proc = _worker(url, name, 6, 1, "--slow")
+    storage = open_storage(url)
+    running = None
+    deadline = time.monotonic() + 180
+    while running is None and time.monotonic() < deadline and proc.poll() is None:
+        studies = [s for s in storage.get_all_studies() if s.study_name == name]
+        if studies:
+            trials = storage.get_all_trials(studies[0]._study_id, deepcopy=False, states=(RUNNING,))
+            running = trials[0] if trials else None
+        time.sleep(0.1)
+    assert running is not None, "the slow worker never started a trial"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(workers.GRACE + 1.5)  # the dead trial's heartbeat is now older than the grace period
+    result = workers.search(url, name, 6, 2)
+    study = _load(url, name)
+    dead = study.trials[running.number]
+    assert dead.state == FAIL
+    retried = [t for t in study.trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == dead.number]
+    assert len(retried) == 1 and retried[0].state == COMPLETE and retried[0].params == dead.params
+    assert result.n_complete == 6 and result.n_failed == 1
+
+
+def test_cli_search_prints_the_choice_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "search.json"
+    code = main(["search", "--model", "logreg", "--bits", "0-3", "--trials", "4", "--seeds", "0", "--epochs", "2",
+                 "--storage", f"sqlite:///{tmp_path}/cli.db", "--seed", "0", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "study 'logreg-e8mb-layer-nearest'" in printed and "4 trials complete" in printed
+    summary = json.loads(out.read_text())
+    assert summary["n_complete"] == 4 and summary["groups"] == ["classifier"]
+    assert summary["candidates"][-1]["bits"] == {"classifier": 3}
+
+
+def test_cli_search_errors_and_interruption(tmp_path, capsys, monkeypatch):
+    assert main(["search", "--layers", "nope*", "--storage", ""]) == 2
+    assert "matches no module of MLP" in capsys.readouterr().err
+    assert main(["search", "--storage", "postgresql://bf:s3cret@127.0.0.1:1/x", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the Optuna storage postgresql://bf:***@" in err and "s3cret" not in err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_mod, "precision_search", interrupted)
+    assert main(["search", "--storage", f"sqlite:///{tmp_path}/i.db"]) == 130
+    assert "every finished trial is in sqlite:///" in capsys.readouterr().err
+
+
+def test_per_item_results_pack_and_unpack_at_any_length():
+    # the packed per-item form round-trips any length, including a partial last byte
+    a = np.random.default_rng(0).random(269) < 0.5
+    assert np.array_equal(study_mod._unpack(study_mod._pack(a), 269), a)
