@@ -160,7 +160,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             layers=layers, roles=[r for r in args.roles.split(",") if r], level=args.level, rounding=args.rounding,
             seeds=_int_list(args.seeds), epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence,
             n_trials=args.trials, timeout=args.timeout, storage=args.storage or None, study_name=args.study,
-            sampler_seed=args.seed, heartbeat_interval=args.heartbeat, model_name=args.model)
+            sampler_seed=args.seed, heartbeat_interval=args.heartbeat, model_name=args.model,
+            confirm=not args.no_confirm)
     except KeyboardInterrupt:
         where = args.storage or "memory (lost)"
         print(f"boundfinder: interrupted; every finished trial is in {where}: run the same command to go on.",
@@ -218,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", default="weight,bias,input,activation", help="tensor roles to round")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--trials", type=int, default=40, help="complete trials the study should reach, counting every "
-                   "worker's (default 40)")
+    p.add_argument("--trials", type=int, default=40, help="distinct configurations the study should have measured, "
+                   "counting every worker's (default 40)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--storage", default="sqlite:///boundfinder-search.db", help="Optuna storage: a database URL "
                    "(sqlite:///file.db, postgresql://user:pw@host/db) or a journal file (.log); '' keeps the study "
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "trial silent for twice as long is failed and retried (database storages)")
     p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
     p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--no-confirm", action="store_true", help="only add trials to the study (a worker); do not "
+                   "certify on the test items")
     p.add_argument("--json", help="write the result summary to this JSON file")
     p.set_defaults(func=_cmd_search)
     return ap

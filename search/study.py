@@ -109,10 +109,12 @@ class SearchResult:
     parameters: dict[str, int]
     n_complete: int
     n_failed: int
+    n_configurations: int
     candidates: tuple[Candidate, ...]
     confirmation: BoundEstimate | None
     chosen: Candidate | None
     reason: str
+    confirm_seeds: tuple[int, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description."""
@@ -127,7 +129,8 @@ class SearchResult:
         return {
             "study_name": self.study_name, "storage": self.storage, "family": self.family,
             "groups": list(self.groups), "parameters": dict(self.parameters), "n_complete": self.n_complete,
-            "n_failed": self.n_failed, "candidates": rows,
+            "n_failed": self.n_failed, "n_configurations": self.n_configurations, "candidates": rows,
+            "confirm_seeds": list(self.confirm_seeds),
             "confirmation": None if self.confirmation is None else self.confirmation.summary(),
             "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
         }
@@ -135,11 +138,13 @@ class SearchResult:
     def report(self) -> str:
         """A plain-text table of the candidates and the verdict."""
         conf = self.confirmation
-        lines = [f"study {self.study_name!r} in {self.storage}: {self.n_complete} trials complete, "
-                 f"{self.n_failed} failed; {len(self.groups)} layer groups, family {self.family}"]
+        lines = [f"study {self.study_name!r} in {self.storage}: {self.n_configurations} configurations measured "
+                 f"({self.n_complete} trials complete, {self.n_failed} failed); {len(self.groups)} layer groups, "
+                 f"family {self.family}"]
         if conf is not None:
             lines.append(f"candidates: the validation Pareto front, tested on {conf.n_items} test items x "
-                         f"{conf.n_seeds} seeds from the most expensive down ({conf.method}, "
+                         f"{conf.n_seeds} fresh seeds {list(self.confirm_seeds)} from the most expensive down "
+                         f"({conf.method}, "
                          f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
             lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "
                          "configuration")
@@ -241,16 +246,24 @@ def precision_search(
     heartbeat_interval: float = 30.0,
     grace_period: float | None = None,
     model_name: str | None = None,
+    confirm: bool = True,
+    confirm_seeds: Iterable[int] | None = None,
 ) -> SearchResult:
     """Search per-layer bit widths of ``family`` with Optuna, then certify the result on the test items.
 
     ``build_model()`` returns a fresh LightningModule; ``datamodule`` gives train/val/test loaders (validation
     items guide the search, test items certify it). ``layers``: one search group per pattern (default: one per
-    layer owning parameters). ``n_trials``: complete trials the *study* should reach, counting those of every
-    worker sharing ``storage`` (a URL or journal path, see :mod:`boundfinder.search.storage`, or an Optuna
-    storage object). Running this again with the same storage and ``study_name`` continues the study; a worker
+    layer owning parameters). ``n_trials``: distinct configurations the *study* should have measured, counting
+    those of every worker sharing ``storage`` (a proposal measured before is reused and not counted).
+    ``storage``: a URL or journal path (see :mod:`boundfinder.search.storage`), an Optuna storage object, or
+    None (in memory). Running this again with the same storage and ``study_name`` continues the study; a worker
     whose settings differ from the study's is refused with the differences listed. ``sampler_seed`` makes
     one worker's proposals reproducible; give each worker of a distributed search its own.
+
+    ``confirm``: certify the result on the test items (a worker that only adds trials passes False).
+    ``confirm_seeds``: the seeds of the models trained afresh for the certification (default: as many as
+    ``seeds``, numbered after the largest). Models that took part in choosing the candidates would carry
+    their own robustness to the chosen configurations into the test measurement; fresh ones do not.
 
     Returns a :class:`SearchResult`; ``n_trials=0`` only confirms what the storage already holds.
     """
@@ -272,6 +285,11 @@ def precision_search(
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise BoundfinderError("a search needs at least one training seed, but got seeds=().")
+    confirm_seeds = (tuple(max(seeds) + 1 + i for i in range(len(seeds))) if confirm_seeds is None
+                     else tuple(int(s) for s in confirm_seeds))
+    if confirm and (not confirm_seeds or set(confirm_seeds) & set(seeds)):
+        raise BoundfinderError(f"the certification needs seeds of its own, disjoint from the search's, but got "
+                               f"seeds={seeds}, confirm_seeds={confirm_seeds}.")
 
     # Everything a bad argument can reject is checked before the minutes of training.
     probe = build_model()
@@ -301,16 +319,21 @@ def precision_search(
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
     study = optuna.create_study(storage=opened, study_name=study_name, direction="minimize", sampler=sampler,
                                 load_if_exists=True)
-    stored = study.user_attrs.get(CONFIG_KEY)
-    if stored is None:
+    mine = json.loads(json.dumps(config))
+    if study.user_attrs.get(CONFIG_KEY) is None:
         study.set_user_attr(CONFIG_KEY, config)
-    elif stored != (mine := json.loads(json.dumps(config))):
+    # read back: of two workers creating the study at once with different settings, the one overwritten stops
+    stored = study.user_attrs.get(CONFIG_KEY)
+    if stored != mine:
         diff = ", ".join(f"{k}: study {stored.get(k)!r}, this run {v!r}" for k, v in mine.items() if stored.get(k) != v)
         raise BoundfinderError(f"study {study_name!r} in {_storage_label(storage)} "
                                f"was created with other settings ({diff}); use the same settings to join it, or "
                                "another study name.")
-    widest = dict.fromkeys(groups, bits[-1])
-    study.enqueue_trial({_param_name(g): b for g, b in widest.items()}, skip_if_exists=True)
+    widest = {_param_name(g): bits[-1] for g in groups}
+    live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if n_trials and not any(t.params == widest or t.system_attrs.get("fixed_params") == widest
+                            for t in study.get_trials(deepcopy=False, states=live)):
+        study.enqueue_trial(widest)  # the top of the certification chain: measured first
 
     models = []
     for seed in seeds:
@@ -354,15 +377,32 @@ def precision_search(
         trial.set_constraint("val_drop", drop - tolerance)
         return cost(choice)
 
-    if n_trials:
-        target = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        if done < n_trials:
-            study.optimize(objective, n_trials=n_trials - done, timeout=timeout, callbacks=[target],
-                           gc_after_trial=False)
+    space = math.prod([len(bits)] * len(groups))
+    target = min(n_trials, space)
 
-    return _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models,
-                    datamodule, level, rounding, roles, tolerance, confidence)
+    def distinct() -> int:
+        return len(_measured(study, groups, names, cost))
+
+    def enough(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if distinct() >= target:
+            study_.stop()
+
+    if target and distinct() < target:
+        # Proposals measured before are reused at no cost, but the sampler may keep making them in a small
+        # space: a worker starts at most a few times as many trials as configurations are missing.
+        study.optimize(objective, n_trials=4 * (target - distinct()) + 8, timeout=timeout, callbacks=[enough],
+                       gc_after_trial=False)
+    if not confirm:
+        return _result(study, study_name, storage, family, groups, parameters, names, cost, [], None, None,
+                       "not certified (confirm=False)", confirm_seeds)
+    confirm_models = []
+    for seed in confirm_seeds:
+        model = _seeded_model(build_model, seed)
+        _train(model, datamodule, epochs=epochs, seed=seed)
+        confirm_models.append(model)
+
+    return _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, confirm_models,
+                    datamodule, level, rounding, roles, tolerance, confidence, confirm_seeds)
 
 
 def _measured(study, groups, bits_of, cost) -> dict[tuple, Candidate]:
@@ -392,13 +432,20 @@ def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate
     return front
 
 
-def _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models, datamodule,
-             level, rounding, roles, tolerance, confidence) -> SearchResult:
+def _result(study, study_name, storage, family, groups, parameters, names, cost, candidates, confirmation,
+            chosen, reason, confirm_seeds) -> SearchResult:
     import optuna
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    n_complete = states.count(optuna.trial.TrialState.COMPLETE)
-    n_failed = states.count(optuna.trial.TrialState.FAIL)
+    return SearchResult(study_name=study_name, storage=_storage_label(storage), family=family, groups=tuple(groups),
+                        parameters=parameters, n_complete=states.count(optuna.trial.TrialState.COMPLETE),
+                        n_failed=states.count(optuna.trial.TrialState.FAIL),
+                        n_configurations=len(_measured(study, groups, names, cost)), candidates=tuple(candidates),
+                        confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds))
+
+
+def _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models, datamodule,
+             level, rounding, roles, tolerance, confidence, confirm_seeds) -> SearchResult:
     measured = _measured(study, groups, names, cost)
     front = _front(measured, tolerance)
     widest = {g: bits[-1] for g in groups}
@@ -411,13 +458,10 @@ def _confirm(study, study_name, storage, family, groups, parameters, names, cost
     ranks = np.arange(len(front))
     if len(front) == 1:
         # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two
-        # levels, and the same measurement twice leaves every bound and decision unchanged.
+        # levels, and the same measurement twice leaves its bound and decision unchanged (level 0 is kept).
         correct, ranks = np.concatenate([correct, correct]), np.arange(2)
     est = estimate_bound(ranks, correct, test.baseline, tolerance=tolerance, confidence=confidence,
                          fit_curve=False)
-    if len(front) == 1:
-        est = dataclasses.replace(est, levels=est.levels[1:], bits=None if est.bits is None else 0,
-                                  ci=tuple(None if c is None else 0 for c in est.ci))
     chosen = front[est.bits] if est.bits is not None else None
     if chosen is not None:
         reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test drop "
@@ -429,6 +473,7 @@ def _confirm(study, study_name, storage, family, groups, parameters, names, cost
                   f"drop {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
                   + ("more test items or seeds are needed" if est.status == "undetermined"
                      else "search wider bit widths"))
-    return SearchResult(study_name=study_name, storage=_storage_label(storage),
-                        family=family, groups=tuple(groups), parameters=parameters, n_complete=n_complete,
-                        n_failed=n_failed, candidates=tuple(front), confirmation=est, chosen=chosen, reason=reason)
+    # the estimate's own reason speaks of bit levels; here its levels are candidate ranks
+    est = dataclasses.replace(est, levels=est.levels[:len(front)], reason=reason)
+    return _result(study, study_name, storage, family, groups, parameters, names, cost, front, est, chosen, reason,
+                   confirm_seeds)

@@ -18,9 +18,11 @@ import pytest
 from boundfinder.cli import main
 from boundfinder.data import DigitsDataModule
 from boundfinder.errors import BoundfinderError, PolicyError
+from boundfinder.policy import PrecisionPolicy
 from boundfinder.search import study as study_mod
 from boundfinder.search.storage import mask_url, open_storage
 from boundfinder.search.study import BASELINE_KEY, CONFIG_KEY, Candidate, precision_search
+from boundfinder.search.sweep import INFERENCE_ROLES, _predict, _predict_under, _seeded_model, _train
 from tests.search import workers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ def searched(tmp_path_factory):
 
 def test_search_certifies_the_cheapest_configuration_of_its_fixed_sequence(searched):
     _url, r = searched
-    assert r.n_complete == 10 and r.n_failed == 0
+    assert r.n_configurations == 10 and r.n_complete >= 10 and r.n_failed == 0
     assert r.groups == ("features.fc1", "classifier") and r.parameters == {"features.fc1": FC1, "classifier": CLS}
     costs = [c.cost for c in r.candidates]
     assert costs == sorted(costs) and len(set(costs)) == len(costs)
@@ -54,10 +56,11 @@ def test_search_certifies_the_cheapest_configuration_of_its_fixed_sequence(searc
     # validation drop, and every one is feasible
     drops = [c.val_drop for c in r.candidates[:-1]]
     assert all(a > b for a, b in itertools.pairwise(drops)) and all(d <= 0.01 for d in drops)
-    assert r.candidates[-1].bits == {"features.fc1": 4, "classifier": 4}
+    assert r.candidates[-1].bits == {"features.fc1": 8, "classifier": 8}
     # confirmation on the 449 test items, not the validation items; declared safe is a suffix of the chain
     conf = r.confirmation
     assert conf.n_items == 449 and conf.n_seeds == 1 and len(conf.levels) == len(r.candidates)
+    assert r.confirm_seeds == (1,)  # a model of its own, not the search's seed 0
     safe = [lv.declared_safe for lv in conf.levels]
     first = safe.index(True)
     assert all(safe[first:]) and not any(safe[:first])
@@ -68,6 +71,19 @@ def test_search_certifies_the_cheapest_configuration_of_its_fixed_sequence(searc
     summary = json.loads(json.dumps(r.summary()))
     assert summary["chosen"]["formats"] == r.chosen.formats
     assert "chosen: " in r.report() and r.chosen.describe() in r.report()
+
+
+def test_confirmation_measures_each_candidate_with_a_fresh_model_on_the_test_items(searched):
+    _, r = searched
+    dm = DigitsDataModule(batch_size=128, seed=0)
+    model = _seeded_model(workers.build, 1)
+    _train(model, dm, epochs=2, seed=1)
+    pred, target = _predict(model, dm.test_dataloader())
+    base = (pred == target).numpy().mean()
+    for cand, lv in zip(r.candidates, r.confirmation.levels, strict=True):
+        policy = PrecisionPolicy.from_spec(cand.formats, roles=INFERENCE_ROLES)
+        pred, target = _predict_under(model, policy, "layer", dm.test_dataloader())
+        assert lv.drop == pytest.approx(base - (pred == target).numpy().mean(), abs=1e-12)
 
 
 def test_trials_keep_their_per_item_measurements_in_the_storage(searched):
@@ -83,7 +99,7 @@ def test_trials_keep_their_per_item_measurements_in_the_storage(searched):
         assert t.constraints == {"val_drop": pytest.approx(t.user_attrs["val_drop"] - 0.01)}
         assert t.user_attrs["worker"].endswith(f":{os.getpid()}")
     # the widest configuration is the first trial, queued when the study was created
-    assert study.trials[0].params == {"bits[features.fc1]": 4, "bits[classifier]": 4}
+    assert study.trials[0].params == {"bits[features.fc1]": 8, "bits[classifier]": 8}
 
 
 def test_front_keeps_feasible_configurations_that_trade_cost_for_drop():
@@ -99,9 +115,9 @@ def test_front_keeps_feasible_configurations_that_trade_cost_for_drop():
 
 def test_search_continues_from_its_storage_and_refuses_a_worker_with_other_settings(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    assert workers.search(url, "again", 3, 0).n_complete == 3
+    assert workers.search(url, "again", 3, 0, confirm=False).n_configurations == 3
     more = workers.search(url, "again", 5, 1)
-    assert more.n_complete == 5 and len(_load(url, "again").trials) == 5  # two more, not five
+    assert more.n_configurations == 5 and more.chosen is not None  # two more, not five
     with pytest.raises(BoundfinderError, match=r"other settings \(family: study 'e8m\{b\}', this run 'e5m\{b\}'"):
         precision_search(workers.build, DigitsDataModule(batch_size=128, seed=0), "e5m{b}", range(0, 5),
                          seeds=(0,), epochs=2, n_trials=5, storage=url, study_name="again", model_name="mlp16")
@@ -119,6 +135,25 @@ def test_bad_arguments_fail_before_training_with_the_valid_choices():
         precision_search(workers.build, dm, n_trials=-1)
     with pytest.raises(BoundfinderError, match="unknown role 'weights'"):
         precision_search(workers.build, dm, roles=["weights"], n_trials=1)
+    with pytest.raises(BoundfinderError, match=r"seeds of its own.*seeds=\(0,\), confirm_seeds=\(0,\)"):
+        precision_search(workers.build, dm, seeds=[0], confirm_seeds=[0], n_trials=1)
+
+
+def test_a_small_space_is_covered_once_and_one_candidate_is_its_own_test():
+    # bits 1, 2, 4 are not evenly spaced: a categorical choice; 2 groups x 3 widths = 9 configurations, so 20
+    # asked trials measure all 9 and the sampler's repeated proposals are reused, not measured again
+    storage = optuna.storages.InMemoryStorage()
+    r = workers.search(storage, "small", 20, 0, bits=[1, 2, 4])
+    assert r.n_configurations == 9 and r.n_complete > 9
+    study = optuna.load_study(study_name="small", storage=storage)
+    reused = [t for t in study.trials if "reused_from" in t.user_attrs]
+    assert reused and all(study.trials[t.user_attrs["reused_from"]].params == t.params for t in reused)
+    assert {v for t in study.trials for v in t.params.values()} == {1, 2, 4}
+    # one trial: the widest configuration alone is the chain; its level is rank 0
+    one = workers.search(None, "one", 1, 0)
+    assert one.n_configurations == 1 and len(one.candidates) == 1
+    assert [lv.bits for lv in one.confirmation.levels] == [0]
+    assert (one.chosen is not None) == one.confirmation.levels[0].declared_safe
 
 
 def test_storages_open_or_fail_with_the_url_and_no_password(tmp_path):
@@ -151,20 +186,21 @@ def _worker(url, name, trials, seed, *extra):
 def test_workers_in_separate_processes_share_one_study(kind, tmp_path, request):
     url, name = _storage_url(kind, tmp_path, request)
     # slow trials (about a second each) so that both workers are measuring while the study fills up
-    procs = [_worker(url, name, 12, seed, "--slow") for seed in (1, 2)]
+    procs = [_worker(url, name, 12, seed, "--slow=0.3", "--no-confirm") for seed in (1, 2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     study = _load(url, name)
     states = [t.state for t in study.trials]
-    # each worker stops once the study holds 12 complete trials; one more may finish after that while in flight
-    assert states.count(COMPLETE) in (12, 13) and states.count(RUNNING) == 0 and states.count(FAIL) == 0
+    # each worker stops once the study has measured 12 configurations; one more may finish while in flight
+    configurations = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(configurations) in (12, 13) and states.count(RUNNING) == 0 and states.count(FAIL) == 0
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both did work
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_killed_workers_trial_is_failed_and_retried_by_another(kind, tmp_path, request):
     url, name = _storage_url(kind, tmp_path, request)
-    proc = _worker(url, name, 6, 1, "--slow")
+    proc = _worker(url, name, 6, 1, "--slow=1.0")  # 3 s per trial
     storage = open_storage(url)
     running = None
     deadline = time.monotonic() + 180
@@ -175,6 +211,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_another(kind, tmp_path,
             running = trials[0] if trials else None
         time.sleep(0.1)
     assert running is not None, "the slow worker never started a trial"
+    time.sleep(workers.HEARTBEAT)  # its first heartbeat is written when the trial starts; let it land
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     time.sleep(workers.GRACE + 1.5)  # the dead trial's heartbeat is now older than the grace period
@@ -185,18 +222,23 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_another(kind, tmp_path,
     retried = [t for t in study.trials
                if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == dead.number]
     assert len(retried) == 1 and retried[0].state == COMPLETE and retried[0].params == dead.params
-    assert result.n_complete == 6 and result.n_failed == 1
+    assert result.n_configurations == 6 and result.n_failed == 1
 
 
 def test_cli_search_prints_the_choice_and_writes_json(tmp_path, capsys):
     out = tmp_path / "search.json"
-    code = main(["search", "--model", "logreg", "--bits", "0-3", "--trials", "4", "--seeds", "0", "--epochs", "2",
+    code = main(["search", "--model", "logreg", "--bits", "0-7", "--trials", "4", "--seeds", "0", "--epochs", "2",
                  "--storage", f"sqlite:///{tmp_path}/cli.db", "--seed", "0", "--json", str(out)])
     printed = capsys.readouterr().out
-    assert code == 0 and "study 'logreg-e8mb-layer-nearest'" in printed and "4 trials complete" in printed
+    assert code == 0 and "study 'logreg-e8mb-layer-nearest'" in printed and "4 configurations measured" in printed
     summary = json.loads(out.read_text())
-    assert summary["n_complete"] == 4 and summary["groups"] == ["classifier"]
-    assert summary["candidates"][-1]["bits"] == {"classifier": 3}
+    assert summary["n_configurations"] == 4 and summary["groups"] == ["classifier"]
+    assert summary["candidates"][-1]["bits"] == {"classifier": 7} and summary["reason"]
+    # a worker that only adds trials: two more configurations, no certification
+    code = main(["search", "--model", "logreg", "--bits", "0-7", "--trials", "6", "--seeds", "0", "--epochs", "2",
+                 "--storage", f"sqlite:///{tmp_path}/cli.db", "--no-confirm"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "6 configurations measured" in printed and "not certified (confirm=False)" in printed
 
 
 def test_cli_search_errors_and_interruption(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,8 @@
 """A search worker run as a separate process by the distributed-search tests.
 
-``python -m tests.search.workers STORAGE STUDY TRIALS SEED [--slow]``: a small search on digits with a short
-heartbeat. ``--slow`` makes every evaluation batch sleep, so a test can kill the worker in the middle of a trial.
+``python -m tests.search.workers STORAGE STUDY TRIALS SEED [--slow=SECONDS] [--no-confirm]``: a small search on
+digits with a short heartbeat. ``--slow`` makes every evaluation batch sleep, so that trials overlap and a test
+can kill the worker in the middle of one.
 """
 
 from __future__ import annotations
@@ -12,19 +13,20 @@ import time
 from boundfinder.data import DigitsDataModule
 from boundfinder.models import MLP
 
-SLEEP_PER_BATCH = 0.3
 HEARTBEAT = 1.0
-GRACE = 2.0
+# SQLite stores heartbeat times to the second: a grace of several heartbeats keeps a busy live worker from
+# looking dead
+GRACE = 5.0
 
 
 class SlowMLP(MLP):
     """The same network as ``MLP(hidden=(16,))``; with ``slow`` set, evaluation sleeps on each batch."""
 
-    slow = False
+    slow = 0.0  # seconds per evaluation batch
 
     def forward(self, x):
         if self.slow and not self.training:
-            time.sleep(SLEEP_PER_BATCH)
+            time.sleep(self.slow)
         return super().forward(x)
 
 
@@ -32,10 +34,10 @@ def build() -> MLP:
     return SlowMLP(hidden=(16,), lr=0.05, momentum=0.9)
 
 
-def search(storage, study, trials, seed, **kw):
+def search(storage, study, trials, seed, bits=range(2, 9), **kw):
     from boundfinder.search.study import precision_search
 
-    return precision_search(build, DigitsDataModule(batch_size=128, seed=0), "e8m{b}", range(0, 5), seeds=(0,),
+    return precision_search(build, DigitsDataModule(batch_size=128, seed=0), "e8m{b}", bits, seeds=(0,),
                             epochs=2, n_trials=trials, storage=storage, study_name=study, sampler_seed=seed,
                             heartbeat_interval=HEARTBEAT, grace_period=GRACE, model_name="mlp16", **kw)
 
@@ -45,6 +47,6 @@ if __name__ == "__main__":
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, study, trials, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    SlowMLP.slow = "--slow" in sys.argv
-    result = search(storage, study, trials, seed)
+    SlowMLP.slow = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--slow=")), 0.0)
+    result = search(storage, study, trials, seed, confirm="--no-confirm" not in sys.argv)
     print(f"worker {seed}: {result.n_complete} complete")
