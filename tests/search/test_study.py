@@ -251,6 +251,11 @@ def test_cli_search_errors_and_interruption(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "optuna", None)  # as where the search extra is not installed
+        assert main(["search"]) == 2
+        assert "needs Optuna: pip install 'boundfinder[search]'" in capsys.readouterr().err
+
     monkeypatch.setattr(study_mod, "precision_search", interrupted)
     assert main(["search", "--storage", f"sqlite:///{tmp_path}/i.db"]) == 130
     assert "every finished trial is in sqlite:///" in capsys.readouterr().err
