@@ -143,7 +143,8 @@ class SearchResult:
                  f"family {self.family}"]
         if conf is not None:
             lines.append(f"candidates: the validation Pareto front, tested on {conf.n_items} test items x "
-                         f"{conf.n_seeds} fresh seeds {list(self.confirm_seeds)} from the most expensive down "
+                         f"{conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} {list(self.confirm_seeds)} "
+                         "from the most expensive down "
                          f"({conf.method}, "
                          f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
             lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "

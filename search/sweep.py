@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -126,10 +127,14 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
     for lg in quiet:
         lg.setLevel(logging.WARNING)
     try:
-        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=list(callbacks), deterministic=True)
-        trainer.fit(model, datamodule=datamodule)
+        with warnings.catch_warnings():
+            # Lightning 2.6's batch flattening builds torch's LeafSpec, which torch 2.13 deprecates: one line of
+            # noise per model, nothing the user can act on
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+            trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                                 enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, callbacks=list(callbacks), deterministic=True)
+            trainer.fit(model, datamodule=datamodule)
     finally:
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
