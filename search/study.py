@@ -46,7 +46,7 @@ from boundfinder.search.sweep import (
     expand_family,
 )
 
-__all__ = ["Candidate", "SearchResult", "precision_search"]
+__all__ = ["Candidate", "SearchResult", "certify", "precision_search"]
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +445,37 @@ def _result(study, study_name, storage, family, groups, parameters, names, cost,
                         confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds))
 
 
+def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.ndarray, *, tolerance: float,
+            confidence: float) -> tuple[BoundEstimate, Candidate | None]:
+    """The fixed sequence over ``candidates`` (cheapest first) from the most expensive down.
+
+    ``correct[k]``: per-item results of ``candidates[k]`` on items (and models) the candidates were *not* chosen
+    with, shape (S, N) or (N,); ``baseline``: the full-precision models on the same items. Returns the estimate
+    (its levels are the candidates' ranks, its reason speaks of candidates) and the cheapest candidate declared
+    safe, or None.
+    """
+    correct = np.asarray(correct)
+    ranks = np.arange(len(candidates))
+    if len(candidates) == 1:
+        # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two
+        # levels, and the same measurement twice leaves its bound and decision unchanged (level 0 is kept).
+        correct, ranks = np.concatenate([correct, correct]), np.arange(2)
+    est = estimate_bound(ranks, correct, baseline, tolerance=tolerance, confidence=confidence, fit_curve=False)
+    chosen = candidates[est.bits] if est.bits is not None else None
+    if chosen is not None:
+        reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test drop "
+                  f"{est.levels[est.bits].drop:.4g}, upper bound {est.levels[est.bits].upper:.4g} <= tolerance "
+                  f"{tolerance:g} at {confidence:.0%} confidence, and so is every more expensive candidate")
+    else:
+        top = est.levels[len(candidates) - 1]
+        reason = (f"not even the most expensive candidate ({candidates[-1].describe()}) is certified on the test "
+                  f"items: drop {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
+                  + ("more test items or seeds are needed" if est.status == "undetermined"
+                     else "search wider bit widths"))
+    # the estimate's own reason speaks of bit levels; here its levels are candidate ranks
+    return dataclasses.replace(est, levels=est.levels[:len(candidates)], reason=reason), chosen
+
+
 def _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models, datamodule,
              level, rounding, roles, tolerance, confidence, confirm_seeds) -> SearchResult:
     measured = _measured(study, groups, names, cost)
@@ -455,26 +486,8 @@ def _confirm(study, study_name, storage, family, groups, parameters, names, cost
             bits=widest, formats={g: names[b] for g, b in widest.items()}, cost=cost(widest),
             val_drop=math.nan, trial=None))
     test = _Measure(models, datamodule.test_dataloader, level, rounding, roles)
-    correct = np.stack([test(c.formats) for c in front])
-    ranks = np.arange(len(front))
-    if len(front) == 1:
-        # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two
-        # levels, and the same measurement twice leaves its bound and decision unchanged (level 0 is kept).
-        correct, ranks = np.concatenate([correct, correct]), np.arange(2)
-    est = estimate_bound(ranks, correct, test.baseline, tolerance=tolerance, confidence=confidence,
-                         fit_curve=False)
-    chosen = front[est.bits] if est.bits is not None else None
-    if chosen is not None:
-        reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test drop "
-                  f"{est.levels[est.bits].drop:.4g}, upper bound {est.levels[est.bits].upper:.4g} <= tolerance "
-                  f"{tolerance:g} at {confidence:.0%} confidence, and so is every more expensive candidate")
-    else:
-        top = est.levels[-1]
-        reason = (f"not even the most expensive candidate ({front[-1].describe()}) is certified on the test items: "
-                  f"drop {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
-                  + ("more test items or seeds are needed" if est.status == "undetermined"
-                     else "search wider bit widths"))
-    # the estimate's own reason speaks of bit levels; here its levels are candidate ranks
-    est = dataclasses.replace(est, levels=est.levels[:len(front)], reason=reason)
+    est, chosen = certify(front, np.stack([test(c.formats) for c in front]), test.baseline, tolerance=tolerance,
+                          confidence=confidence)
+    reason = est.reason
     return _result(study, study_name, storage, family, groups, parameters, names, cost, front, est, chosen, reason,
                    confirm_seeds)
