@@ -13,6 +13,8 @@ import argparse
 import json
 import math
 import sys
+import time
+from collections.abc import Callable
 
 from boundfinder.errors import BoundfinderError
 from boundfinder.formats import (
@@ -109,10 +111,47 @@ def _builders() -> dict:
             "logreg": lambda: LogisticRegression(lr=0.05, momentum=0.9)}
 
 
+def _check_mlflow(args: argparse.Namespace) -> None:
+    """Before any work: MLflow is installed and the tracking server (if one is named) answers."""
+    if not args.mlflow:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise BoundfinderError("--mlflow needs MLflow: pip install 'boundfinder[mlflow]'.")
+    from boundfinder.reports.mlflow_log import check_tracking_uri
+
+    check_tracking_uri(args.mlflow)
+
+
+def _publish(args: argparse.Namespace, kind: str, summary: dict, html: Callable[[], str],
+             log: Callable[[], str]) -> None:
+    """Write the JSON and HTML files asked for, then log to MLflow; if logging fails, the summary is kept."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(html())
+    if not args.mlflow:
+        return
+    try:
+        run_id = log()
+    except BoundfinderError as exc:
+        kept = args.json
+        if not kept:
+            kept = f"boundfinder-{kind}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+            with open(kept, "w") as f:
+                json.dump(summary, f, indent=2)
+        raise BoundfinderError(f"{exc}; the results are saved in {kept}") from exc
+    print(f"logged to MLflow at {args.mlflow}: run {run_id} in experiment {args.experiment!r}")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from boundfinder.data import DigitsDataModule
     from boundfinder.search.sweep import precision_sweep
 
+    _check_mlflow(args)
     dm = DigitsDataModule(batch_size=64, seed=0)
     result = precision_sweep(_builders()[args.model], dm, args.family, _int_list(args.bits), level=args.level,
                              rounding=args.rounding, roles=[r for r in args.roles.split(",") if r],
@@ -127,9 +166,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{b:>4}  {name:<14} {acc:8.4f} {result.baseline_accuracy - acc:8.4f}")
     print()
     print(bound.report())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"sweep": result.summary(), "bound": bound.summary()}, f, indent=2)
+    title = f"{args.model} on digits: {args.family}, {args.level} level"
+
+    def html() -> str:
+        from boundfinder.reports.html import sweep_html
+
+        return sweep_html(result, bound, title=title)
+
+    def log() -> str:
+        from boundfinder.reports.mlflow_log import log_sweep
+
+        return log_sweep(result, bound, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
+                         params={"model": args.model, "rounding": args.rounding, "epochs": args.epochs,
+                                 "train_under_emulation": args.train, "layers": args.layers})
+
+    _publish(args, "sweep", {"sweep": result.summary(), "bound": bound.summary()}, html, log)
     if args.plot:
         import matplotlib
 
@@ -153,6 +204,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from boundfinder.search.study import precision_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _check_mlflow(args)
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
     try:
         result = precision_search(
@@ -168,10 +220,31 @@ def _cmd_search(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     print(result.report())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.summary(), f, indent=2)
+    title = f"search {result.study_name}"
+
+    def html() -> str:
+        from boundfinder.reports.html import search_html
+
+        return search_html(result, title=title)
+
+    def log() -> str:
+        from boundfinder.reports.mlflow_log import log_search
+
+        return log_search(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
+                          params={"model": args.model, "level": args.level, "rounding": args.rounding,
+                                  "roles": args.roles, "seeds": args.seeds, "epochs": args.epochs,
+                                  "bits": args.bits})
+
+    _publish(args, "search", result.summary(), html, log)
     return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--html", help="write a self-contained HTML report (charts embedded) to this file")
+    p.add_argument("--mlflow", nargs="?", const="sqlite:///mlflow.db", default=None, metavar="URI",
+                   help="log the run to MLflow: the local sqlite:///mlflow.db when no URI is given, or a tracking "
+                   "server such as http://127.0.0.1:5000 (checked before any work)")
+    p.add_argument("--experiment", default="boundfinder", help="MLflow experiment name (default boundfinder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--json", help="write the sweep and bound summary to this JSON file")
     p.add_argument("--plot", help="write the accuracy-vs-bits plot to this PNG file")
+    _report_args(p)
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("search", help="search per-layer bit widths with Optuna on the embedded digits data, then "
                        "certify the cheapest safe configuration on held-out test items; workers sharing --storage "
@@ -234,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-confirm", action="store_true", help="only add trials to the study (a worker); do not "
                    "certify on the test items")
     p.add_argument("--json", help="write the result summary to this JSON file")
+    _report_args(p)
     p.set_defaults(func=_cmd_search)
     return ap
 

@@ -1,0 +1,136 @@
+"""Self-contained HTML reports of a sweep or a search: one file, charts embedded as PNG data, no external resources.
+
+The charts are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``: building a
+report changes no global plotting state and needs no display.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+__all__ = ["figure_png", "search_html", "search_plot", "sweep_html"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { padding: 0.25em 0.7em; text-align: right; }
+th { border-bottom: 1px solid #888; } tr.safe td { background: #eef8ee; } td.text { text-align: left; }
+.verdict { font-size: 1.1em; padding: 0.6em 0.8em; background: #f3f3f7; border-left: 4px solid #557; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+footer { margin-top: 2em; color: #888; font-size: 0.8em; }
+"""
+
+
+def figure_png(draw: Callable[[Any], None], *, figsize: tuple[float, float] = (6.4, 4.0), dpi: int = 110) -> bytes:
+    """PNG bytes of one chart: ``draw(ax)`` fills a fresh axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    draw(fig.add_subplot())
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _page(title: str, body: list[str]) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>", *body,
+        f"<footer>boundfinder report, {stamp}</footer>", "</body></html>",
+    ])
+
+
+def _table(header: list[str], rows: list[tuple[list[str], bool]], text_columns: int = 0) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for cells, safe in rows:
+        tds = [f'<td class="text">{html.escape(c)}</td>' if i >= len(cells) - text_columns else
+               f"<td>{html.escape(c)}</td>" for i, c in enumerate(cells)]
+        out.append(f'<tr{" class=safe" if safe else ""}>' + "".join(tds) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _num(v: float | None, fmt: str = ".4f") -> str:
+    return "–" if v is None or not np.isfinite(v) else format(v, fmt)
+
+
+def sweep_html(sweep, bound, *, title: str) -> str:
+    """The report of a sweep (``SweepResult``) and its bound (``BoundEstimate``)."""
+    lo, hi = bound.ci
+    verdict = (f"minimum safe bits: <b>{bound.bits}</b> ({html.escape(bound.status)}; {bound.confidence:.0%} CI "
+               f"[{'–' if lo is None else lo}, {'above range' if hi is None else hi}])")
+    rows = [([str(lv.bits), fmt, _num(lv.accuracy), _num(lv.drop), _num(lv.upper), "yes" if lv.declared_safe
+              else "no"], lv.declared_safe) for lv, fmt in zip(bound.levels, sweep.formats, strict=True)]
+    body = [
+        f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(bound.reason)}</p>",
+        f"<p>family {html.escape(sweep.family)}, level {html.escape(sweep.level)}, roles "
+        f"{html.escape(', '.join(sweep.roles))}; {sweep.correct.shape[2]} test items × {len(sweep.seeds)} seeds; "
+        f"full-precision accuracy {sweep.baseline_accuracy:.4f}; tolerance {bound.tolerance:g}, method "
+        f"{html.escape(bound.method)}</p>",
+        "<h2>Accuracy against bits</h2>", _img(figure_png(bound.plot), "accuracy against bits"),
+        "<h2>Levels</h2>", _table(["bits", "format", "accuracy", "drop", "upper bound", "declared safe"], rows),
+        "<h2>Text report</h2>", f"<pre>{html.escape(bound.report())}</pre>",
+    ]
+    return _page(title, body)
+
+
+def search_plot(result, ax) -> Any:
+    """Test drop (with its upper confidence bound) against cost for each candidate of a search."""
+    conf = result.confirmation
+    cost = np.array([c.cost for c in result.candidates])
+    drop = np.array([lv.drop for lv in conf.levels])
+    upper = np.array([lv.upper for lv in conf.levels])
+    safe = np.array([lv.declared_safe for lv in conf.levels])
+    ax.errorbar(cost, drop, yerr=[np.zeros_like(drop), np.clip(upper - drop, 0, None)], fmt="none", ecolor="gray",
+                capsize=3, label=f"upper bound ({conf.confidence:.0%})")
+    ax.scatter(cost[safe], drop[safe], color="C2", zorder=3, label="declared safe")
+    ax.scatter(cost[~safe], drop[~safe], color="C3", zorder=3, label="not certified")
+    val = np.array([c.val_drop for c in result.candidates])
+    ax.scatter(cost, val, marker="x", color="C0", label="validation drop")
+    ax.axhline(conf.tolerance, color="C3", lw=1, ls="--", label=f"tolerance {conf.tolerance:g}")
+    if result.chosen is not None:
+        ax.axvline(result.chosen.cost, color="C2", lw=1.2, label="chosen")
+    ax.set_xlabel("mean bits per parameter")
+    ax.set_ylabel("accuracy drop")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def search_html(result, *, title: str) -> str:
+    """The report of a search (``SearchResult``): the candidates, their test bounds and the choice."""
+    conf = result.confirmation
+    verdict = "no configuration certified"
+    if result.chosen is not None:
+        verdict = (f"chosen: <b>{html.escape(result.chosen.describe())}</b> ({result.chosen.cost:.3f} bits per "
+                   "parameter)")
+    body = [f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(result.reason)}</p>",
+            f"<p>study {html.escape(result.study_name)} in {html.escape(result.storage)}; family "
+            f"{html.escape(result.family)}; {result.n_configurations} configurations measured; groups "
+            f"{html.escape(', '.join(result.groups))}</p>"]
+    if conf is not None:
+        rows = [([_num(c.cost, ".3f"), _num(c.val_drop), _num(lv.drop), _num(lv.upper),
+                  "yes" if lv.declared_safe else "no", c.describe()], lv.declared_safe)
+                for c, lv in reversed(list(zip(result.candidates, conf.levels, strict=True)))]
+        body += ["<h2>Candidates against cost</h2>", _img(figure_png(lambda ax: search_plot(result, ax)),
+                                                          "test drop against cost"),
+                 f"<h2>Candidates</h2><p>tested on {conf.n_items} test items × {conf.n_seeds} fresh seeds, from the "
+                 f"most expensive down ({html.escape(conf.method)}, {conf.confidence:.0%} confidence)</p>",
+                 _table(["bits/param", "val drop", "test drop", "upper bound", "declared safe", "configuration"],
+                        rows, text_columns=1)]
+    body += ["<h2>Text report</h2>", f"<pre>{html.escape(result.report())}</pre>"]
+    return _page(title, body)

@@ -1,0 +1,166 @@
+"""Logging sweeps and searches to MLflow: one run each, with parameters, metrics, charts and the HTML report.
+
+The tracking store is the embedded SQLite file ``sqlite:///mlflow.db`` unless a URI is given (a tracking
+server ``http://host:5000``, another database). Artifacts of a SQLite store go next to its file, in
+``mlartifacts/``. MLflow is the browsing layer: every figure logged here also lives in the result objects (and in
+the Optuna storage for a search), so a failed logging call loses nothing that cannot be logged again.
+
+What a run holds:
+
+* sweep: params (family, level, roles, seeds, items, tolerance, confidence, method, ...); metrics ``accuracy``,
+  ``drop`` and ``drop_upper`` with the bit width as their step (MLflow's charts then plot them against bits),
+  and the bound as metrics ``min_safe_bits``, ``min_safe_bits_ci_low``, ``min_safe_bits_ci_high``,
+  ``baseline_accuracy``, ``min_detectable_drop``; tags ``boundfinder.status`` and ``boundfinder.reason``;
+  artifacts ``summary.json``, ``accuracy_vs_bits.png``, ``report.html``.
+* search: params (study, storage, family, groups, ...); metrics ``candidate_cost``, ``candidate_val_drop``,
+  ``candidate_test_drop`` and ``candidate_test_upper`` with the candidate's rank as step, ``chosen_cost``,
+  ``chosen_test_drop``, ``chosen_test_upper`` and ``chosen_bits/<group>``; the same tags and artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from boundfinder.errors import BoundfinderError
+
+__all__ = ["DEFAULT_TRACKING_URI", "check_tracking_uri", "log_search", "log_sweep"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
+    """The tracking URI to use (``uri`` or the default), checked before any work is done.
+
+    A server (``http://``, ``https://``) must answer its ``/health`` endpoint within ``timeout`` seconds;
+    otherwise :class:`BoundfinderError` says which URI and why. Database URIs are opened when logging.
+    """
+    uri = uri or DEFAULT_TRACKING_URI
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                response.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            cause = getattr(exc, "reason", exc)
+            raise BoundfinderError(f"the MLflow tracking server {uri} is unreachable ({cause}); nothing was run. "
+                                   "Start it, or leave the URI out to log to the local sqlite:///mlflow.db.") from exc
+    elif "://" not in uri:
+        raise BoundfinderError(f"an MLflow tracking URI looks like sqlite:///mlflow.db or http://host:5000, but got "
+                               f"{uri!r}.")
+    return uri
+
+
+def _metric_key(text: str) -> str:
+    """MLflow metric names allow letters, digits and ``_ - . / space``; layer patterns may hold ``*`` or ``?``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
+def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict[str, Any],
+         metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: dict[str, bytes | str]) -> str:
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    uri = check_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if uri.startswith("sqlite:///"):
+                # next to the database file, not in whatever folder the process happens to run from
+                location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        run = client.create_run(experiment_id, run_name=run_name)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(key, float(value), now, int(step)) for key, value, step in metrics],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in artifacts.items():
+                path = Path(tmp) / name
+                path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+                client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+    except (MlflowException, OSError) as exc:
+        raise BoundfinderError(f"logging to MLflow at {uri} failed: {exc}") from exc
+    return run_id
+
+
+def _finite(v) -> bool:
+    return v is not None and v == v and abs(v) != float("inf")
+
+
+def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
+              run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
+    """Log a ``SweepResult`` and its ``BoundEstimate`` as one MLflow run; returns the run id."""
+    from boundfinder.reports.html import figure_png, sweep_html
+
+    metrics: list[tuple[str, float, int]] = []
+    for lv in bound.levels:
+        metrics += [("accuracy", lv.accuracy, lv.bits), ("drop", lv.drop, lv.bits)]
+        if _finite(lv.upper):
+            metrics.append(("drop_upper", lv.upper, lv.bits))
+    for key, value in (("min_safe_bits", bound.bits), ("min_safe_bits_ci_low", bound.ci[0]),
+                       ("min_safe_bits_ci_high", bound.ci[1]), ("baseline_accuracy", bound.baseline_accuracy),
+                       ("min_detectable_drop", bound.min_detectable_drop)):
+        if _finite(value):
+            metrics.append((key, value, 0))
+    title = run_name or f"sweep {sweep.family}, {sweep.level} level"
+    return _log(
+        tracking_uri, experiment, run_name,
+        params={"kind": "sweep", "family": sweep.family, "bits": list(sweep.bits), "level": sweep.level,
+                "roles": ",".join(sweep.roles), "seeds": list(sweep.seeds), "items": int(sweep.correct.shape[2]),
+                "tolerance": bound.tolerance, "confidence": bound.confidence, "method": bound.method,
+                "relative": bound.relative, **(params or {})},
+        metrics=metrics,
+        tags={"boundfinder.kind": "sweep", "boundfinder.status": bound.status, "boundfinder.reason": bound.reason},
+        artifacts={"summary.json": json.dumps({"sweep": sweep.summary(), "bound": bound.summary()}, indent=2),
+                   "accuracy_vs_bits.png": figure_png(bound.plot), "report.html": sweep_html(sweep, bound,
+                                                                                             title=title)},
+    )
+
+
+def log_search(result, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
+               run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
+    """Log a ``SearchResult`` as one MLflow run; returns the run id."""
+    from boundfinder.reports.html import figure_png, search_html, search_plot
+
+    metrics: list[tuple[str, float, int]] = [("n_configurations", result.n_configurations, 0)]
+    conf = result.confirmation
+    artifacts: dict[str, bytes | str] = {"summary.json": json.dumps(result.summary(), indent=2)}
+    if conf is not None:
+        for rank, (cand, lv) in enumerate(zip(result.candidates, conf.levels, strict=True)):
+            metrics += [("candidate_cost", cand.cost, rank), ("candidate_test_drop", lv.drop, rank)]
+            metrics += [(k, v, rank) for k, v in (("candidate_val_drop", cand.val_drop),
+                                                  ("candidate_test_upper", lv.upper)) if _finite(v)]
+        artifacts["candidates.png"] = figure_png(lambda ax: search_plot(result, ax))
+    if result.chosen is not None:
+        k = result.candidates.index(result.chosen)
+        metrics += [("chosen_cost", result.chosen.cost, 0), ("chosen_test_drop", conf.levels[k].drop, 0),
+                    ("chosen_test_upper", conf.levels[k].upper, 0)]
+        metrics += [(f"chosen_bits/{_metric_key(g)}", b, 0) for g, b in result.chosen.bits.items()]
+    artifacts["report.html"] = search_html(result, title=run_name or f"search {result.study_name}")
+    return _log(
+        tracking_uri, experiment, run_name,
+        params={"kind": "search", "study": result.study_name, "storage": result.storage, "family": result.family,
+                "groups": ",".join(result.groups), "confirm_seeds": list(result.confirm_seeds),
+                **({"tolerance": conf.tolerance, "confidence": conf.confidence, "method": conf.method}
+                   if conf is not None else {}), **(params or {})},
+        metrics=metrics,
+        tags={"boundfinder.kind": "search", "boundfinder.reason": result.reason,
+              "boundfinder.chosen": "" if result.chosen is None else result.chosen.describe()},
+        artifacts=artifacts,
+    )

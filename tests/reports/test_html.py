@@ -1,0 +1,45 @@
+"""Self-contained HTML reports: one file that opens anywhere, charts embedded, text escaped."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import matplotlib.pyplot as plt
+
+from boundfinder.reports.html import search_html, sweep_html
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def _self_contained(page: str) -> bool:
+    # no script, stylesheet, image or link fetched from elsewhere
+    return not re.search(r'(src|href)="(?!data:)', page) and "<script" not in page
+
+
+def test_sweep_report_embeds_its_chart_and_states_the_bound(sweep_and_bound):
+    sweep, bound = sweep_and_bound
+    before = plt.get_fignums()
+    page = sweep_html(sweep, bound, title="digits <mlp> & e8m{b}")
+    assert plt.get_fignums() == before  # drawn without pyplot's global figures
+    assert page.startswith("<!DOCTYPE html>") and _self_contained(page)
+    images = _images(page)
+    assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n")
+    assert "<title>digits &lt;mlp&gt; &amp; e8m{b}</title>" in page
+    assert bound.status == "ok" and f"minimum safe bits: <b>{bound.bits}</b>" in page
+    # one table row per level, the declared-safe ones marked
+    assert page.count("<tr class=safe>") == sum(lv.declared_safe for lv in bound.levels)
+    for name in sweep.formats:
+        assert f"<td>{name}</td>" in page
+
+
+def test_search_report_lists_every_candidate_with_its_verdict(search_result):
+    page = search_html(search_result, title="search sim")
+    assert _self_contained(page) and len(_images(page)) == 1
+    assert search_result.chosen is not None
+    assert f"chosen: <b>{search_result.chosen.describe()}</b>" in page
+    for cand in search_result.candidates:
+        assert f'<td class="text">{cand.describe()}</td>' in page
+    assert page.count("<tr class=safe>") == sum(lv.declared_safe for lv in search_result.confirmation.levels)

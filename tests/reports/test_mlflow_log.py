@@ -1,0 +1,123 @@
+"""MLflow logging: what a run holds, on the embedded store and on a tracking server, and what happens on failure."""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+import urllib.parse
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+
+from boundfinder.cli import main
+from boundfinder.errors import BoundfinderError
+from boundfinder.reports import mlflow_log
+from boundfinder.reports.mlflow_log import check_tracking_uri, log_search, log_sweep
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_sweep_run_holds_accuracy_against_bits_the_bound_and_the_report(sweep_and_bound, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep, bound = sweep_and_bound
+    run_id = log_sweep(sweep, bound, run_name="sweep sim", params={"model": "sim"})
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")  # the default store, in the working folder
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "sweep sim"
+    assert run.data.params["family"] == "e8m{b}" and run.data.params["model"] == "sim"
+    # accuracy and drop per bit width, the step being the width: MLflow charts them against bits
+    assert _history(client, run_id, "accuracy") == [(lv.bits, pytest.approx(lv.accuracy)) for lv in bound.levels]
+    assert _history(client, run_id, "drop_upper") == [(lv.bits, pytest.approx(lv.upper)) for lv in bound.levels]
+    assert run.data.metrics["min_safe_bits"] == bound.bits
+    assert run.data.metrics["min_safe_bits_ci_low"] == bound.ci[0]
+    assert run.data.tags["boundfinder.status"] == "ok"
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["accuracy_vs_bits.png", "report.html",
+                                                                     "summary.json"]
+    # the artifacts sit next to the database, and the summary is the bound's own
+    artifacts = Path(urllib.parse.urlparse(run.info.artifact_uri).path)
+    assert artifacts.is_relative_to(tmp_path / "mlartifacts")
+    summary = json.loads((artifacts / "summary.json").read_text())
+    assert summary["bound"] == json.loads(json.dumps(bound.summary()))
+
+
+def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_id = log_search(search_result, tracking_uri=uri, experiment="searches")
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    levels = search_result.confirmation.levels
+    assert _history(client, run_id, "candidate_cost") == [(k, c.cost) for k, c in enumerate(search_result.candidates)]
+    assert _history(client, run_id, "candidate_test_drop") == [(k, pytest.approx(lv.drop))
+                                                               for k, lv in enumerate(levels)]
+    chosen = search_result.chosen
+    assert run.data.metrics["chosen_cost"] == chosen.cost
+    # a layer pattern's '*' is not allowed in a metric name
+    assert run.data.metrics["chosen_bits/features._"] == chosen.bits["features.*"]
+    assert run.data.tags["boundfinder.chosen"] == chosen.describe()
+    assert client.get_experiment(run.info.experiment_id).name == "searches"
+
+
+def test_a_tracking_server_receives_the_run_and_its_artifacts(sweep_and_bound, mlflow_server, tmp_path):
+    sweep, bound = sweep_and_bound
+    run_id = log_sweep(sweep, bound, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    assert client.get_run(run_id).data.metrics["min_safe_bits"] == bound.bits
+    page = client.download_artifacts(run_id, "report.html", str(tmp_path))
+    assert "minimum safe bits" in Path(page).read_text(encoding="utf-8")
+
+
+def test_an_unreachable_server_or_bad_uri_fails_at_once():
+    start = time.monotonic()
+    with pytest.raises(BoundfinderError, match=r"the MLflow tracking server http://127.0.0.1:1 is unreachable"):
+        check_tracking_uri("http://127.0.0.1:1")
+    assert time.monotonic() - start < 5  # a refused connection, no retries
+    with pytest.raises(BoundfinderError, match=r"looks like sqlite:///mlflow\.db"):
+        check_tracking_uri("mlflow.db")
+    assert check_tracking_uri(None) == "sqlite:///mlflow.db"
+
+
+def test_a_failure_while_logging_is_one_error_naming_the_store(sweep_and_bound, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise MlflowException("the server went away")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", refuse)
+    with pytest.raises(BoundfinderError, match=r"logging to MLflow at sqlite:///.* failed: the server went away"):
+        log_sweep(*sweep_and_bound, tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+
+SWEEP = ["sweep", "--model", "logreg", "--bits", "0-3", "--seeds", "0", "--epochs", "2"]
+
+
+def test_cli_checks_the_server_before_any_training(monkeypatch, capsys):
+    from boundfinder.search import sweep as sweep_mod
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("trained although MLflow was unreachable")
+
+    monkeypatch.setattr(sweep_mod, "precision_sweep", must_not_run)
+    assert main([*SWEEP, "--mlflow", "http://127.0.0.1:1"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_cli_logs_writes_the_report_and_keeps_the_results_when_logging_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SWEEP, "--mlflow", "--html", "r.html"]) == 0
+    out = capsys.readouterr().out
+    assert "logged to MLflow at sqlite:///mlflow.db: run " in out and (tmp_path / "r.html").exists()
+    run_id = out.split("run ")[-1].split()[0]
+    assert mlflow.MlflowClient("sqlite:///mlflow.db").get_run(run_id).data.params["model"] == "logreg"
+
+    def fail(*args, **kwargs):
+        raise BoundfinderError("logging to MLflow at sqlite:///mlflow.db failed: disk full")
+
+    monkeypatch.setattr(mlflow_log, "log_sweep", fail)
+    assert main([*SWEEP, "--mlflow"]) == 2
+    err = capsys.readouterr().err
+    kept = glob.glob("boundfinder-sweep-*.json")
+    assert len(kept) == 1 and f"the results are saved in {kept[0]}" in err
+    assert json.loads(Path(kept[0]).read_text())["bound"]["method"] == "score"
