@@ -112,8 +112,11 @@ def _builders() -> dict:
 
 
 def _check_mlflow(args: argparse.Namespace) -> None:
-    """Before any work: MLflow is installed and the tracking server (if one is named) answers."""
-    if not args.mlflow:
+    """Before any work: MLflow is installed and its store opens (a server answers); args.mlflow becomes the URI."""
+    if getattr(args, "no_confirm", False) and (args.mlflow is not None or args.html):
+        raise BoundfinderError("--no-confirm only adds trials; --mlflow and --html report a certified search. "
+                               "Use them on the run that confirms.")
+    if args.mlflow is None:
         return
     import importlib.util
 
@@ -121,7 +124,7 @@ def _check_mlflow(args: argparse.Namespace) -> None:
         raise BoundfinderError("--mlflow needs MLflow: pip install 'boundfinder[mlflow]'.")
     from boundfinder.reports.mlflow_log import check_tracking_uri
 
-    check_tracking_uri(args.mlflow)
+    args.mlflow = check_tracking_uri(args.mlflow or None, open_store=True)
 
 
 def _publish(args: argparse.Namespace, kind: str, summary: dict, html: Callable[[], str],
@@ -133,7 +136,7 @@ def _publish(args: argparse.Namespace, kind: str, summary: dict, html: Callable[
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(html())
-    if not args.mlflow:
+    if args.mlflow is None:
         return
     try:
         run_id = log()
@@ -241,9 +244,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", help="write a self-contained HTML report (charts embedded) to this file")
-    p.add_argument("--mlflow", nargs="?", const="sqlite:///mlflow.db", default=None, metavar="URI",
-                   help="log the run to MLflow: the local sqlite:///mlflow.db when no URI is given, or a tracking "
-                   "server such as http://127.0.0.1:5000 (checked before any work)")
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                   help="log the run to MLflow: a tracking server such as http://127.0.0.1:5000 or a database URI; "
+                   "without a URI, $MLFLOW_TRACKING_URI or the local sqlite:///mlflow.db (checked before any work)")
     p.add_argument("--experiment", default="boundfinder", help="MLflow experiment name (default boundfinder)")
 
 

@@ -114,7 +114,7 @@ def search_plot(result, ax) -> Any:
 def search_html(result, *, title: str) -> str:
     """The report of a search (``SearchResult``): the candidates, their test bounds and the choice."""
     conf = result.confirmation
-    verdict = "no configuration certified"
+    verdict = "not confirmed on test items" if conf is None else "no configuration certified"
     if result.chosen is not None:
         verdict = (f"chosen: <b>{html.escape(result.chosen.describe())}</b> ({result.chosen.cost:.3f} bits per "
                    "parameter)")

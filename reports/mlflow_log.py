@@ -19,7 +19,9 @@ What a run holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import tempfile
 import time
@@ -35,13 +37,15 @@ __all__ = ["DEFAULT_TRACKING_URI", "check_tracking_uri", "log_search", "log_swee
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
-def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
-    """The tracking URI to use (``uri`` or the default), checked before any work is done.
+def check_tracking_uri(uri: str | None, *, timeout: float = 5.0, open_store: bool = False) -> str:
+    """The tracking URI to use, checked before any work is done: ``uri``, else ``$MLFLOW_TRACKING_URI``, else
+    the embedded default.
 
     A server (``http://``, ``https://``) must answer its ``/health`` endpoint within ``timeout`` seconds;
-    otherwise :class:`BoundfinderError` says which URI and why. Database URIs are opened when logging.
+    otherwise :class:`BoundfinderError` says which URI and why. With ``open_store``, any other store is opened
+    and queried once (a database that cannot be written, a missing driver, an old schema show up here).
     """
-    uri = uri or DEFAULT_TRACKING_URI
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
@@ -50,10 +54,22 @@ def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
             cause = getattr(exc, "reason", exc)
             raise BoundfinderError(f"the MLflow tracking server {uri} is unreachable ({cause}); nothing was run. "
                                    "Start it, or leave the URI out to log to the local sqlite:///mlflow.db.") from exc
-    elif "://" not in uri:
+    elif "://" not in uri and uri != "databricks":
         raise BoundfinderError(f"an MLflow tracking URI looks like sqlite:///mlflow.db or http://host:5000, but got "
                                f"{uri!r}.")
+    elif open_store:
+        import mlflow
+
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as exc:  # stores raise their own driver's errors (SQLAlchemy, HTTP): each is reported
+            raise BoundfinderError(f"cannot open the MLflow store {uri}: {_cause(exc)}; nothing was run.") from exc
     return uri
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _metric_key(text: str) -> str:
@@ -65,20 +81,12 @@ def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict
          metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: dict[str, bytes | str]) -> str:
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
 
     uri = check_tracking_uri(uri)
+    run_id = None
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            location = None
-            if uri.startswith("sqlite:///"):
-                # next to the database file, not in whatever folder the process happens to run from
-                location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        experiment_id = _experiment(client, uri, experiment)
         run = client.create_run(experiment_id, run_name=run_name)
         run_id = run.info.run_id
         now = int(time.time() * 1000)
@@ -94,9 +102,33 @@ def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict
                 path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
                 client.log_artifact(run_id, str(path))
         client.set_terminated(run_id)
-    except (MlflowException, OSError) as exc:
-        raise BoundfinderError(f"logging to MLflow at {uri} failed: {exc}") from exc
+    except Exception as exc:  # stores raise their own driver's errors: each becomes one message
+        if run_id is not None:
+            with contextlib.suppress(Exception):  # a run that could not be finished is marked so, if possible
+                client.set_terminated(run_id, status="FAILED")
+        raise BoundfinderError(f"logging to MLflow at {uri} failed: {_cause(exc)}") from exc
     return run_id
+
+
+def _experiment(client, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a SQLite file) or restored when deleted."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            # next to the database file, not in whatever folder the process happens to run from
+            location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            found = client.get_experiment_by_name(name)  # another process created it first
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    return found.experiment_id
 
 
 def _finite(v) -> bool:
@@ -151,7 +183,12 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
         k = result.candidates.index(result.chosen)
         metrics += [("chosen_cost", result.chosen.cost, 0), ("chosen_test_drop", conf.levels[k].drop, 0),
                     ("chosen_test_upper", conf.levels[k].upper, 0)]
-        metrics += [(f"chosen_bits/{_metric_key(g)}", b, 0) for g, b in result.chosen.bits.items()]
+        keys: set[str] = set()
+        for i, (g, b) in enumerate(result.chosen.bits.items()):
+            key = f"chosen_bits/{_metric_key(g)}"
+            key = key if key not in keys else f"{key}_{i}"  # "fc.*" and "fc.?" must not overwrite each other
+            keys.add(key)
+            metrics.append((key, b, 0))
     artifacts["report.html"] = search_html(result, title=run_name or f"search {result.study_name}")
     return _log(
         tracking_uri, experiment, run_name,
@@ -161,6 +198,7 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
                    if conf is not None else {}), **(params or {})},
         metrics=metrics,
         tags={"boundfinder.kind": "search", "boundfinder.reason": result.reason,
+              "boundfinder.status": "not confirmed" if conf is None else conf.status,
               "boundfinder.chosen": "" if result.chosen is None else result.chosen.describe()},
         artifacts=artifacts,
     )

@@ -90,7 +90,7 @@ class Candidate:
 
     def summary(self) -> dict[str, Any]:
         return {"bits": dict(self.bits), "formats": dict(self.formats), "cost": self.cost,
-                "val_drop": self.val_drop, "trial": self.trial}
+                "val_drop": self.val_drop if math.isfinite(self.val_drop) else None, "trial": self.trial}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

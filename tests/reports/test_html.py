@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
+import math
 import re
 
 import matplotlib.pyplot as plt
@@ -43,3 +46,14 @@ def test_search_report_lists_every_candidate_with_its_verdict(search_result):
     for cand in search_result.candidates:
         assert f'<td class="text">{cand.describe()}</td>' in page
     assert page.count("<tr class=safe>") == sum(lv.declared_safe for lv in search_result.confirmation.levels)
+
+
+def test_search_report_without_a_choice_escapes_its_reason_and_its_summary_is_strict_json(search_result):
+    widest = dataclasses.replace(search_result.candidates[-1], val_drop=math.nan)  # never measured on validation
+    bare = dataclasses.replace(search_result, chosen=None, reason="<b>upper</b> bound > tolerance & more",
+                               candidates=(*search_result.candidates[:-1], widest))
+    page = search_html(bare, title="t")
+    assert "no configuration certified" in page and "&lt;b&gt;upper&lt;/b&gt; bound &gt; tolerance &amp; more" in page
+    assert json.loads(json.dumps(bare.summary(), allow_nan=False))["candidates"][-1]["val_drop"] is None
+    unconfirmed = dataclasses.replace(bare, confirmation=None, candidates=())
+    assert "not confirmed on test items" in search_html(unconfirmed, title="t")

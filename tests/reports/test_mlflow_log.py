@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import time
 import urllib.parse
 from pathlib import Path
 
-import mlflow
 import pytest
-from mlflow.exceptions import MlflowException
 
-from boundfinder.cli import main
-from boundfinder.errors import BoundfinderError
-from boundfinder.reports import mlflow_log
-from boundfinder.reports.mlflow_log import check_tracking_uri, log_search, log_sweep
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from boundfinder.cli import main  # noqa: E402
+from boundfinder.errors import BoundfinderError  # noqa: E402
+from boundfinder.reports import mlflow_log  # noqa: E402
+from boundfinder.reports.mlflow_log import check_tracking_uri, log_search, log_sweep  # noqa: E402
 
 
 def _history(client, run_id, key):
@@ -45,11 +47,16 @@ def test_sweep_run_holds_accuracy_against_bits_the_bound_and_the_report(sweep_an
     assert summary["bound"] == json.loads(json.dumps(bound.summary()))
 
 
-def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_path):
-    uri = f"sqlite:///{tmp_path}/m.db"
+def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/store/m.db"
+    (tmp_path / "store").mkdir()
     run_id = log_search(search_result, tracking_uri=uri, experiment="searches")
     client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
+    # the artifacts go beside the database, not into the working folder
+    assert Path(urllib.parse.urlparse(run.info.artifact_uri).path).is_relative_to(tmp_path / "store" / "mlartifacts")
+    assert run.data.tags["boundfinder.status"] == search_result.confirmation.status
     levels = search_result.confirmation.levels
     assert _history(client, run_id, "candidate_cost") == [(k, c.cost) for k, c in enumerate(search_result.candidates)]
     assert _history(client, run_id, "candidate_test_drop") == [(k, pytest.approx(lv.drop))
@@ -60,6 +67,16 @@ def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_p
     assert run.data.metrics["chosen_bits/features._"] == chosen.bits["features.*"]
     assert run.data.tags["boundfinder.chosen"] == chosen.describe()
     assert client.get_experiment(run.info.experiment_id).name == "searches"
+    # two layer patterns that read the same once '*' and '?' are replaced keep two metrics
+    twin = dataclasses.replace(chosen, bits={"fc.*": 1, "fc.?": 2})
+    again = dataclasses.replace(search_result, chosen=twin, candidates=tuple(
+        twin if c is chosen else c for c in search_result.candidates))
+    metrics = client.get_run(log_search(again, tracking_uri=uri, experiment="searches")).data.metrics
+    assert metrics["chosen_bits/fc._"] == 1 and metrics["chosen_bits/fc.__1"] == 2
+    # a deleted experiment is restored, not a dead end
+    client.delete_experiment(run.info.experiment_id)
+    rerun = client.get_run(log_search(search_result, tracking_uri=uri, experiment="searches"))
+    assert rerun.info.experiment_id == run.info.experiment_id
 
 
 def test_a_tracking_server_receives_the_run_and_its_artifacts(sweep_and_bound, mlflow_server, tmp_path):
@@ -81,13 +98,27 @@ def test_an_unreachable_server_or_bad_uri_fails_at_once():
     assert check_tracking_uri(None) == "sqlite:///mlflow.db"
 
 
+def test_the_environments_tracking_uri_is_the_default_and_a_bad_store_fails_before_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env.db")
+    assert check_tracking_uri(None) == f"sqlite:///{tmp_path}/env.db"
+    (tmp_path / "a_file").write_text("")  # a database cannot live under a regular file
+    with pytest.raises(BoundfinderError, match=r"cannot open the MLflow store sqlite:///.*/a_file/m\.db: .*nothing "
+                       "was run"):
+        check_tracking_uri(f"sqlite:///{tmp_path}/a_file/m.db", open_store=True)
+
+
 def test_a_failure_while_logging_is_one_error_naming_the_store(sweep_and_bound, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise MlflowException("the server went away")
 
     monkeypatch.setattr(mlflow.MlflowClient, "log_batch", refuse)
+    uri = f"sqlite:///{tmp_path}/m.db"
     with pytest.raises(BoundfinderError, match=r"logging to MLflow at sqlite:///.* failed: the server went away"):
-        log_sweep(*sweep_and_bound, tracking_uri=f"sqlite:///{tmp_path}/m.db")
+        log_sweep(*sweep_and_bound, tracking_uri=uri)
+    # the run that was started is closed as failed, not left running
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("boundfinder").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
 
 
 SWEEP = ["sweep", "--model", "logreg", "--bits", "0-3", "--seeds", "0", "--epochs", "2"]
@@ -102,6 +133,8 @@ def test_cli_checks_the_server_before_any_training(monkeypatch, capsys):
     monkeypatch.setattr(sweep_mod, "precision_sweep", must_not_run)
     assert main([*SWEEP, "--mlflow", "http://127.0.0.1:1"]) == 2
     assert "unreachable" in capsys.readouterr().err
+    assert main(["search", "--no-confirm", "--html", "r.html"]) == 2
+    assert "--no-confirm only adds trials" in capsys.readouterr().err
 
 
 def test_cli_logs_writes_the_report_and_keeps_the_results_when_logging_fails(tmp_path, monkeypatch, capsys):
