@@ -14,7 +14,9 @@ there, so a search that is stopped, killed or run by several workers at once los
 
 from __future__ import annotations
 
+import random
 import re
+import time
 import warnings
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["mask_url", "open_storage"]
 
 _JOURNAL_SUFFIXES = (".log", ".jsonl")
+# what two workers that create the tables of a fresh database at the same moment see: a table or row the other
+# has just written (SQLite, PostgreSQL), or SQLite's lock while the other writes
+_SCHEMA_RACE = re.compile(r"already exists|UNIQUE constraint failed|duplicate key|database is locked", re.I)
+_SCHEMA_ATTEMPTS = 6
 
 
 def mask_url(url: str | None) -> str:
@@ -79,22 +85,41 @@ def open_storage(
         )
     import sqlalchemy.exc
 
-    try:
-        with warnings.catch_warnings():
-            # the heartbeat is marked experimental in Optuna; it is what makes a killed worker's trial retried
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=int(max(1, round(heartbeat_interval))),
-                grace_period=None if grace_period is None else int(max(1, round(grace_period))),
-                heartbeat_stale_trial_callback=retry,
-                # a dropped connection (a restarted server, an idle timeout) is replaced, not fatal to the worker
-                engine_kwargs={"pool_pre_ping": True},
-            )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as exc:
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ""
-        if isinstance(exc, ImportError) or "psycopg" in cause:
-            hint = " (PostgreSQL needs a driver: pip install 'boundfinder[postgres]', which brings psycopg)"
-        raise BoundfinderError(f"cannot open the Optuna storage {mask_url(url)}: {cause}{hint}") from exc
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            return _rdb_storage(url, heartbeat_interval, grace_period, max_retry)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # the tables are created on first use; a worker that loses the race to create them opens the
+            # database again once the winner is done
+            if attempt + 1 < _SCHEMA_ATTEMPTS and _SCHEMA_RACE.search(str(exc)):
+                time.sleep(0.05 * 2**attempt * (1 + random.random()))
+                continue
+            _raise_open_error(url, exc)
+        except (ImportError, OSError, ValueError) as exc:
+            _raise_open_error(url, exc)
+    raise AssertionError("unreachable")  # every attempt returns or raises
+
+
+def _rdb_storage(url, heartbeat_interval, grace_period, max_retry):
+    import optuna
+
+    with warnings.catch_warnings():
+        # the heartbeat is marked experimental in Optuna; it is what makes a killed worker's trial retried
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=int(max(1, round(heartbeat_interval))),
+            grace_period=None if grace_period is None else int(max(1, round(grace_period))),
+            heartbeat_stale_trial_callback=retry,
+            # a dropped connection (a restarted server, an idle timeout) is replaced, not fatal to the worker
+            engine_kwargs={"pool_pre_ping": True},
+        )
+
+
+def _raise_open_error(url: str, exc: BaseException):
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if isinstance(exc, ImportError) or "psycopg" in cause:
+        hint = " (PostgreSQL needs a driver: pip install 'boundfinder[postgres]', which brings psycopg)"
+    raise BoundfinderError(f"cannot open the Optuna storage {mask_url(url)}: {cause}{hint}") from exc

@@ -206,6 +206,16 @@ def _items_digest(items) -> str:
     return hashlib.sha1(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
+def _trained(build_model, datamodule, seeds, epochs) -> list[torch.nn.Module]:
+    """One full-precision model per seed, each built and trained from its seed alone."""
+    models = []
+    for seed in seeds:
+        model = _seeded_model(build_model, seed)
+        _train(model, datamodule, epochs=epochs, seed=seed)
+        models.append(model)
+    return models
+
+
 class _Measure:
     """Per-item correctness of every seed's model under a configuration, on one split."""
 
@@ -336,11 +346,7 @@ def precision_search(
                             for t in study.get_trials(deepcopy=False, states=live)):
         study.enqueue_trial(widest)  # the top of the certification chain: measured first
 
-    models = []
-    for seed in seeds:
-        model = _seeded_model(build_model, seed)
-        _train(model, datamodule, epochs=epochs, seed=seed)
-        models.append(model)
+    models = _trained(build_model, datamodule, seeds, epochs)
     val = _Measure(models, datamodule.val_dataloader, level, rounding, roles)
     packed = [_pack(b) for b in val.baseline]
     if study.user_attrs.get(BASELINE_KEY) is None:
@@ -388,20 +394,17 @@ def precision_search(
         if distinct() >= target:
             study_.stop()
 
-    if target and distinct() < target:
+    missing = target - distinct()
+    if missing > 0:
         # Proposals measured before are reused at no cost, but the sampler may keep making them in a small
         # space: a worker starts at most a few times as many trials as configurations are missing.
-        study.optimize(objective, n_trials=4 * (target - distinct()) + 8, timeout=timeout, callbacks=[enough],
+        study.optimize(objective, n_trials=4 * missing + 8, timeout=timeout, callbacks=[enough],
                        gc_after_trial=False)
     if not confirm:
-        return _result(study, study_name, storage, family, groups, parameters, names, cost, [], None, None,
-                       "not certified (confirm=False)", confirm_seeds)
-    confirm_models = []
-    for seed in confirm_seeds:
-        model = _seeded_model(build_model, seed)
-        _train(model, datamodule, epochs=epochs, seed=seed)
-        confirm_models.append(model)
-
+        return _result(study, study_name, storage, family, groups, parameters,
+                       _measured(study, groups, names, cost), [], None, None, "not certified (confirm=False)",
+                       confirm_seeds)
+    confirm_models = _trained(build_model, datamodule, confirm_seeds, epochs)
     return _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, confirm_models,
                     datamodule, level, rounding, roles, tolerance, confidence, confirm_seeds)
 
@@ -433,7 +436,7 @@ def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate
     return front
 
 
-def _result(study, study_name, storage, family, groups, parameters, names, cost, candidates, confirmation,
+def _result(study, study_name, storage, family, groups, parameters, measured, candidates, confirmation,
             chosen, reason, confirm_seeds) -> SearchResult:
     import optuna
 
@@ -441,7 +444,7 @@ def _result(study, study_name, storage, family, groups, parameters, names, cost,
     return SearchResult(study_name=study_name, storage=_storage_label(storage), family=family, groups=tuple(groups),
                         parameters=parameters, n_complete=states.count(optuna.trial.TrialState.COMPLETE),
                         n_failed=states.count(optuna.trial.TrialState.FAIL),
-                        n_configurations=len(_measured(study, groups, names, cost)), candidates=tuple(candidates),
+                        n_configurations=len(measured), candidates=tuple(candidates),
                         confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds))
 
 
@@ -489,5 +492,5 @@ def _confirm(study, study_name, storage, family, groups, parameters, names, cost
     est, chosen = certify(front, np.stack([test(c.formats) for c in front]), test.baseline, tolerance=tolerance,
                           confidence=confidence)
     reason = est.reason
-    return _result(study, study_name, storage, family, groups, parameters, names, cost, front, est, chosen, reason,
+    return _result(study, study_name, storage, family, groups, parameters, measured, front, est, chosen, reason,
                    confirm_seeds)
