@@ -18,7 +18,7 @@ import random
 import re
 import time
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from boundfinder.errors import BoundfinderError
 
@@ -100,7 +100,9 @@ def open_storage(
     raise AssertionError("unreachable")  # every attempt returns or raises
 
 
-def _rdb_storage(url, heartbeat_interval, grace_period, max_retry):
+def _rdb_storage(
+    url: str, heartbeat_interval: float, grace_period: float | None, max_retry: int
+) -> optuna.storages.RDBStorage:
     import optuna
 
     with warnings.catch_warnings():
@@ -117,7 +119,7 @@ def _rdb_storage(url, heartbeat_interval, grace_period, max_retry):
         )
 
 
-def _raise_open_error(url: str, exc: BaseException):
+def _raise_open_error(url: str, exc: BaseException) -> NoReturn:
     cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = ""
     if isinstance(exc, ImportError) or "psycopg" in cause:

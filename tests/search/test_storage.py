@@ -38,7 +38,8 @@ def _open_at_once(url: str, tmp_path: Path) -> list[tuple[int, str]]:
     for p in procs:  # every worker has imported Optuna and waits: the openings below really overlap
         assert p.stdout.readline().strip() == "ready"
     go.touch()
-    return [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+    outs = [p.communicate(timeout=120)[0] for p in procs]  # reads while waiting: a full pipe cannot stall it
+    return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
 
 
 def _fresh_postgres_database(postgres_url: str) -> str:
