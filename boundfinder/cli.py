@@ -5,6 +5,7 @@
     boundfinder quantize e4m3fn 0.1 300 1e6 --rounding truncate
     boundfinder sweep --plot sweep.png     # minimum safe bits of one format family, with a confidence interval
     boundfinder search --trials 40         # per-layer bit widths with Optuna, certified on held-out items
+    boundfinder search --switch 0-15       # ... and the epoch of a low -> high precision switch in training
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     try:
         result = precision_search(
             _builders()[args.model], DigitsDataModule(batch_size=64, seed=0), args.family, _int_list(args.bits),
-            layers=layers, roles=[r for r in args.roles.split(",") if r], level=args.level, rounding=args.rounding,
+            layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
+            level=args.level, rounding=args.rounding, switch=None if args.switch is None else _int_list(args.switch),
             seeds=_int_list(args.seeds), epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence,
             n_trials=args.trials, timeout=args.timeout, storage=args.storage or None, study_name=args.study,
             sampler_seed=args.seed, heartbeat_interval=args.heartbeat, model_name=args.model,
@@ -235,7 +237,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         return log_search(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
                           params={"model": args.model, "level": args.level, "rounding": args.rounding,
-                                  "roles": args.roles, "seeds": args.seeds, "epochs": args.epochs,
+                                  "roles": args.roles or "default", "seeds": args.seeds, "epochs": args.epochs,
                                   "bits": args.bits})
 
     _publish(args, "search", result.summary(), html, log)
@@ -293,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: every layer with parameters)")
     p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
     p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
-    p.add_argument("--roles", default="weight,bias,input,activation", help="tensor roles to round")
+    p.add_argument("--roles", default=None, help="tensor roles to round (default: weight,bias,input,activation; "
+                   "with --switch every role the level rounds, gradients included)")
+    p.add_argument("--switch", default=None, metavar="EPOCHS", help="search low -> high precision training too: "
+                   "switch epochs such as 0-15 or 0,5,10,15; each trial trains under its bit widths before its "
+                   "switch epoch and in fp32 from it on, and the model is measured in fp32")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--trials", type=int, default=40, help="distinct configurations the study should have measured, "
@@ -302,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="sqlite:///boundfinder-search.db", help="Optuna storage: a database URL "
                    "(sqlite:///file.db, postgresql://user:pw@host/db) or a journal file (.log); '' keeps the study "
                    "in memory (default sqlite:///boundfinder-search.db)")
-    p.add_argument("--study", default=None, help="study name (default: model-family-level-rounding)")
+    p.add_argument("--study", default=None, help="study name (default: model-family-level-rounding, with "
+                   "-switch for a switching search)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (give each worker its own)")
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between a running trial's heartbeats; a "
                    "trial silent for twice as long is failed and retried (database storages)")

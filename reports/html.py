@@ -105,7 +105,7 @@ def search_plot(result, ax) -> Any:
     ax.axhline(conf.tolerance, color="C3", lw=1, ls="--", label=f"tolerance {conf.tolerance:g}")
     if result.chosen is not None:
         ax.axvline(result.chosen.cost, color="C2", lw=1.2, label="chosen")
-    ax.set_xlabel("mean bits per parameter")
+    ax.set_xlabel(result.cost_label)
     ax.set_ylabel("accuracy drop")
     ax.legend(fontsize=8)
     return ax
@@ -116,12 +116,14 @@ def search_html(result, *, title: str) -> str:
     conf = result.confirmation
     verdict = "not confirmed on test items" if conf is None else "no configuration certified"
     if result.chosen is not None:
-        verdict = (f"chosen: <b>{html.escape(result.chosen.describe())}</b> ({result.chosen.cost:.3f} bits per "
-                   "parameter)")
+        verdict = (f"chosen: <b>{html.escape(result.chosen.describe())}</b> ({result.chosen.cost:.3f} "
+                   f"{html.escape(result.cost_label)})")
     body = [f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(result.reason)}</p>",
             f"<p>study {html.escape(result.study_name)} in {html.escape(result.storage)}; family "
             f"{html.escape(result.family)}; {result.n_configurations} configurations measured; groups "
-            f"{html.escape(', '.join(result.groups))}</p>"]
+            f"{html.escape(', '.join(result.groups))}"
+            + (f"; switch epochs {list(result.switch_points)} of {result.epochs}" if result.switch_points else "")
+            + "</p>"]
     if conf is not None:
         rows = [([_num(c.cost, ".3f"), _num(c.val_drop), _num(lv.drop), _num(lv.upper),
                   "yes" if lv.declared_safe else "no", c.describe()], lv.declared_safe)

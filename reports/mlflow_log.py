@@ -14,7 +14,11 @@ What a run holds:
   artifacts ``summary.json``, ``accuracy_vs_bits.png``, ``report.html``.
 * search: params (study, storage, family, groups, ...); metrics ``candidate_cost``, ``candidate_val_drop``,
   ``candidate_test_drop`` and ``candidate_test_upper`` with the candidate's rank as step, ``chosen_cost``,
-  ``chosen_test_drop``, ``chosen_test_upper`` and ``chosen_bits/<group>``; the same tags and artifacts.
+  ``chosen_test_drop``, ``chosen_test_upper``, ``chosen_bits/<group>`` (and ``chosen_switch_epoch`` in a
+  switching search); the same tags and artifacts. Nested under it, one run per configuration the study measured:
+  params ``bits/<group>`` (``switch_epoch``) and ``configuration``; metrics ``cost``, ``val_drop``, and for the
+  candidates ``candidate_rank``, ``test_drop``, ``test_upper``, ``declared_safe``; tags ``boundfinder.trial``,
+  ``boundfinder.candidate``, ``boundfinder.chosen``.
 """
 
 from __future__ import annotations
@@ -78,9 +82,11 @@ def _metric_key(text: str) -> str:
 
 
 def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict[str, Any],
-         metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: dict[str, bytes | str]) -> str:
+         metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: dict[str, bytes | str],
+         children: list[dict[str, Any]] = ()) -> str:
+    """One run; each of ``children`` (``run_name``, ``params``, ``metrics``, ``tags``) becomes a run nested under
+    it (MLflow's ``mlflow.parentRunId`` tag), finished before the parent is."""
     import mlflow
-    from mlflow.entities import Metric, Param, RunTag
 
     uri = check_tracking_uri(uri)
     run_id = None
@@ -89,13 +95,12 @@ def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict
         experiment_id = _experiment(client, uri, experiment)
         run = client.create_run(experiment_id, run_name=run_name)
         run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(key, float(value), now, int(step)) for key, value, step in metrics],
-            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-            tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()],
-        )
+        _log_batch(client, run_id, params, metrics, tags)
+        for child in children:
+            child_id = client.create_run(experiment_id, run_name=child["run_name"],
+                                         tags={"mlflow.parentRunId": run_id}).info.run_id
+            _log_batch(client, child_id, child["params"], child["metrics"], child["tags"])
+            client.set_terminated(child_id)
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in artifacts.items():
                 path = Path(tmp) / name
@@ -108,6 +113,19 @@ def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict
                 client.set_terminated(run_id, status="FAILED")
         raise BoundfinderError(f"logging to MLflow at {uri} failed: {_cause(exc)}") from exc
     return run_id
+
+
+def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[str, float, int]],
+               tags: dict[str, str]) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, int(step)) for key, value, step in metrics],
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()],
+    )
 
 
 def _experiment(client, uri: str, name: str) -> str:
@@ -183,17 +201,17 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
         k = result.candidates.index(result.chosen)
         metrics += [("chosen_cost", result.chosen.cost, 0), ("chosen_test_drop", conf.levels[k].drop, 0),
                     ("chosen_test_upper", conf.levels[k].upper, 0)]
-        keys: set[str] = set()
-        for i, (g, b) in enumerate(result.chosen.bits.items()):
-            key = f"chosen_bits/{_metric_key(g)}"
-            key = key if key not in keys else f"{key}_{i}"  # "fc.*" and "fc.?" must not overwrite each other
-            keys.add(key)
-            metrics.append((key, b, 0))
+        keys = _group_keys(result.chosen.bits)
+        metrics += [(f"chosen_bits/{keys[g]}", b, 0) for g, b in result.chosen.bits.items()]
+        if result.chosen.switch is not None:
+            metrics.append(("chosen_switch_epoch", result.chosen.switch, 0))
     artifacts["report.html"] = search_html(result, title=run_name or f"search {result.study_name}")
     return _log(
         tracking_uri, experiment, run_name,
         params={"kind": "search", "study": result.study_name, "storage": result.storage, "family": result.family,
                 "groups": ",".join(result.groups), "confirm_seeds": list(result.confirm_seeds),
+                **({"switch_points": list(result.switch_points), "epochs": result.epochs}
+                   if result.switch_points else {}),
                 **({"tolerance": conf.tolerance, "confidence": conf.confidence, "method": conf.method}
                    if conf is not None else {}), **(params or {})},
         metrics=metrics,
@@ -201,4 +219,41 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
               "boundfinder.status": "not confirmed" if conf is None else conf.status,
               "boundfinder.chosen": "" if result.chosen is None else result.chosen.describe()},
         artifacts=artifacts,
+        children=_configuration_runs(result),
     )
+
+
+def _group_keys(groups) -> dict[str, str]:
+    """A metric/param name per layer group; "fc.*" and "fc.?" both read "fc._" and must not overwrite each other."""
+    keys: dict[str, str] = {}
+    for i, g in enumerate(groups):
+        key = _metric_key(g)
+        keys[g] = key if key not in keys.values() else f"{key}_{i}"
+    return keys
+
+
+def _configuration_runs(result) -> list[dict[str, Any]]:
+    """A nested run per configuration the search measured: its bit widths (and switch epoch) as params, its cost
+    and validation drop as metrics, and for a candidate of the certification its test figures, so MLflow's
+    run comparison charts the whole study."""
+    keys = _group_keys(result.groups)
+    levels = {}
+    if result.confirmation is not None:
+        levels = {id(c): (rank, lv) for rank, (c, lv) in enumerate(zip(result.candidates, result.confirmation.levels,
+                                                                      strict=True))}
+    by_key = {(tuple(c.bits.values()), c.switch): c for c in result.candidates}
+    runs = []
+    for c in result.configurations:
+        params = {f"bits/{keys[g]}": b for g, b in c.bits.items()} | (
+            {} if c.switch is None else {"switch_epoch": c.switch}) | {"configuration": c.describe()}
+        metrics = [("cost", c.cost, 0)] + ([("val_drop", c.val_drop, 0)] if _finite(c.val_drop) else [])
+        cand = by_key.get((tuple(c.bits.values()), c.switch))
+        rank, lv = levels.get(id(cand), (None, None))
+        if lv is not None:
+            metrics += [("candidate_rank", rank, 0), ("test_drop", lv.drop, 0), ("declared_safe", lv.declared_safe, 0)]
+            metrics += [("test_upper", lv.upper, 0)] if _finite(lv.upper) else []
+        runs.append({"run_name": f"{result.study_name} trial {c.trial}", "params": params, "metrics": metrics,
+                     "tags": {"boundfinder.kind": "search-configuration", "boundfinder.trial": c.trial,
+                              "boundfinder.candidate": "yes" if lv is not None else "no",
+                              "boundfinder.chosen": "yes" if cand is not None and cand is result.chosen else "no"}})
+    return runs

@@ -7,6 +7,9 @@ tolerance, certified on test items the search never saw.
    policy and records which *validation* items they get right. The objective is the cost (mean bits per
    parameter, parameters outside the searched groups counted at 32), minimised under the constraint
    ``validation drop <= tolerance`` (``trial.set_constraint``). The per-item results are stored in the trial.
+   With switch epochs (``switch=``), a trial also picks the epoch at which training goes from the layers'
+   formats to full precision (the 2017 study's low -> high switching): each seed's model is trained under the
+   configuration and measured at full precision, and the cost is averaged over the training epochs.
 3. Confirmation: the feasible trials' Pareto front (cost against validation drop), topped by the widest
    configuration, is measured on the *test* items and tested from the most expensive configuration down, each
    at the full level, stopping at the first that cannot be certified (``estimate_bound`` with the candidates as
@@ -36,15 +39,9 @@ from boundfinder.bounds import BoundEstimate, estimate_bound
 from boundfinder.errors import BoundfinderError
 from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy, Rule, layer_modules
+from boundfinder.search.measure import Rounded, Switched, trained
 from boundfinder.search.storage import mask_url, open_storage
-from boundfinder.search.sweep import (
-    INFERENCE_ROLES,
-    _predict,
-    _predict_under,
-    _seeded_model,
-    _train,
-    expand_family,
-)
+from boundfinder.search.sweep import INFERENCE_ROLES, expand_family
 
 __all__ = ["Candidate", "SearchResult", "certify", "precision_search"]
 
@@ -55,6 +52,8 @@ CONFIG_KEY = "boundfinder.search"
 #: Study user attribute: which validation items the full-precision models get right (packed, one per seed).
 BASELINE_KEY = "boundfinder.val_baseline"
 _FULL_WIDTH = 32  # float32: what a parameter outside the searched groups costs
+#: Trial parameter of a switching search: the epoch from which training goes on at full precision.
+SWITCH_PARAM = "switch_epoch"
 
 
 def _param_name(group: str) -> str:
@@ -84,12 +83,23 @@ class Candidate:
     cost: float
     val_drop: float
     trial: int | None
+    #: switching search: training runs under ``formats`` before this epoch and at full precision from it on
+    #: (0: full precision throughout); None: the formats are applied to the trained model
+    switch: int | None = None
+    epochs: int | None = None  #: switching search: the training's length
 
     def describe(self) -> str:
-        return " ".join(f"{g}={f}" for g, f in self.formats.items())
+        layers = " ".join(f"{g}={f}" for g, f in self.formats.items())
+        if self.switch is None:
+            return layers
+        if self.switch == 0:
+            return "fp32 training throughout"
+        if self.switch == self.epochs:
+            return f"{layers} training throughout"
+        return f"{layers} before epoch {self.switch}, fp32 from it on"
 
     def summary(self) -> dict[str, Any]:
-        return {"bits": dict(self.bits), "formats": dict(self.formats), "cost": self.cost,
+        return {"bits": dict(self.bits), "formats": dict(self.formats), "switch": self.switch, "cost": self.cost,
                 "val_drop": self.val_drop if math.isfinite(self.val_drop) else None, "trial": self.trial}
 
 
@@ -115,6 +125,16 @@ class SearchResult:
     chosen: Candidate | None
     reason: str
     confirm_seeds: tuple[int, ...] = ()
+    #: switching search: the switch epochs searched over, and the training length; () for a rounding search
+    switch_points: tuple[int, ...] = ()
+    epochs: int | None = None
+    #: every configuration the study measured, cheapest first (``n_configurations`` of them)
+    configurations: tuple[Candidate, ...] = ()
+
+    @property
+    def cost_label(self) -> str:
+        """What a candidate's cost measures."""
+        return ("mean bits per parameter over training" if self.switch_points else "mean bits per parameter")
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description."""
@@ -130,7 +150,9 @@ class SearchResult:
             "study_name": self.study_name, "storage": self.storage, "family": self.family,
             "groups": list(self.groups), "parameters": dict(self.parameters), "n_complete": self.n_complete,
             "n_failed": self.n_failed, "n_configurations": self.n_configurations, "candidates": rows,
-            "confirm_seeds": list(self.confirm_seeds),
+            "configurations": [c.summary() for c in self.configurations],
+            "confirm_seeds": list(self.confirm_seeds), "switch_points": list(self.switch_points),
+            "epochs": self.epochs, "cost": self.cost_label,
             "confirmation": None if self.confirmation is None else self.confirmation.summary(),
             "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
         }
@@ -141,6 +163,9 @@ class SearchResult:
         lines = [f"study {self.study_name!r} in {self.storage}: {self.n_configurations} configurations measured "
                  f"({self.n_complete} trials complete, {self.n_failed} failed); {len(self.groups)} layer groups, "
                  f"family {self.family}"]
+        if self.switch_points:
+            lines.append(f"training: {self.epochs} epochs, each configuration's formats before its switch epoch "
+                         f"(one of {list(self.switch_points)}), fp32 from it on; cost: {self.cost_label}")
         if conf is not None:
             lines.append(f"candidates: the validation Pareto front, tested on {conf.n_items} test items x "
                          f"{conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} {list(self.confirm_seeds)} "
@@ -153,8 +178,8 @@ class SearchResult:
                 lines.append(f"{cand.cost:10.3f} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
                              f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}")
         if self.chosen is not None:
-            lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} bits per parameter, "
-                         f"{_FULL_WIDTH / self.chosen.cost:.2f}x smaller than float32)")
+            lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}, "
+                         f"{_FULL_WIDTH / self.chosen.cost:.2f}x fewer than float32)")
         lines.append(f"reason: {self.reason}")
         return "\n".join(lines)
 
@@ -206,33 +231,77 @@ def _items_digest(items) -> str:
     return hashlib.sha1(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
-def _trained(build_model, datamodule, seeds, epochs) -> list[torch.nn.Module]:
-    """One full-precision model per seed, each built and trained from its seed alone."""
-    models = []
-    for seed in seeds:
-        model = _seeded_model(build_model, seed)
-        _train(model, datamodule, epochs=epochs, seed=seed)
-        models.append(model)
-    return models
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Space:
+    """The search space: a bit width per layer group, and a switch epoch in a switching search."""
+
+    groups: tuple[str, ...]
+    bits: tuple[int, ...]
+    names: dict[int, str]  # bit width -> format name
+    switch: tuple[int, ...]  # () for a rounding search
+    epochs: int
+    parameters: dict[str, int]
+    outside: int  # parameters outside the searched groups, counted at full width
+    widths: dict[int, float]  # bit width -> storage bits per element
+
+    @property
+    def widest(self) -> tuple[dict[str, int], int | None]:
+        """The most expensive configuration: the top of the certification chain."""
+        return dict.fromkeys(self.groups, self.bits[-1]), (min(self.switch) if self.switch else None)
+
+    def params(self, choice: dict[str, int], switch: int | None) -> dict[str, int]:
+        out = {_param_name(g): choice[g] for g in self.groups}
+        return out if switch is None else out | {SWITCH_PARAM: switch}
+
+    def parse(self, params: dict[str, Any]) -> tuple[dict[str, int], int | None] | None:
+        """A trial's configuration, or None when its parameters are not of this space."""
+        choice = {g: int(params[_param_name(g)]) for g in self.groups if _param_name(g) in params}
+        if len(choice) != len(self.groups) or (SWITCH_PARAM in params) != bool(self.switch):
+            return None
+        return choice, (int(params[SWITCH_PARAM]) if self.switch else None)
+
+    def key(self, choice: dict[str, int], switch: int | None) -> tuple:
+        """Configurations that train and measure alike share a key: with switch epoch 0 the formats never act."""
+        if switch == 0:
+            choice = self.widest[0]
+        return (*(choice[g] for g in self.groups), switch)
+
+    def cost(self, choice: dict[str, int], switch: int | None) -> float:
+        """Mean bits per parameter; in a switching search averaged over the training epochs (fp32 after the
+        switch)."""
+        total = sum(self.parameters.values()) + self.outside
+        low = (sum(self.parameters[g] * self.widths[b] for g, b in choice.items())
+               + self.outside * _FULL_WIDTH) / (total or 1)
+        if switch is None:
+            return low
+        return (switch * low + (self.epochs - switch) * _FULL_WIDTH) / self.epochs
+
+    def size(self) -> int:
+        per_switch = len(self.bits) ** len(self.groups)
+        if not self.switch:
+            return per_switch
+        return per_switch * len([p for p in self.switch if p]) + (0 in self.switch)
+
+    def candidate(self, choice: dict[str, int], switch: int | None, val_drop: float,
+                  trial: int | None) -> Candidate:
+        if switch == 0:
+            choice = self.widest[0]
+        return Candidate(bits=dict(choice), formats={g: self.names[b] for g, b in choice.items()},
+                         cost=self.cost(choice, switch), val_drop=val_drop, trial=trial, switch=switch,
+                         epochs=None if switch is None else self.epochs)
 
 
-class _Measure:
-    """Per-item correctness of every seed's model under a configuration, on one split."""
-
-    def __init__(self, models, loader_fn, level: str, rounding: str, roles: tuple[str, ...]) -> None:
-        self.models, self.loader_fn, self.level, self.rounding, self.roles = models, loader_fn, level, rounding, roles
-        self.baseline = np.stack([self._correct(m, None) for m in models])
-
-    def _correct(self, model, formats: dict[str, str] | None) -> np.ndarray:
-        if formats is None:
-            pred, target = _predict(model, self.loader_fn())
-        else:
-            policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
-            pred, target = _predict_under(model, policy, self.level, self.loader_fn())
-        return (pred == target).numpy()
-
-    def __call__(self, formats: dict[str, str]) -> np.ndarray:
-        return np.stack([self._correct(m, formats) for m in self.models])
+def _switch_points(switch: Iterable[int] | None, epochs: int) -> tuple[int, ...]:
+    if switch is None:
+        return ()
+    if isinstance(switch, (str, bytes)):
+        raise BoundfinderError(f"switch epochs must be ints, but got {switch!r}.")
+    points = tuple(sorted({int(p) for p in switch}))
+    if len(points) < 2 or points[0] < 0 or points[-1] > epochs:
+        raise BoundfinderError(f"a switching search needs at least 2 distinct switch epochs in [0, epochs={epochs}] "
+                               f"(0: fp32 training throughout, {epochs}: the formats throughout), but got "
+                               f"switch={list(points)}.")
+    return points
 
 
 def precision_search(
@@ -242,9 +311,10 @@ def precision_search(
     bits: Iterable[int] = range(0, 11),
     *,
     layers: Sequence[str] | None = None,
-    roles: Iterable[str] = INFERENCE_ROLES,
+    roles: Iterable[str] | None = None,
     level: str = "layer",
     rounding: str = "nearest",
+    switch: Iterable[int] | None = None,
     seeds: Iterable[int] = (0,),
     epochs: int = 20,
     tolerance: float = 0.01,
@@ -271,6 +341,13 @@ def precision_search(
     whose settings differ from the study's is refused with the differences listed. ``sampler_seed`` makes
     one worker's proposals reproducible; give each worker of a distributed search its own.
 
+    ``switch``: None (default) rounds the trained full-precision models under each configuration (``roles``
+    default: weights, biases, inputs, activations). Switch epochs (e.g. ``range(0, epochs + 1, 2)``) make it a
+    search over low -> high precision training: each trial also picks a switch epoch ``p``, and a model per seed
+    is trained under the configuration's formats for epochs ``[0, p)`` and at full precision from ``p`` on
+    (``roles`` default: every role the ``level`` rounds, gradients included), then measured at full precision.
+    Its cost is the mean bits per parameter averaged over the epochs. Each trial trains a model per seed.
+
     ``confirm``: certify the result on the test items (a worker that only adds trials passes False).
     ``confirm_seeds``: the seeds of the models trained afresh for the certification (default: as many as
     ``seeds``, numbered after the largest). Models that took part in choosing the candidates would carry
@@ -284,7 +361,10 @@ def precision_search(
     if len(bits) < 2:
         raise BoundfinderError(f"a search needs at least 2 distinct bit widths, but got bits={bits}.")
     names = dict(zip(bits, expand_family(family, bits), strict=True))
-    roles = tuple(roles)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise BoundfinderError(f"`epochs >= 1` must hold (an int), but got epochs={epochs!r}.")
+    switch_points = _switch_points(switch, epochs)
+    roles = tuple(roles) if roles is not None else (ROLES if switch_points else INFERENCE_ROLES)
     for r in roles:
         if r not in ROLES:
             raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
@@ -309,12 +389,10 @@ def precision_search(
     modules = layer_modules(probe)
     counts = {name: sum(p.numel() for p in m.parameters(recurse=False)) for name, m in modules.items()}
     parameters = {g: sum(counts[n] for n in members) for g, members in groups.items()}
-    total = sum(p.numel() for p in probe.parameters()) or 1
-    outside = total - sum(parameters.values())
-    widths = {b: _width(parse_format(n)) for b, n in names.items()}
-
-    def cost(choice: dict[str, int]) -> float:
-        return (sum(parameters[g] * widths[b] for g, b in choice.items()) + outside * _FULL_WIDTH) / total
+    total = sum(p.numel() for p in probe.parameters())
+    space = _Space(groups=tuple(groups), bits=tuple(bits), names=names, switch=switch_points, epochs=epochs,
+                   parameters=parameters, outside=total - sum(parameters.values()),
+                   widths={b: _width(parse_format(n)) for b, n in names.items()})
 
     datamodule.setup("fit")
     datamodule.setup("test")
@@ -324,7 +402,10 @@ def precision_search(
         "epochs": epochs, "tolerance": tolerance, "data": type(datamodule).__name__,
         "val_items": _items_digest(datamodule.val_items), "test_items": _items_digest(datamodule.test_items),
     }
-    study_name = study_name or f"{config['model']}-{family.replace('{', '').replace('}', '')}-{level}-{rounding}"
+    if switch_points:
+        config["switch"] = list(switch_points)  # absent in a rounding search: its studies keep their settings
+    study_name = study_name or "-".join([config["model"], family.replace("{", "").replace("}", ""), level, rounding]
+                                        + (["switch"] if switch_points else []))
     opened = storage if storage is None or not isinstance(storage, str) else open_storage(
         storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
@@ -336,18 +417,21 @@ def precision_search(
     # read back: of two workers creating the study at once with different settings, the one overwritten stops
     stored = study.user_attrs.get(CONFIG_KEY)
     if stored != mine:
-        diff = ", ".join(f"{k}: study {stored.get(k)!r}, this run {v!r}" for k, v in mine.items() if stored.get(k) != v)
+        keys = [*mine, *(k for k in stored if k not in mine)]
+        diff = ", ".join(f"{k}: study {stored.get(k)!r}, this run {mine.get(k)!r}" for k in keys
+                         if stored.get(k) != mine.get(k))
         raise BoundfinderError(f"study {study_name!r} in {_storage_label(storage)} "
                                f"was created with other settings ({diff}); use the same settings to join it, or "
                                "another study name.")
-    widest = {_param_name(g): bits[-1] for g in groups}
+    widest = space.params(*space.widest)
     live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     if n_trials and not any(t.params == widest or t.system_attrs.get("fixed_params") == widest
                             for t in study.get_trials(deepcopy=False, states=live)):
         study.enqueue_trial(widest)  # the top of the certification chain: measured first
 
-    models = _trained(build_model, datamodule, seeds, epochs)
-    val = _Measure(models, datamodule.val_dataloader, level, rounding, roles)
+    models = trained(build_model, datamodule, seeds, epochs)
+    val = _measurer(space, models, build_model, datamodule, seeds, datamodule.val_dataloader, level, rounding,
+                    roles)
     packed = [_pack(b) for b in val.baseline]
     if study.user_attrs.get(BASELINE_KEY) is None:
         study.set_user_attr(BASELINE_KEY, packed)
@@ -357,71 +441,87 @@ def precision_search(
                     "drop is measured against the models of the worker that ran it")
     worker = f"{socket.gethostname()}:{os.getpid()}"
     spaced = _bit_choices(bits)
+    switch_spaced = _bit_choices(switch_points)
 
     def objective(trial: optuna.Trial) -> float:
         choice = {}
-        for g in groups:
+        for g in space.groups:
             if spaced is not None:
                 choice[g] = trial.suggest_int(_param_name(g), spaced[0], spaced[1], step=spaced[2])
             else:
                 choice[g] = trial.suggest_categorical(_param_name(g), bits)
+        point = None
+        if switch_points:
+            point = (trial.suggest_int(SWITCH_PARAM, *switch_spaced[:2], step=switch_spaced[2])
+                     if switch_spaced is not None else trial.suggest_categorical(SWITCH_PARAM, switch_points))
+        key = space.key(choice, point)
         same = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.params == trial.params and "val_drop" in t.user_attrs]
+                if "val_drop" in t.user_attrs and (c := space.parse(t.params)) is not None and space.key(*c) == key]
         if same:  # a configuration measured before (by any worker) is reused, not measured again
             attrs = same[0].user_attrs
             drop = attrs["val_drop"]
-            for key in ("val_drop", "val_correct", "formats"):
-                trial.set_user_attr(key, attrs[key])
+            for k in ("val_drop", "val_correct", "formats"):
+                trial.set_user_attr(k, attrs[k])
             trial.set_user_attr("reused_from", same[0].number)
         else:
             formats = {g: names[b] for g, b in choice.items()}
-            correct = val(formats)
+            correct = val(formats, point)
             drop = float(val.baseline.mean() - correct.mean())
             trial.set_user_attr("val_drop", drop)
             trial.set_user_attr("val_correct", [_pack(c) for c in correct])
             trial.set_user_attr("formats", formats)
         trial.set_user_attr("worker", worker)
         trial.set_constraint("val_drop", drop - tolerance)
-        return cost(choice)
+        return space.cost(choice, point)
 
-    space = math.prod([len(bits)] * len(groups))
-    target = min(n_trials, space)
-
-    def distinct() -> int:
-        return len(_measured(study, groups, names, cost))
+    target = min(n_trials, space.size())
 
     def enough(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if distinct() >= target:
+        if len(_measured(study, space)) >= target:
             study_.stop()
 
-    missing = target - distinct()
+    missing = target - len(_measured(study, space))
     if missing > 0:
         # Proposals measured before are reused at no cost, but the sampler may keep making them in a small
         # space: a worker starts at most a few times as many trials as configurations are missing.
         study.optimize(objective, n_trials=4 * missing + 8, timeout=timeout, callbacks=[enough],
                        gc_after_trial=False)
+    measured = _measured(study, space)
     if not confirm:
-        return _result(study, study_name, storage, family, groups, parameters,
-                       _measured(study, groups, names, cost), [], None, None, "not certified (confirm=False)",
-                       confirm_seeds)
-    confirm_models = _trained(build_model, datamodule, confirm_seeds, epochs)
-    return _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, confirm_models,
-                    datamodule, level, rounding, roles, tolerance, confidence, confirm_seeds)
+        return _result(study, study_name, storage, family, space, measured, [], None, None,
+                       "not certified (confirm=False)", confirm_seeds)
+    confirm_models = trained(build_model, datamodule, confirm_seeds, epochs)
+    test = _measurer(space, confirm_models, build_model, datamodule, confirm_seeds, datamodule.test_dataloader,
+                     level, rounding, roles)
+    front = _front(measured, tolerance)
+    choice, point = space.widest
+    if not front or space.key(front[-1].bits, front[-1].switch) != space.key(choice, point):
+        front.append(measured.get(space.key(choice, point)) or space.candidate(choice, point, math.nan, None))
+    est, chosen = certify(front, np.stack([test(c.formats, c.switch) for c in front]), test.baseline,
+                          tolerance=tolerance, confidence=confidence)
+    return _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
+                   confirm_seeds)
 
 
-def _measured(study, groups, bits_of, cost) -> dict[tuple, Candidate]:
-    """Every configuration a complete trial measured, keyed by its bit widths in group order."""
+def _measurer(space: _Space, models, build_model, datamodule, seeds, loader_fn, level, rounding, roles):
+    """How a configuration is measured on one split: rounding the trained models, or training with a switch."""
+    if space.switch:
+        return Switched(build_model, datamodule, seeds, space.epochs, models, loader_fn, level, rounding, roles)
+    return Rounded(models, loader_fn, level, rounding, roles)
+
+
+def _measured(study, space: _Space) -> dict[tuple, Candidate]:
+    """Every configuration a complete trial measured, keyed by ``space.key``."""
     import optuna
 
     seen: dict[tuple, Candidate] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        choice = {g: int(t.params[_param_name(g)]) for g in groups if _param_name(g) in t.params}
-        if "val_drop" not in t.user_attrs or len(choice) != len(groups):
+        parsed = space.parse(t.params)
+        if "val_drop" not in t.user_attrs or parsed is None:
             continue  # a trial of another search space (cannot happen once the settings check passed)
-        key = tuple(choice[g] for g in groups)
+        key = space.key(*parsed)
         if key not in seen:
-            seen[key] = Candidate(bits=choice, formats={g: bits_of[b] for g, b in choice.items()},
-                                  cost=cost(choice), val_drop=float(t.user_attrs["val_drop"]), trial=t.number)
+            seen[key] = space.candidate(*parsed, val_drop=float(t.user_attrs["val_drop"]), trial=t.number)
     return seen
 
 
@@ -436,16 +536,18 @@ def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate
     return front
 
 
-def _result(study, study_name, storage, family, groups, parameters, measured, candidates, confirmation,
-            chosen, reason, confirm_seeds) -> SearchResult:
+def _result(study, study_name, storage, family, space: _Space, measured, candidates, confirmation, chosen, reason,
+            confirm_seeds) -> SearchResult:
     import optuna
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return SearchResult(study_name=study_name, storage=_storage_label(storage), family=family, groups=tuple(groups),
-                        parameters=parameters, n_complete=states.count(optuna.trial.TrialState.COMPLETE),
+    return SearchResult(study_name=study_name, storage=_storage_label(storage), family=family, groups=space.groups,
+                        parameters=space.parameters, n_complete=states.count(optuna.trial.TrialState.COMPLETE),
                         n_failed=states.count(optuna.trial.TrialState.FAIL),
                         n_configurations=len(measured), candidates=tuple(candidates),
-                        confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds))
+                        confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds),
+                        switch_points=space.switch, epochs=space.epochs if space.switch else None,
+                        configurations=tuple(sorted(measured.values(), key=lambda c: (c.cost, c.val_drop))))
 
 
 def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.ndarray, *, tolerance: float,
@@ -477,20 +579,3 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
                      else "search wider bit widths"))
     # the estimate's own reason speaks of bit levels; here its levels are candidate ranks
     return dataclasses.replace(est, levels=est.levels[:len(candidates)], reason=reason), chosen
-
-
-def _confirm(study, study_name, storage, family, groups, parameters, names, cost, bits, models, datamodule,
-             level, rounding, roles, tolerance, confidence, confirm_seeds) -> SearchResult:
-    measured = _measured(study, groups, names, cost)
-    front = _front(measured, tolerance)
-    widest = {g: bits[-1] for g in groups}
-    if not front or front[-1].bits != widest:
-        front.append(measured.get(tuple(widest.values())) or Candidate(
-            bits=widest, formats={g: names[b] for g, b in widest.items()}, cost=cost(widest),
-            val_drop=math.nan, trial=None))
-    test = _Measure(models, datamodule.test_dataloader, level, rounding, roles)
-    est, chosen = certify(front, np.stack([test(c.formats) for c in front]), test.baseline, tolerance=tolerance,
-                          confidence=confidence)
-    reason = est.reason
-    return _result(study, study_name, storage, family, groups, parameters, measured, front, est, chosen, reason,
-                   confirm_seeds)

@@ -37,10 +37,16 @@ def search_result():
                        cost=9.0 + b, val_drop=0.02 * 2.0 ** -b, trial=b) for b in (1, 2, 4, 8)]
     correct = np.stack([base & (rng.random(3000) >= 0.05 * 2.0 ** -c.bits["features.*"]) for c in cands])
     est, chosen = certify(cands, correct, base, tolerance=0.01, confidence=0.95)
+    # configurations off the front: infeasible (b = 0) or dearer than a candidate with a smaller drop
+    others = [Candidate(bits={"features.*": b, "classifier": c}, formats={"features.*": f"e8m{b}",
+                                                                          "classifier": f"e8m{c}"},
+                        cost=9.0 + b + c / 10, val_drop=drop, trial=10 + b)
+              for b, c, drop in ((0, 8, 0.04), (3, 8, 0.02), (5, 2, 0.009))]
+    configurations = tuple(sorted(cands + others, key=lambda c: c.cost))
     return SearchResult(study_name="sim", storage="in-memory", family="e8m{b}", groups=("features.*", "classifier"),
                         parameters={"features.*": 1040, "classifier": 170}, n_complete=12, n_failed=1,
-                        n_configurations=11, candidates=tuple(cands), confirmation=est, chosen=chosen,
-                        reason=est.reason, confirm_seeds=(1,))
+                        n_configurations=len(configurations), candidates=tuple(cands), confirmation=est,
+                        chosen=chosen, reason=est.reason, confirm_seeds=(1,), configurations=configurations)
 
 
 def _free_port() -> int:

@@ -57,3 +57,16 @@ def test_search_report_without_a_choice_escapes_its_reason_and_its_summary_is_st
     assert json.loads(json.dumps(bare.summary(), allow_nan=False))["candidates"][-1]["val_drop"] is None
     unconfirmed = dataclasses.replace(bare, confirmation=None, candidates=())
     assert "not confirmed on test items" in search_html(unconfirmed, title="t")
+
+
+def test_search_report_of_a_switching_search_names_its_epochs_and_cost(search_result):
+    cands = tuple(dataclasses.replace(c, switch=s, epochs=10) for c, s in zip(search_result.candidates,
+                                                                              (10, 10, 5, 0), strict=True))
+    switching = dataclasses.replace(search_result, candidates=cands, switch_points=(0, 5, 10), epochs=10,
+                                    chosen=cands[search_result.candidates.index(search_result.chosen)])
+    page = search_html(switching, title="t")
+    assert "switch epochs [0, 5, 10] of 10" in page and "mean bits per parameter over training" in page
+    assert "features.*=e8m1 classifier=e8m8 training throughout" in page
+    assert "features.*=e8m4 classifier=e8m8 before epoch 5, fp32 from it on" in page
+    assert "fp32 training throughout" in page
+    assert json.loads(json.dumps(switching.summary()))["cost"] == "mean bits per parameter over training"

@@ -67,12 +67,39 @@ def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_p
     assert run.data.metrics["chosen_bits/features._"] == chosen.bits["features.*"]
     assert run.data.tags["boundfinder.chosen"] == chosen.describe()
     assert client.get_experiment(run.info.experiment_id).name == "searches"
+    # a nested run per configuration measured: the study charted in MLflow's run comparison
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                  max_results=100)
+    assert len(children) == search_result.n_configurations == 7
+    by_trial = {int(c.data.tags["boundfinder.trial"]): c for c in children}
+    assert set(by_trial) == {c.trial for c in search_result.configurations}
+    for rank, (cand, lv) in enumerate(zip(search_result.candidates, levels, strict=True)):
+        child = by_trial[cand.trial]
+        assert child.info.status == "FINISHED" and child.data.tags["boundfinder.candidate"] == "yes"
+        assert child.data.params["bits/features._"] == str(cand.bits["features.*"])
+        assert child.data.metrics["cost"] == cand.cost and child.data.metrics["candidate_rank"] == rank
+        assert child.data.metrics["test_drop"] == pytest.approx(lv.drop)
+        assert child.data.metrics["declared_safe"] == lv.declared_safe
+        assert child.data.tags["boundfinder.chosen"] == ("yes" if cand is chosen else "no")
+    off_front = [c for c in search_result.configurations if c not in search_result.candidates]
+    for c in off_front:
+        child = by_trial[c.trial].data
+        assert child.tags["boundfinder.candidate"] == "no" and "test_drop" not in child.metrics
+        assert child.metrics["val_drop"] == pytest.approx(c.val_drop) and child.params["configuration"] == c.describe()
     # two layer patterns that read the same once '*' and '?' are replaced keep two metrics
     twin = dataclasses.replace(chosen, bits={"fc.*": 1, "fc.?": 2})
     again = dataclasses.replace(search_result, chosen=twin, candidates=tuple(
         twin if c is chosen else c for c in search_result.candidates))
     metrics = client.get_run(log_search(again, tracking_uri=uri, experiment="searches")).data.metrics
     assert metrics["chosen_bits/fc._"] == 1 and metrics["chosen_bits/fc.__1"] == 2
+    assert "chosen_switch_epoch" not in run.data.metrics and "switch_points" not in run.data.params
+    # a switching search: the chosen switch epoch is a metric, the epochs searched a parameter
+    switching = dataclasses.replace(search_result, switch_points=(0, 5, 10), epochs=10,
+                                    chosen=dataclasses.replace(chosen, switch=5))
+    switching = dataclasses.replace(switching, candidates=tuple(
+        switching.chosen if c is chosen else c for c in search_result.candidates))
+    run = client.get_run(log_search(switching, tracking_uri=uri, experiment="searches"))
+    assert run.data.metrics["chosen_switch_epoch"] == 5 and run.data.params["switch_points"] == "[0, 5, 10]"
     # a deleted experiment is restored, not a dead end
     client.delete_experiment(run.info.experiment_id)
     rerun = client.get_run(log_search(search_result, tracking_uri=uri, experiment="searches"))

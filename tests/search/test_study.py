@@ -68,7 +68,12 @@ def test_search_certifies_the_cheapest_configuration_of_its_fixed_sequence(searc
     assert all(lv.upper <= 0.01 for lv in conf.levels[first:])
     if first > 0:
         assert conf.levels[first - 1].upper > 0.01
+    # every configuration measured is kept, cheapest first, the candidates among them
+    assert len(r.configurations) == r.n_configurations
+    assert [c.cost for c in r.configurations] == sorted(c.cost for c in r.configurations)
+    assert all(c in r.configurations for c in r.candidates)
     summary = json.loads(json.dumps(r.summary()))
+    assert len(summary["configurations"]) == 10
     assert summary["chosen"]["formats"] == r.chosen.formats
     assert "chosen: " in r.report() and r.chosen.describe() in r.report()
 

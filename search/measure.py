@@ -1,0 +1,87 @@
+"""Per-item measurements of one search configuration on one split (validation or test).
+
+A configuration gives each layer group a format. Two ways to measure it:
+
+- :class:`Rounded` (post-training precision): the full-precision model of each seed runs under the formats;
+- :class:`Switched` (low -> high precision training, the 2017 study's switching hypothesis): a model per seed is
+  trained under the formats from epoch 0 until the configuration's switch epoch and at full precision from
+  then on, then measured at full precision. Switch epoch 0 is full-precision training throughout: exactly the
+  baseline models, which are reused, not trained again.
+
+Both return ``correct[s, i]``: item ``i`` right with seed ``s``, next to ``baseline[s, i]`` of the full-precision
+model of the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from boundfinder.policy import PrecisionPolicy
+from boundfinder.search.sweep import _predict, _predict_under, _seeded_model, _train
+
+__all__ = ["Rounded", "Switched", "trained"]
+
+
+def trained(build_model: Callable[[], torch.nn.Module], datamodule, seeds: Sequence[int], epochs: int,
+            callbacks: Callable[[int], list] = lambda seed: []) -> list[torch.nn.Module]:
+    """One model per seed, each built and trained from its seed alone (``callbacks(seed)`` attached)."""
+    models = []
+    for seed in seeds:
+        model = _seeded_model(build_model, seed)
+        _train(model, datamodule, epochs=epochs, seed=seed, callbacks=callbacks(seed))
+        models.append(model)
+    return models
+
+
+def _correct(model: torch.nn.Module, loader) -> np.ndarray:
+    pred, target = _predict(model, loader)
+    return (pred == target).numpy()
+
+
+class Rounded:
+    """The full-precision model of each seed evaluated under a configuration's formats."""
+
+    def __init__(self, models, loader_fn, level: str, rounding: str, roles: tuple[str, ...]) -> None:
+        self.models, self.loader_fn, self.level, self.rounding, self.roles = models, loader_fn, level, rounding, roles
+        self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
+
+    def __call__(self, formats: dict[str, str], switch: int | None = None) -> np.ndarray:
+        policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
+        rows = []
+        for model in self.models:
+            pred, target = _predict_under(model, policy, self.level, self.loader_fn())
+            rows.append((pred == target).numpy())
+        return np.stack(rows)
+
+
+class Switched:
+    """A model per seed trained under a configuration's formats until its switch epoch, then at full precision.
+
+    ``models``: the full-precision models of ``seeds`` (the baseline, and switch epoch 0). Stochastic rounding
+    draws from a generator seeded with the model's seed, so a measurement is reproducible.
+    """
+
+    def __init__(self, build_model, datamodule, seeds: Sequence[int], epochs: int, models, loader_fn, level: str,
+                 rounding: str, roles: tuple[str, ...]) -> None:
+        self.build_model, self.datamodule, self.seeds, self.epochs = build_model, datamodule, tuple(seeds), epochs
+        self.loader_fn, self.level, self.rounding, self.roles = loader_fn, level, rounding, roles
+        self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
+
+    def __call__(self, formats: dict[str, str], switch: int | None = None) -> np.ndarray:
+        from boundfinder.callbacks import PrecisionSchedule
+
+        if switch is None or not 0 <= switch <= self.epochs:
+            raise ValueError(f"a switch epoch in [0, {self.epochs}] is needed, got {switch!r}")
+        if switch == 0:
+            return self.baseline.copy()  # the same training as the baseline's, which is deterministic
+        policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
+
+        def schedule(seed: int) -> list:
+            return [PrecisionSchedule({0: policy, switch: None}, unit="epoch", level=self.level,
+                                      rounding=self.rounding, seed=seed)]
+
+        models = trained(self.build_model, self.datamodule, self.seeds, self.epochs, schedule)
+        return np.stack([_correct(m, self.loader_fn()) for m in models])
