@@ -179,7 +179,7 @@ class SearchResult:
                              f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}")
         if self.chosen is not None:
             lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}, "
-                         f"{_FULL_WIDTH / self.chosen.cost:.2f}x fewer than float32)")
+                         f"{_FULL_WIDTH / self.chosen.cost:.2f}x fewer bits than float32)")
         lines.append(f"reason: {self.reason}")
         return "\n".join(lines)
 
