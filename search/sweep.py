@@ -116,7 +116,15 @@ def _seeded_model(build_model: Callable[[], torch.nn.Module], seed: int) -> torc
 
 
 def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = ()) -> None:
+    """Fit ``model`` for ``epochs`` epochs, deterministically, quietly, on the CPU.
+
+    Ctrl-C while fitting raises ``KeyboardInterrupt`` here, as anywhere else: Lightning turns it into
+    ``sys.exit(1)`` and ignores SIGINT from then on, which would skip the caller's handling (a search marks the
+    trial failed and keeps the finished ones) and leave the process deaf to the next Ctrl-C.
+    """
     import logging
+    import signal
+    import threading
 
     import lightning.pytorch as pl
 
@@ -134,7 +142,17 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
             trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                                  enable_checkpointing=False, enable_progress_bar=False,
                                  enable_model_summary=False, callbacks=list(callbacks), deterministic=True)
-            trainer.fit(model, datamodule=datamodule)
+            main_thread = threading.current_thread() is threading.main_thread()
+            handler = signal.getsignal(signal.SIGINT) if main_thread else None
+            try:
+                trainer.fit(model, datamodule=datamodule)
+            except SystemExit as exc:
+                if isinstance(exc.__context__, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None
+                raise
+            finally:
+                if main_thread and handler is not None:
+                    signal.signal(signal.SIGINT, handler)
     finally:
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)

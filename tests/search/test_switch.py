@@ -126,3 +126,29 @@ def test_cli_switching_search(tmp_path, capsys):
     assert all(c["switch"] in (0, 1, 2) for c in summary["candidates"])
     assert main(["search", "--switch", "0,40", "--epochs", "15", "--storage", ""]) == 2
     assert "switch epochs in [0, epochs=15]" in capsys.readouterr().err
+
+
+class _CtrlC(workers.SlowMLP):
+    """Ctrl-C arrives while a trial trains (a step under a PrecisionSchedule); the baseline trains undisturbed."""
+
+    def training_step(self, batch, batch_idx):
+        if any(isinstance(cb, PrecisionSchedule) for cb in self.trainer.callbacks):
+            raise KeyboardInterrupt
+        return super().training_step(batch, batch_idx)
+
+
+def test_ctrl_c_while_a_trial_trains_fails_that_trial_keeps_the_rest_and_leaves_ctrl_c_working():
+    import signal
+
+    storage = optuna.storages.InMemoryStorage()
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # not Lightning's sys.exit(1)
+        precision_search(lambda: _CtrlC(hidden=(16,), lr=0.05, momentum=0.9), DigitsDataModule(batch_size=128, seed=0),
+                         "e8m{b}", [0, 8], switch=[0, 2], seeds=(0,), epochs=2, n_trials=5, storage=storage,
+                         study_name="ctrl-c", sampler_seed=0)
+    assert signal.getsignal(signal.SIGINT) is before  # Lightning had set it to SIG_IGN
+    trials = optuna.load_study(study_name="ctrl-c", storage=storage).trials
+    # the widest configuration (fp32 throughout, the baseline's own training) finished; the interrupted trial is
+    # failed, not left running
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE and trials[0].params[SWITCH_PARAM] == 0
+    assert trials[-1].state == optuna.trial.TrialState.FAIL and trials[-1].params[SWITCH_PARAM] == 2
