@@ -206,6 +206,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise BoundfinderError("`boundfinder search` needs Optuna: pip install 'boundfinder[search]'.") from None
     from boundfinder.data import DigitsDataModule
     from boundfinder.search.study import precision_search
+    from boundfinder.search.sweep import INFERENCE_ROLES
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_mlflow(args)
@@ -235,10 +236,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     def log() -> str:
         from boundfinder.reports.mlflow_log import log_search
 
+        roles = args.roles or ("every role of the level" if args.switch else ",".join(INFERENCE_ROLES))
         return log_search(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
                           params={"model": args.model, "level": args.level, "rounding": args.rounding,
-                                  "roles": args.roles or "default", "seeds": args.seeds, "epochs": args.epochs,
-                                  "bits": args.bits})
+                                  "roles": roles, "seeds": args.seeds, "epochs": args.epochs, "bits": args.bits})
 
     _publish(args, "search", result.summary(), html, log)
     return 0

@@ -96,16 +96,21 @@ def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict
         run = client.create_run(experiment_id, run_name=run_name)
         run_id = run.info.run_id
         _log_batch(client, run_id, params, metrics, tags)
-        for child in children:
-            child_id = client.create_run(experiment_id, run_name=child["run_name"],
-                                         tags={"mlflow.parentRunId": run_id}).info.run_id
-            _log_batch(client, child_id, child["params"], child["metrics"], child["tags"])
-            client.set_terminated(child_id)
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in artifacts.items():
                 path = Path(tmp) / name
                 path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
                 client.log_artifact(run_id, str(path))
+        for child in children:
+            child_id = client.create_run(experiment_id, run_name=child["run_name"],
+                                         tags={"mlflow.parentRunId": run_id}).info.run_id
+            try:
+                _log_batch(client, child_id, child["params"], child["metrics"], child["tags"])
+            except Exception:
+                with contextlib.suppress(Exception):
+                    client.set_terminated(child_id, status="FAILED")
+                raise
+            client.set_terminated(child_id)
         client.set_terminated(run_id)
     except Exception as exc:  # stores raise their own driver's errors: each becomes one message
         if run_id is not None:
@@ -236,14 +241,17 @@ def _configuration_runs(result) -> list[dict[str, Any]]:
     """A nested run per configuration the search measured: its bit widths (and switch epoch) as params, its cost
     and validation drop as metrics, and for a candidate of the certification its test figures, so MLflow's
     run comparison charts the whole study."""
-    keys = _group_keys(result.groups)
     levels = {}
     if result.confirmation is not None:
         levels = {id(c): (rank, lv) for rank, (c, lv) in enumerate(zip(result.candidates, result.confirmation.levels,
                                                                       strict=True))}
     by_key = {(tuple(c.bits.values()), c.switch): c for c in result.candidates}
+    measured = {(tuple(c.bits.values()), c.switch) for c in result.configurations}
+    # a candidate the study never measured (the widest configuration appended to the chain) gets its run too
+    unmeasured = [c for k, c in by_key.items() if k not in measured]
     runs = []
-    for c in result.configurations:
+    for c in (*result.configurations, *unmeasured):
+        keys = _group_keys(c.bits)
         params = {f"bits/{keys[g]}": b for g, b in c.bits.items()} | (
             {} if c.switch is None else {"switch_epoch": c.switch}) | {"configuration": c.describe()}
         metrics = [("cost", c.cost, 0)] + ([("val_drop", c.val_drop, 0)] if _finite(c.val_drop) else [])
@@ -252,8 +260,10 @@ def _configuration_runs(result) -> list[dict[str, Any]]:
         if lv is not None:
             metrics += [("candidate_rank", rank, 0), ("test_drop", lv.drop, 0), ("declared_safe", lv.declared_safe, 0)]
             metrics += [("test_upper", lv.upper, 0)] if _finite(lv.upper) else []
-        runs.append({"run_name": f"{result.study_name} trial {c.trial}", "params": params, "metrics": metrics,
-                     "tags": {"boundfinder.kind": "search-configuration", "boundfinder.trial": c.trial,
+        name = f"trial {c.trial}" if c.trial is not None else "not measured on validation"
+        runs.append({"run_name": f"{result.study_name} {name}", "params": params, "metrics": metrics,
+                     "tags": {"boundfinder.kind": "search-configuration",
+                              "boundfinder.trial": "" if c.trial is None else c.trial,
                               "boundfinder.candidate": "yes" if lv is not None else "no",
                               "boundfinder.chosen": "yes" if cand is not None and cand is result.chosen else "no"}})
     return runs

@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import math
+import numbers
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -152,7 +153,7 @@ class SearchResult:
             "n_failed": self.n_failed, "n_configurations": self.n_configurations, "candidates": rows,
             "configurations": [c.summary() for c in self.configurations],
             "confirm_seeds": list(self.confirm_seeds), "switch_points": list(self.switch_points),
-            "epochs": self.epochs, "cost": self.cost_label,
+            "epochs": self.epochs, "cost_label": self.cost_label,
             "confirmation": None if self.confirmation is None else self.confirmation.summary(),
             "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
         }
@@ -296,6 +297,10 @@ def _switch_points(switch: Iterable[int] | None, epochs: int) -> tuple[int, ...]
         return ()
     if isinstance(switch, (str, bytes)):
         raise BoundfinderError(f"switch epochs must be ints, but got {switch!r}.")
+    switch = list(switch)
+    bad = [p for p in switch if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
+    if bad:
+        raise BoundfinderError(f"switch epochs must be ints, but got {bad[0]!r} in switch={switch!r}.")
     points = tuple(sorted({int(p) for p in switch}))
     if len(points) < 2 or points[0] < 0 or points[-1] > epochs:
         raise BoundfinderError(f"a switching search needs at least 2 distinct switch epochs in [0, epochs={epochs}] "
@@ -361,8 +366,9 @@ def precision_search(
     if len(bits) < 2:
         raise BoundfinderError(f"a search needs at least 2 distinct bit widths, but got bits={bits}.")
     names = dict(zip(bits, expand_family(family, bits), strict=True))
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise BoundfinderError(f"`epochs >= 1` must hold (an int), but got epochs={epochs!r}.")
+    epochs = int(epochs)
     switch_points = _switch_points(switch, epochs)
     roles = tuple(roles) if roles is not None else (ROLES if switch_points else INFERENCE_ROLES)
     for r in roles:
@@ -423,11 +429,16 @@ def precision_search(
         raise BoundfinderError(f"study {study_name!r} in {_storage_label(storage)} "
                                f"was created with other settings ({diff}); use the same settings to join it, or "
                                "another study name.")
-    widest = space.params(*space.widest)
+    widest_key = space.key(*space.widest)
     live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    if n_trials and not any(t.params == widest or t.system_attrs.get("fixed_params") == widest
+
+    def is_widest(params: dict[str, Any]) -> bool:
+        parsed = space.parse(params or {})
+        return parsed is not None and space.key(*parsed) == widest_key
+
+    if n_trials and not any(is_widest(t.params) or is_widest(t.system_attrs.get("fixed_params"))
                             for t in study.get_trials(deepcopy=False, states=live)):
-        study.enqueue_trial(widest)  # the top of the certification chain: measured first
+        study.enqueue_trial(space.params(*space.widest))  # the top of the certification chain: measured first
 
     models = trained(build_model, datamodule, seeds, epochs)
     val = _measurer(space, models, build_model, datamodule, seeds, datamodule.val_dataloader, level, rounding,

@@ -143,7 +143,8 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
                                  enable_checkpointing=False, enable_progress_bar=False,
                                  enable_model_summary=False, callbacks=list(callbacks), deterministic=True)
             main_thread = threading.current_thread() is threading.main_thread()
-            handler = signal.getsignal(signal.SIGINT) if main_thread else None
+            # None: a handler installed outside Python; Python's own is the best that can be put back
+            handler = (signal.getsignal(signal.SIGINT) or signal.default_int_handler) if main_thread else None
             try:
                 trainer.fit(model, datamodule=datamodule)
             except SystemExit as exc:

@@ -69,4 +69,4 @@ def test_search_report_of_a_switching_search_names_its_epochs_and_cost(search_re
     assert "features.*=e8m1 classifier=e8m8 training throughout" in page
     assert "features.*=e8m4 classifier=e8m8 before epoch 5, fp32 from it on" in page
     assert "fp32 training throughout" in page
-    assert json.loads(json.dumps(switching.summary()))["cost"] == "mean bits per parameter over training"
+    assert json.loads(json.dumps(switching.summary()))["cost_label"] == "mean bits per parameter over training"

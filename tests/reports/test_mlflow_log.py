@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import time
 import urllib.parse
 from pathlib import Path
@@ -93,6 +94,19 @@ def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_p
     metrics = client.get_run(log_search(again, tracking_uri=uri, experiment="searches")).data.metrics
     assert metrics["chosen_bits/fc._"] == 1 and metrics["chosen_bits/fc.__1"] == 2
     assert "chosen_switch_epoch" not in run.data.metrics and "switch_points" not in run.data.params
+    # the widest candidate, appended to the chain without a validation measurement, still gets its run
+    last = search_result.candidates[-1]
+    top = dataclasses.replace(last, trial=None, val_drop=math.nan)
+    unmeasured = dataclasses.replace(
+        search_result, candidates=(*search_result.candidates[:-1], top),
+        chosen=top if chosen is last else chosen,
+        configurations=tuple(c for c in search_result.configurations if c is not last))
+    parent = log_search(unmeasured, tracking_uri=uri, experiment="searches")
+    kids = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=100)
+    assert len(kids) == 7 and all(k.info.status == "FINISHED" for k in kids)
+    [lone] = [k for k in kids if k.info.run_name == "sim not measured on validation"]
+    assert lone.data.params["bits/features._"] == str(top.bits["features.*"])
+    assert lone.data.metrics["candidate_rank"] == len(search_result.candidates) - 1
     # a switching search: the chosen switch epoch is a metric, the epochs searched a parameter
     switching = dataclasses.replace(search_result, switch_points=(0, 5, 10), epochs=10,
                                     chosen=dataclasses.replace(chosen, switch=5))

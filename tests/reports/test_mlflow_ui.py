@@ -30,9 +30,13 @@ def _rendered(url: str, expected: list[str]) -> str:
     dom = ""
     for budget in (15_000, 30_000, 60_000):
         with tempfile.TemporaryDirectory() as profile:
-            done = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                   f"--user-data-dir={profile}", f"--virtual-time-budget={budget}", "--dump-dom",
-                                   url], capture_output=True, text=True, timeout=180)
+            try:
+                done = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                       "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                                       f"--virtual-time-budget={budget}", "--dump-dom", url],
+                                      capture_output=True, text=True, timeout=180)
+            except subprocess.TimeoutExpired:
+                continue
         dom = done.stdout
         if all(text in dom for text in expected):
             break

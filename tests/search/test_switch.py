@@ -103,8 +103,9 @@ def test_bad_switch_epochs_and_a_mismatched_study_fail_before_training(tmp_path)
     for bad in ([3], [0, 5], [-1, 2]):
         with pytest.raises(BoundfinderError, match=r"at least 2 distinct switch epochs in \[0, epochs=4\]"):
             precision_search(workers.build, dm, switch=bad, epochs=4, n_trials=1)
-    with pytest.raises(BoundfinderError, match="switch epochs must be ints"):
-        precision_search(workers.build, dm, switch="0-4", epochs=4, n_trials=1)
+    for bad in ("0-4", [0, 2.5], [0, True]):
+        with pytest.raises(BoundfinderError, match="switch epochs must be ints"):
+            precision_search(workers.build, dm, switch=bad, epochs=4, n_trials=1)
     with pytest.raises(BoundfinderError, match=r"epochs >= 1"):
         precision_search(workers.build, dm, switch=[0, 1], epochs=0, n_trials=1)
     # a rounding study and a switching study of the same name are different searches
