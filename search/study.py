@@ -179,8 +179,9 @@ class SearchResult:
                 lines.append(f"{cand.cost:10.3f} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
                              f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}")
         if self.chosen is not None:
-            lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}, "
-                         f"{_FULL_WIDTH / self.chosen.cost:.2f}x fewer bits than float32)")
+            ratio = _FULL_WIDTH / self.chosen.cost
+            lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}"
+                         + (f", {ratio:.2f}x fewer bits than float32)" if ratio > 1 else ")"))
         lines.append(f"reason: {self.reason}")
         return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""The MLflow UI shows what boundfinder logs: pages of a real ``mlflow server`` rendered by headless Chromium.
+"""What a user sees in a browser: the MLflow UI of a real ``mlflow server`` showing what boundfinder logs, and
+the self-contained HTML report, both rendered by headless Chromium.
 
 The MLflow UI is a JavaScript application that fetches the runs from the server's REST API, so checking the
 REST API alone would not show that a user sees the run. Chromium (Debian's ``chromium-headless-shell`` or
@@ -9,6 +10,7 @@ is installed (``.ci/run`` installs one where it can).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +19,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 
+from boundfinder.reports.html import search_html  # noqa: E402
 from boundfinder.reports.mlflow_log import log_search, log_sweep  # noqa: E402
 
 BROWSER = next((b for b in ("chromium-headless-shell", "chromium", "chromium-browser") if shutil.which(b)), None)
@@ -73,3 +76,27 @@ def test_the_ui_shows_a_search_run_with_a_child_run_per_configuration(search_res
     expected = ["test_drop", "declared_safe", "candidate_rank", child.info.run_name]
     assert not _missing(_rendered(f"{mlflow_server}/#/experiments/{experiment}/runs/{child.info.run_id}", expected),
                         expected)
+
+
+def _colored_pixels(page_path) -> int:
+    """Pixels of a screenshot of the page that are clearly colored (the charts' markers and lines)."""
+    import matplotlib.image
+
+    shot = page_path.with_suffix(".png")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        f"--user-data-dir={profile}", "--window-size=1000,1400", f"--screenshot={shot}",
+                        page_path.as_uri()], capture_output=True, timeout=180, check=True)
+    rgb = matplotlib.image.imread(shot)[..., :3]
+    return int(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.3).sum())
+
+
+def test_the_html_report_draws_its_embedded_chart_offline(search_result, tmp_path):
+    page = search_html(search_result, title="search report")
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    # the same page with its embedded images emptied: what a report whose charts failed to decode would show
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', page), encoding="utf-8")
+    drawn, without = _colored_pixels(report), _colored_pixels(bare)
+    assert drawn > 500 and drawn > 20 * without, (drawn, without)
