@@ -168,6 +168,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}")
     for b, name, acc in zip(result.bits, result.formats, result.accuracy, strict=True):
         print(f"{b:>4}  {name:<14} {acc:8.4f} {result.baseline_accuracy - acc:8.4f}")
+    for d in result.diverged:
+        print(f"training under {d['format']} diverged for seed {d['seed']}: loss {d['loss']} at epoch {d['epoch']}, "
+              f"batch {d['batch']}; that fit stopped there and the model was measured as it was")
     print()
     print(bound.report())
     title = f"{args.model} on digits: {args.family}, {args.level} level"

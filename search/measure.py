@@ -15,23 +15,34 @@ model of the same seed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from boundfinder.policy import PrecisionPolicy
-from boundfinder.search.sweep import _predict, _predict_under, _seeded_model, _train
+from boundfinder.search.sweep import _full_precision_diverged, _predict, _predict_under, _seeded_model, _train
 
 __all__ = ["Rounded", "Switched", "trained"]
 
 
 def trained(build_model: Callable[[], torch.nn.Module], datamodule, seeds: Sequence[int], epochs: int,
-            callbacks: Callable[[int], list] = lambda seed: []) -> list[torch.nn.Module]:
-    """One model per seed, each built and trained from its seed alone (``callbacks(seed)`` attached)."""
+            callbacks: Callable[[int], list] | None = None,
+            diverged: list[dict[str, Any]] | None = None) -> list[torch.nn.Module]:
+    """One model per seed, each built and trained from its seed alone (``callbacks(seed)`` attached).
+
+    A training loss that becomes NaN or infinite stops that model's fit; the model is kept as it is and
+    ``{"seed", "epoch", "batch", "step", "loss"}`` is appended to ``diverged``. Without ``callbacks`` the models
+    are full precision: there a divergence is the user's model or learning rate, a :class:`BoundfinderError`.
+    """
     models = []
     for seed in seeds:
         model = _seeded_model(build_model, seed)
-        _train(model, datamodule, epochs=epochs, seed=seed, callbacks=callbacks(seed))
+        failed = _train(model, datamodule, epochs=epochs, seed=seed, callbacks=callbacks(seed) if callbacks else ())
+        if failed is not None:
+            if callbacks is None or diverged is None:
+                raise _full_precision_diverged(seed, failed)
+            diverged.append({"seed": seed, **failed})
         models.append(model)
     return models
 
@@ -47,6 +58,7 @@ class Rounded:
     def __init__(self, models, loader_fn, level: str, rounding: str, roles: tuple[str, ...]) -> None:
         self.models, self.loader_fn, self.level, self.rounding, self.roles = models, loader_fn, level, rounding, roles
         self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
+        self.diverged: list[dict[str, Any]] = []  # rounding trained models cannot diverge
 
     def __call__(self, formats: dict[str, str], switch: int | None = None) -> np.ndarray:
         policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
@@ -69,10 +81,13 @@ class Switched:
         self.build_model, self.datamodule, self.seeds, self.epochs = build_model, datamodule, tuple(seeds), epochs
         self.loader_fn, self.level, self.rounding, self.roles = loader_fn, level, rounding, roles
         self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
+        #: the models of the last measurement whose training loss became non-finite (see :func:`trained`)
+        self.diverged: list[dict[str, Any]] = []
 
     def __call__(self, formats: dict[str, str], switch: int | None = None) -> np.ndarray:
         from boundfinder.callbacks import PrecisionSchedule
 
+        self.diverged = []
         if switch is None or not 0 <= switch <= self.epochs:
             raise ValueError(f"a switch epoch in [0, {self.epochs}] is needed, got {switch!r}")
         if switch == 0:
@@ -83,5 +98,5 @@ class Switched:
             return [PrecisionSchedule({0: policy, switch: None}, unit="epoch", level=self.level,
                                       rounding=self.rounding, seed=seed)]
 
-        models = trained(self.build_model, self.datamodule, self.seeds, self.epochs, schedule)
+        models = trained(self.build_model, self.datamodule, self.seeds, self.epochs, schedule, self.diverged)
         return np.stack([_correct(m, self.loader_fn()) for m in models])

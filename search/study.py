@@ -42,7 +42,7 @@ from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy, Rule, layer_modules
 from boundfinder.search.measure import Rounded, Switched, trained
 from boundfinder.search.storage import mask_url, open_storage
-from boundfinder.search.sweep import INFERENCE_ROLES, expand_family
+from boundfinder.search.sweep import INFERENCE_ROLES, _json_safe, expand_family
 
 __all__ = ["Candidate", "SearchResult", "certify", "precision_search"]
 
@@ -88,6 +88,9 @@ class Candidate:
     #: (0: full precision throughout); None: the formats are applied to the trained model
     switch: int | None = None
     epochs: int | None = None  #: switching search: the training's length
+    #: switching search: seeds whose model's training loss became NaN or infinite in the validation measurement
+    #: (the fit stopped there; the model was measured as it was)
+    diverged_seeds: tuple[int, ...] = ()
 
     def describe(self) -> str:
         layers = " ".join(f"{g}={f}" for g, f in self.formats.items())
@@ -101,7 +104,8 @@ class Candidate:
 
     def summary(self) -> dict[str, Any]:
         return {"bits": dict(self.bits), "formats": dict(self.formats), "switch": self.switch, "cost": self.cost,
-                "val_drop": self.val_drop if math.isfinite(self.val_drop) else None, "trial": self.trial}
+                "val_drop": self.val_drop if math.isfinite(self.val_drop) else None, "trial": self.trial,
+                "diverged_seeds": list(self.diverged_seeds)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -176,8 +180,9 @@ class SearchResult:
             lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "
                          "configuration")
             for cand, lv in reversed(list(zip(self.candidates, conf.levels, strict=True))):
+                mark = f"  [training diverged: seeds {list(cand.diverged_seeds)}]" if cand.diverged_seeds else ""
                 lines.append(f"{cand.cost:10.3f} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
-                             f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}")
+                             f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}{mark}")
         if self.chosen is not None:
             ratio = _FULL_WIDTH / self.chosen.cost
             lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}"
@@ -472,8 +477,9 @@ def precision_search(
         if same:  # a configuration measured before (by any worker) is reused, not measured again
             attrs = same[0].user_attrs
             drop = attrs["val_drop"]
-            for k in ("val_drop", "val_correct", "formats"):
-                trial.set_user_attr(k, attrs[k])
+            for k in ("val_drop", "val_correct", "formats", "diverged"):
+                if k in attrs:
+                    trial.set_user_attr(k, attrs[k])
             trial.set_user_attr("reused_from", same[0].number)
         else:
             formats = {g: names[b] for g, b in choice.items()}
@@ -482,6 +488,12 @@ def precision_search(
             trial.set_user_attr("val_drop", drop)
             trial.set_user_attr("val_correct", [_pack(c) for c in correct])
             trial.set_user_attr("formats", formats)
+            if val.diverged:
+                trial.set_user_attr("diverged", _json_safe(val.diverged))
+                log.warning("trial %d (%s): the training loss became NaN or infinite for seed(s) %s; those fits "
+                            "stopped there and their models were measured as they were",
+                            trial.number, space.candidate(choice, point, math.nan, None).describe(),
+                            [d["seed"] for d in val.diverged])
         trial.set_user_attr("worker", worker)
         trial.set_constraint("val_drop", drop - tolerance)
         return space.cost(choice, point)
@@ -509,8 +521,13 @@ def precision_search(
     choice, point = space.widest
     if not front or space.key(front[-1].bits, front[-1].switch) != space.key(choice, point):
         front.append(measured.get(space.key(choice, point)) or space.candidate(choice, point, math.nan, None))
-    est, chosen = certify(front, np.stack([test(c.formats, c.switch) for c in front]), test.baseline,
-                          tolerance=tolerance, confidence=confidence)
+    rows = []
+    for c in front:
+        rows.append(test(c.formats, c.switch))
+        if test.diverged:
+            log.warning("certifying %s: the training loss became NaN or infinite for confirm seed(s) %s; those "
+                        "models were measured as they were", c.describe(), [d["seed"] for d in test.diverged])
+    est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence)
     return _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
                    confirm_seeds)
 
@@ -533,7 +550,9 @@ def _measured(study, space: _Space) -> dict[tuple, Candidate]:
             continue  # a trial of another search space (cannot happen once the settings check passed)
         key = space.key(*parsed)
         if key not in seen:
-            seen[key] = space.candidate(*parsed, val_drop=float(t.user_attrs["val_drop"]), trial=t.number)
+            seen[key] = dataclasses.replace(
+                space.candidate(*parsed, val_drop=float(t.user_attrs["val_drop"]), trial=t.number),
+                diverged_seeds=tuple(int(d["seed"]) for d in t.user_attrs.get("diverged", ())))
     return seen
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -70,6 +71,9 @@ class SweepResult:
     seeds: tuple[int, ...]
     correct: np.ndarray
     baseline: np.ndarray
+    #: models trained under a precision whose training loss became NaN or infinite (the fit stopped there and the
+    #: model was measured as it was): ``{"format", "seed", "epoch", "batch", "step", "loss"}`` each
+    diverged: tuple[dict[str, Any], ...] = ()
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -92,7 +96,8 @@ class SweepResult:
         """JSON-safe description (no per-item arrays)."""
         return {"family": self.family, "bits": list(self.bits), "formats": list(self.formats), "level": self.level,
                 "roles": list(self.roles), "seeds": list(self.seeds), "items": int(self.correct.shape[2]),
-                "accuracy": [float(a) for a in self.accuracy], "baseline_accuracy": self.baseline_accuracy}
+                "accuracy": [float(a) for a in self.accuracy], "baseline_accuracy": self.baseline_accuracy,
+                "diverged": _json_safe(self.diverged)}
 
 
 def _predict(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +120,11 @@ def _seeded_model(build_model: Callable[[], torch.nn.Module], seed: int) -> torc
     return build_model()
 
 
-def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = ()) -> None:
+def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = ()) -> dict[str, Any] | None:
     """Fit ``model`` for ``epochs`` epochs, deterministically, quietly, on the CPU.
+
+    Returns None, or where the training loss first became NaN or infinite (``DivergenceGuard.diverged``): the
+    fit stops at that batch instead of training NaN weights to the end.
 
     Ctrl-C while fitting raises ``KeyboardInterrupt`` here, as anywhere else: Lightning turns it into
     ``sys.exit(1)`` and ignores SIGINT from then on, which would skip the caller's handling (a search marks the
@@ -128,6 +136,9 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
 
     import lightning.pytorch as pl
 
+    from boundfinder.callbacks import DivergenceGuard
+
+    guard = DivergenceGuard()
     pl.seed_everything(seed, verbose=False)
     # Lightning's per-fit banners (accelerator, tips) would repeat once per model of the sweep.
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
@@ -139,9 +150,11 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
             # Lightning 2.6's batch flattening builds torch's LeafSpec, which torch 2.13 deprecates: one line of
             # noise per model, nothing the user can act on
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+            # a divergence is returned to the caller, which reports it with the configuration and seed
+            warnings.filterwarnings("ignore", message=r"DivergenceGuard: ")
             trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                                  enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, callbacks=list(callbacks), deterministic=True)
+                                 enable_model_summary=False, callbacks=[*callbacks, guard], deterministic=True)
             main_thread = threading.current_thread() is threading.main_thread()
             # None: a handler installed outside Python; Python's own is the best that can be put back
             handler = (signal.getsignal(signal.SIGINT) or signal.default_int_handler) if main_thread else None
@@ -157,6 +170,21 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
     finally:
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
+    return guard.diverged
+
+
+def _json_safe(records) -> list[dict[str, Any]]:
+    """Divergence records with a non-finite loss written as text ("nan", "inf"): summaries and storages keep strict
+    JSON."""
+    return [{k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+            for d in records]
+
+
+def _full_precision_diverged(seed: int, diverged: dict[str, Any]) -> BoundfinderError:
+    return BoundfinderError(
+        f"the full-precision model of seed {seed} diverged (training loss {diverged['loss']} at epoch "
+        f"{diverged['epoch']}, batch {diverged['batch']}): there is no baseline to measure precision against. "
+        "Lower the learning rate or fix the model, then run again.")
 
 
 def precision_sweep(
@@ -194,9 +222,11 @@ def precision_sweep(
     datamodule.setup("test")
     correct = np.zeros((len(bits), len(seeds), len(datamodule.test_items)), dtype=bool)
     baseline = np.zeros((len(seeds), correct.shape[2]), dtype=bool)
+    diverged = []
     for s, seed in enumerate(seeds):
         model = _seeded_model(build_model, seed)
-        _train(model, datamodule, epochs=epochs, seed=seed)
+        if (failed := _train(model, datamodule, epochs=epochs, seed=seed)) is not None:
+            raise _full_precision_diverged(seed, failed)
         pred, target = _predict(model, datamodule.test_dataloader())
         baseline[s] = (pred == target).numpy()
         for level_idx, name in enumerate(names):
@@ -206,14 +236,16 @@ def precision_sweep(
                 from boundfinder.callbacks import PrecisionEmulation
 
                 trained = _seeded_model(build_model, seed)
-                _train(trained, datamodule, epochs=epochs, seed=seed,
-                       callbacks=[PrecisionEmulation(policy, level=level, rounding=rounding)])
+                failed = _train(trained, datamodule, epochs=epochs, seed=seed,
+                                callbacks=[PrecisionEmulation(policy, level=level, rounding=rounding)])
+                if failed is not None:
+                    diverged.append({"format": name, "seed": seed, **failed})
             else:
                 trained = model
             pred, target = _predict_under(trained, policy, level, datamodule.test_dataloader())
             correct[level_idx, s] = (pred == target).numpy()
     return SweepResult(family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=roles,
-                       seeds=seeds, correct=correct, baseline=baseline)
+                       seeds=seeds, correct=correct, baseline=baseline, diverged=tuple(diverged))
 
 
 def _predict_under(model: torch.nn.Module, policy: PrecisionPolicy, level: str, loader):
