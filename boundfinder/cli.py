@@ -4,6 +4,7 @@
     boundfinder formats --json
     boundfinder quantize e4m3fn 0.1 300 1e6 --rounding truncate
     boundfinder sweep --plot sweep.png     # minimum safe bits of one format family, with a confidence interval
+    boundfinder sensitivity                # minimum safe bits of each layer and role alone, simultaneous CIs
     boundfinder search --trials 40         # per-layer bit widths with Optuna, certified on held-out items
     boundfinder search --switch 0-15       # ... and the epoch of a low -> high precision switch in training
 """
@@ -202,6 +203,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from boundfinder.data import DigitsDataModule
+    from boundfinder.search.sensitivity import precision_sensitivity
+
+    _check_mlflow(args)
+    layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
+    result = precision_sensitivity(
+        _builders()[args.model], DigitsDataModule(batch_size=64, seed=0), args.family, _int_list(args.bits),
+        layers=layers, roles=[r for r in args.roles.split(",") if r], level=args.level, rounding=args.rounding,
+        seeds=_int_list(args.seeds), epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence,
+        simultaneous=not args.per_bound)
+    print(f"model {args.model} on digits ({result.cells[0].sweep.correct.shape[2]} test items)")
+    print(result.report())
+    title = f"{args.model} on digits: sensitivity to {args.family}, {args.level} level"
+
+    def html() -> str:
+        from boundfinder.reports.html import sensitivity_html
+
+        return sensitivity_html(result, title=title)
+
+    def log() -> str:
+        from boundfinder.reports.mlflow_log import log_sensitivity
+
+        return log_sensitivity(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
+                               params={"model": args.model, "rounding": args.rounding, "epochs": args.epochs,
+                                       "roles": args.roles, "layers": args.layers or "every layer with parameters"})
+
+    _publish(args, "sensitivity", result.summary(), html, log)
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     try:
         import optuna
@@ -289,6 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the accuracy-vs-bits plot to this PNG file")
     _report_args(p)
     p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("sensitivity", help="minimum safe bits of each layer and role alone (everything else at "
+                       "full precision), with confidence intervals that hold for the whole table")
+    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
+    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b})")
+    p.add_argument("--bits", default="0-10", help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
+    p.add_argument("--layers", default=None, help="comma-separated layer-name patterns, one row group each "
+                   "(default: every layer with parameters)")
+    p.add_argument("--roles", default="weight,bias,input,activation", help="roles, each taken alone")
+    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
+    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.95, help="for the whole table (Bonferroni over its "
+                   "cells), or for each bound with --per-bound")
+    p.add_argument("--per-bound", action="store_true", help="each bound at --confidence on its own instead of the "
+                   "whole table")
+    p.add_argument("--json", help="write the summary to this JSON file")
+    _report_args(p)
+    p.set_defaults(func=_cmd_sensitivity)
     p = sub.add_parser("search", help="search per-layer bit widths with Optuna on the embedded digits data, then "
                        "certify the cheapest safe configuration on held-out test items; workers sharing --storage "
                        "and --study split the trials")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["figure_png", "search_html", "search_plot", "sweep_html"]
+__all__ = ["figure_png", "search_html", "search_plot", "sensitivity_html", "sensitivity_plot", "sweep_html"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }
@@ -135,4 +135,53 @@ def search_html(result, *, title: str) -> str:
                  _table(["bits/param", "val drop", "test drop", "upper bound", "declared safe", "configuration"],
                         rows, text_columns=1)]
     body += ["<h2>Text report</h2>", f"<pre>{html.escape(result.report())}</pre>"]
+    return _page(title, body)
+
+
+def sensitivity_plot(result, ax) -> Any:
+    """Minimum safe bits of each (layer, role) with its confidence interval; cells without a bound are marked."""
+    cells = result.cells
+    y = np.arange(len(cells))[::-1]
+    top = max(result.bits)
+    for yi, c in zip(y, cells, strict=True):
+        lo, hi = c.bound.ci
+        lo = min(result.bits) if lo is None else lo
+        hi = top + 0.5 if hi is None else hi
+        ax.plot([lo, hi], [yi, yi], color="gray", lw=3, alpha=0.5, solid_capstyle="butt")
+        if c.bound.bits is not None:
+            ax.scatter([c.bound.bits], [yi], color="C0", zorder=3)
+        else:
+            ax.scatter([top + 0.5], [yi], marker=">", color="C3", zorder=3)
+    ax.set_yticks(y, [f"{c.layer} · {c.role}" for c in cells], fontsize=8)
+    ax.set_xlabel(f"minimum safe bits of {result.family}")
+    level = f"{result.confidence:.0%} {'simultaneous' if result.simultaneous else 'per bound'}"
+    ax.set_title(f"bound (dot) and {level} interval (bar)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def sensitivity_html(result, *, title: str) -> str:
+    """The report of a per-layer, per-role sensitivity analysis (``SensitivityResult``)."""
+    rows = []
+    for c in result.cells:
+        b = c.bound
+        lo, hi = b.ci
+        fmt = "" if b.bits is None else c.sweep.formats[c.sweep.bits.index(b.bits)]
+        rows.append(([c.layer, c.role, "–" if b.bits is None else str(b.bits),
+                      f"[{'–' if lo is None else lo}, {'above range' if hi is None else hi}]", b.status, fmt],
+                     b.bits is not None))
+    height = 1.2 + 0.32 * len(result.cells)
+    body = [
+        f'<p class="verdict">minimum safe bits of {html.escape(result.family)} per layer and role, each alone '
+        f"(everything else at full precision)</p>",
+        f"<p>{result.confidence:.0%} confidence "
+        + (f"for all {len(result.cells)} bounds together (each at {result.per_bound_confidence:.4g}, Bonferroni)"
+           if result.simultaneous else "for each bound on its own")
+        + f"; {result.level} level; seeds {html.escape(str(list(result.seeds)))}; full-precision accuracy "
+        f"{result.baseline_accuracy:.4f}; tolerance {result.tolerance:g}</p>",
+        _img(figure_png(lambda ax: sensitivity_plot(result, ax), figsize=(6.4, height)), "minimum safe bits"),
+        "<h2>Cells</h2>",
+        _table(["layer", "role", "min safe bits", "CI", "status", "format"], rows),
+        "<h2>Text report</h2>", f"<pre>{html.escape(result.report())}</pre>",
+    ]
     return _page(title, body)

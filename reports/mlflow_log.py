@@ -36,7 +36,7 @@ from typing import Any
 
 from boundfinder.errors import BoundfinderError
 
-__all__ = ["DEFAULT_TRACKING_URI", "check_tracking_uri", "log_search", "log_sweep"]
+__all__ = ["DEFAULT_TRACKING_URI", "check_tracking_uri", "log_search", "log_sensitivity", "log_sweep"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -267,3 +267,34 @@ def _configuration_runs(result) -> list[dict[str, Any]]:
                               "boundfinder.candidate": "yes" if lv is not None else "no",
                               "boundfinder.chosen": "yes" if cand is not None and cand is result.chosen else "no"}})
     return runs
+
+
+def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
+                    run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
+    """Log a ``SensitivityResult`` as one MLflow run; returns the run id."""
+    from boundfinder.reports.html import figure_png, sensitivity_html, sensitivity_plot
+
+    layers = _group_keys(dict.fromkeys(c.layer for c in result.cells))
+    metrics: list[tuple[str, float, int]] = [("baseline_accuracy", result.baseline_accuracy, 0)]
+    for c in result.cells:
+        key = f"{layers[c.layer]}/{c.role}"
+        lo, hi = c.bound.ci
+        metrics += [(f"{name}/{key}", v, 0) for name, v in (("min_safe_bits", c.bound.bits), ("ci_low", lo),
+                                                            ("ci_high", hi)) if v is not None]
+        metrics += [(f"accuracy/{key}", float(a), int(b)) for b, a in zip(c.sweep.bits, c.sweep.accuracy,
+                                                                           strict=True)]
+    title = run_name or f"sensitivity {result.family}"
+    return _log(
+        tracking_uri, experiment, run_name,
+        params={"kind": "sensitivity", "family": result.family, "bits": list(result.bits), "level": result.level,
+                "seeds": list(result.seeds), "confidence": result.confidence, "simultaneous": result.simultaneous,
+                "per_bound_confidence": result.per_bound_confidence, "tolerance": result.tolerance,
+                "cells": len(result.cells), **(params or {})},
+        metrics=metrics,
+        tags={"boundfinder.kind": "sensitivity",
+              "boundfinder.status": ",".join(sorted({c.bound.status for c in result.cells}))},
+        artifacts={"summary.json": json.dumps(result.summary(), indent=2),
+                   "min_safe_bits.png": figure_png(lambda ax: sensitivity_plot(result, ax),
+                                                   figsize=(6.4, 1.2 + 0.32 * len(result.cells))),
+                   "report.html": sensitivity_html(result, title=title)},
+    )

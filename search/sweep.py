@@ -85,12 +85,12 @@ class SweepResult:
         return float(self.baseline.mean())
 
     def bound(self, *, tolerance: float = 0.01, confidence: float = 0.95, relative: bool = False,
-              method: str = "auto") -> BoundEstimate:
+              method: str = "auto", fit_curve: bool = True) -> BoundEstimate:
         """The minimum safe bits of this family (see ``boundfinder.bounds.estimate_bound``)."""
         correct = self.correct if len(self.seeds) > 1 else self.correct[:, 0, :]
         baseline = self.baseline if len(self.seeds) > 1 else self.baseline[0]
         return estimate_bound(np.asarray(self.bits), correct, baseline, tolerance=tolerance,
-                              confidence=confidence, relative=relative, method=method)
+                              confidence=confidence, relative=relative, method=method, fit_curve=fit_curve)
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description (no per-item arrays)."""

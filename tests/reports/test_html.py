@@ -70,3 +70,17 @@ def test_search_report_of_a_switching_search_names_its_epochs_and_cost(search_re
     assert "features.*=e8m4 classifier=e8m8 before epoch 5, fp32 from it on" in page
     assert "fp32 training throughout" in page
     assert json.loads(json.dumps(switching.summary()))["cost_label"] == "mean bits per parameter over training"
+
+
+def test_sensitivity_report_draws_every_cell_and_tabulates_its_bound(sweep_and_bound):
+    from boundfinder.reports.html import sensitivity_html
+    from boundfinder.search.sensitivity import sensitivity_table
+
+    sweep, _ = sweep_and_bound
+    table = sensitivity_table([("features.*", "weight", sweep), ("classifier", "activation", sweep)])
+    page = sensitivity_html(table, title="sensitivity <sim>")
+    assert _self_contained(page) and len(_images(page)) == 1
+    assert "<title>sensitivity &lt;sim&gt;</title>" in page and "each at 0.975, Bonferroni" in page
+    for c in table.cells:
+        assert f"<td>{c.layer}</td><td>{c.role}</td><td>{c.bound.bits}</td>" in page
+    assert page.count("<tr class=safe>") == sum(c.bound.bits is not None for c in table.cells)

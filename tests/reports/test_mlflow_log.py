@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from boundfinder.cli import main  # noqa: E402
 from boundfinder.errors import BoundfinderError  # noqa: E402
 from boundfinder.reports import mlflow_log  # noqa: E402
-from boundfinder.reports.mlflow_log import check_tracking_uri, log_search, log_sweep  # noqa: E402
+from boundfinder.reports.mlflow_log import check_tracking_uri, log_search, log_sensitivity, log_sweep  # noqa: E402
 
 
 def _history(client, run_id, key):
@@ -118,6 +118,25 @@ def test_search_run_holds_candidates_by_rank_and_the_choice(search_result, tmp_p
     client.delete_experiment(run.info.experiment_id)
     rerun = client.get_run(log_search(search_result, tracking_uri=uri, experiment="searches"))
     assert rerun.info.experiment_id == run.info.experiment_id
+
+
+def test_sensitivity_run_holds_a_bound_per_layer_and_role_and_accuracy_against_bits(sweep_and_bound, tmp_path):
+    from boundfinder.search.sensitivity import sensitivity_table
+
+    sweep, _ = sweep_and_bound
+    table = sensitivity_table([("features.*", "weight", sweep), ("classifier", "activation", sweep)])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_id = log_sensitivity(table, tracking_uri=uri, run_name="sensitivity sim")
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.data.params["kind"] == "sensitivity" and run.data.params["per_bound_confidence"] == "0.975"
+    for c, key in zip(table.cells, ("features._/weight", "classifier/activation"), strict=True):
+        assert run.data.metrics[f"min_safe_bits/{key}"] == c.bound.bits
+        assert run.data.metrics[f"ci_low/{key}"] == c.bound.ci[0]
+        assert _history(client, run_id, f"accuracy/{key}") == [(b, pytest.approx(a)) for b, a in
+                                                               zip(sweep.bits, sweep.accuracy, strict=True)]
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["min_safe_bits.png", "report.html",
+                                                                     "summary.json"]
 
 
 def test_a_tracking_server_receives_the_run_and_its_artifacts(sweep_and_bound, mlflow_server, tmp_path):

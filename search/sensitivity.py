@@ -1,0 +1,188 @@
+"""Per-layer, per-role sensitivity: the minimum safe bits of each (layer, role) alone, with simultaneous
+confidence.
+
+For each layer owning parameters (or each given layer pattern) and each role, only that role of that layer is
+rounded to each bit width of the family while everything else stays at full precision; the paired per-item
+measurements against the full-precision model of the same seed give one :class:`BoundEstimate` per (layer, role).
+The models are trained once per seed and reused for every cell.
+
+With K cells, K bounds each at 95% would hold *together* only with about 1 - K * 5% probability. With
+``simultaneous=True`` (default) each bound is computed at confidence ``1 - (1 - confidence) / K`` (Bonferroni), so
+with probability >= ``confidence`` every bound of the table holds at once: the statement a user reading the whole
+table relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from boundfinder.bounds import BoundEstimate
+from boundfinder.emulation import LEVEL_ROLES
+from boundfinder.errors import BoundfinderError
+from boundfinder.policy import ROLES, PrecisionPolicy
+from boundfinder.search.measure import trained
+from boundfinder.search.study import _groups_of
+from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, _predict, _predict_under, expand_family
+
+__all__ = ["Sensitivity", "SensitivityResult", "precision_sensitivity", "sensitivity_table"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sensitivity:
+    """One cell: the sweep of one role of one layer group, and its bound."""
+
+    layer: str
+    role: str
+    sweep: SweepResult
+    bound: BoundEstimate
+
+    def summary(self) -> dict[str, Any]:
+        return {"layer": self.layer, "role": self.role, "accuracy": [float(a) for a in self.sweep.accuracy],
+                "bound": self.bound.summary()}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SensitivityResult:
+    """Every cell of a sensitivity analysis; ``cells`` in layer order, then role order."""
+
+    family: str
+    bits: tuple[int, ...]
+    level: str
+    seeds: tuple[int, ...]
+    confidence: float  # for the whole table when ``simultaneous``, else for each bound
+    simultaneous: bool
+    per_bound_confidence: float
+    tolerance: float
+    baseline_accuracy: float
+    cells: tuple[Sensitivity, ...]
+
+    def cell(self, layer: str, role: str) -> Sensitivity:
+        for c in self.cells:
+            if c.layer == layer and c.role == role:
+                return c
+        raise KeyError((layer, role))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description."""
+        return {"family": self.family, "bits": list(self.bits), "level": self.level, "seeds": list(self.seeds),
+                "confidence": self.confidence, "simultaneous": self.simultaneous,
+                "per_bound_confidence": self.per_bound_confidence, "tolerance": self.tolerance,
+                "baseline_accuracy": self.baseline_accuracy, "cells": [c.summary() for c in self.cells]}
+
+    def report(self) -> str:
+        """A plain-text table: minimum safe bits per layer and role, with confidence intervals."""
+        k = len(self.cells)
+        statement = (f"all {k} bounds hold together with probability >= {self.confidence:.0%} (each at "
+                     f"{self.per_bound_confidence:.4g}, Bonferroni)" if self.simultaneous else
+                     f"each bound at {self.confidence:.0%} on its own (not simultaneous: with {k} bounds, some "
+                     "may be wrong together)")
+        lines = [f"sensitivity of each layer and role to {self.family}, bits {list(self.bits)}, {self.level} level, "
+                 f"seeds {list(self.seeds)}; everything else at full precision (accuracy "
+                 f"{self.baseline_accuracy:.4f}); tolerance {self.tolerance:g}",
+                 statement,
+                 f"{'layer':<24} {'role':<12} {'min safe bits':>13}  {'CI':<10} {'status':<12} format"]
+        for c in self.cells:
+            b = c.bound
+            bits = "-" if b.bits is None else str(b.bits)
+            lo, hi = b.ci
+            ci = f"[{'-' if lo is None else lo}, {'above' if hi is None else hi}]"
+            fmt = "" if b.bits is None else c.sweep.formats[c.sweep.bits.index(b.bits)]
+            lines.append(f"{c.layer:<24} {c.role:<12} {bits:>13}  {ci:<10} {b.status:<12} {fmt}")
+        return "\n".join(lines)
+
+
+def precision_sensitivity(
+    build_model: Callable[[], torch.nn.Module],
+    datamodule,
+    family: str,
+    bits: Iterable[int],
+    *,
+    layers: Sequence[str] | None = None,
+    roles: Iterable[str] = INFERENCE_ROLES,
+    level: str = "layer",
+    rounding: str = "nearest",
+    seeds: Iterable[int] = (0,),
+    epochs: int = 20,
+    tolerance: float = 0.01,
+    confidence: float = 0.95,
+    simultaneous: bool = True,
+    method: str = "auto",
+) -> SensitivityResult:
+    """Minimum safe bits of ``family`` for each role of each layer group alone, measured on the test items.
+
+    ``layers``: one group per pattern (default: each layer owning parameters); ``roles``: the roles to take
+    one at a time (those the ``level`` does not round are refused). ``simultaneous``: Bonferroni over the cells,
+    so that ``confidence`` covers the whole table (see the module docstring).
+    """
+    bits = [int(b) for b in bits]
+    if len(set(bits)) != len(bits) or len(bits) < 2:
+        raise BoundfinderError(f"a sensitivity analysis needs at least 2 distinct bit widths, but got bits={bits}.")
+    names = expand_family(family, bits)
+    roles = tuple(roles)
+    if not roles:
+        raise BoundfinderError(f"name at least one role; valid roles are {ROLES}.")
+    for r in roles:
+        if r not in ROLES:
+            raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
+    if level not in LEVEL_ROLES:
+        raise BoundfinderError(f"unknown level {level!r}; valid levels are {tuple(LEVEL_ROLES)}.")
+    idle = [r for r in roles if r not in LEVEL_ROLES[level]]
+    if idle:
+        raise BoundfinderError(f"the {level!r} level does not round the role(s) {idle}; at that level the roles are "
+                               f"{LEVEL_ROLES[level]}.")
+    if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
+        raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
+                               f"tolerance={tolerance!r}, confidence={confidence!r}.")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise BoundfinderError("a sensitivity analysis needs at least one training seed, but got seeds=().")
+    groups = list(_groups_of(build_model(), layers))
+
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    models = trained(build_model, datamodule, seeds, epochs)
+    baseline = np.stack([_correct(m, datamodule) for m in models])
+    sweeps = []
+    for group in groups:
+        for role in roles:
+            correct = np.zeros((len(bits), len(seeds), baseline.shape[1]), dtype=bool)
+            for li, name in enumerate(names):
+                policy = PrecisionPolicy.from_spec({group: {role: name}}, rounding=rounding)
+                for s, model in enumerate(models):
+                    pred, target = _predict_under(model, policy, level, datamodule.test_dataloader())
+                    correct[li, s] = (pred == target).numpy()
+            sweeps.append((group, role, SweepResult(family=family, bits=tuple(bits), formats=tuple(names),
+                                                    level=level, roles=(role,), seeds=seeds, correct=correct,
+                                                    baseline=baseline)))
+    return sensitivity_table(sweeps, tolerance=tolerance, confidence=confidence, simultaneous=simultaneous,
+                             method=method)
+
+
+def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, tolerance: float = 0.01,
+                      confidence: float = 0.95, simultaneous: bool = True, method: str = "auto",
+                      fit_curve: bool = True) -> SensitivityResult:
+    """The bounds of measured cells ``(layer, role, sweep)``: each at ``1 - (1 - confidence) / K`` when
+    ``simultaneous`` (Bonferroni over the K cells), else at ``confidence``. The sweeps share family, bits, level,
+    seeds and baseline. ``fit_curve``: also fit each cell's accuracy-vs-bits curve (for its summary and plot;
+    the bounds do not use it)."""
+    if not sweeps:
+        raise BoundfinderError("a sensitivity table needs at least one (layer, role) cell.")
+    per_bound = 1 - (1 - confidence) / len(sweeps) if simultaneous else confidence
+    cells = tuple(Sensitivity(layer=layer, role=role, sweep=sweep,
+                              bound=sweep.bound(tolerance=tolerance, confidence=per_bound, method=method,
+                                                fit_curve=fit_curve))
+                  for layer, role, sweep in sweeps)
+    first = sweeps[0][2]
+    return SensitivityResult(family=first.family, bits=first.bits, level=first.level, seeds=first.seeds,
+                             confidence=confidence, simultaneous=simultaneous, per_bound_confidence=per_bound,
+                             tolerance=tolerance, baseline_accuracy=first.baseline_accuracy, cells=cells)
+
+
+def _correct(model, datamodule) -> np.ndarray:
+    pred, target = _predict(model, datamodule.test_dataloader())
+    return (pred == target).numpy()
