@@ -288,6 +288,24 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default="boundfinder", help="MLflow experiment name (default boundfinder)")
 
 
+def _model_args(p: argparse.ArgumentParser, *, bits_help: str) -> None:
+    """What every training command shares: the model, the format family and its widths, level, rounding, seeds,
+    epochs."""
+    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
+    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b}, "
+                   "float32's exponent with b fraction bits, as the 2017 study)")
+    p.add_argument("--bits", default="0-10", help=bits_help)
+    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
+    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=15)
+
+
+def _bound_args(p: argparse.ArgumentParser, *, confidence_help: str | None = None) -> None:
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.95, help=confidence_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="boundfinder", description="Emulate reduced precision in PyTorch models "
                                  "and estimate the minimum safe precision.")
@@ -303,39 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_quantize)
     p = sub.add_parser("sweep", help="train a model on the embedded digits data, sweep a format family's bit "
                        "width, and estimate the minimum safe bits with a confidence interval")
-    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
-    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b}, "
-                   "float32's exponent with b fraction bits, as the 2017 study)")
-    p.add_argument("--bits", default="0-10", help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
-    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
-    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
+    _model_args(p, bits_help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
     p.add_argument("--roles", default="weight,bias,input,activation", help="tensor roles to round")
     p.add_argument("--layers", default=None, help="module-name pattern to restrict the precision to")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
-    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--train", action="store_true", help="train under the precision instead of evaluating "
                    "full-precision models under it")
-    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
-    p.add_argument("--confidence", type=float, default=0.95)
+    _bound_args(p)
     p.add_argument("--json", help="write the sweep and bound summary to this JSON file")
     p.add_argument("--plot", help="write the accuracy-vs-bits plot to this PNG file")
     _report_args(p)
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("sensitivity", help="minimum safe bits of each layer and role alone (everything else at "
                        "full precision), with confidence intervals that hold for the whole table")
-    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
-    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b})")
-    p.add_argument("--bits", default="0-10", help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
+    _model_args(p, bits_help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
     p.add_argument("--layers", default=None, help="comma-separated layer-name patterns, one row group each "
                    "(default: every layer with parameters)")
     p.add_argument("--roles", default="weight,bias,input,activation", help="roles, each taken alone")
-    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
-    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
-    p.add_argument("--confidence", type=float, default=0.95, help="for the whole table (Bonferroni over its "
-                   "cells), or for each bound with --per-bound")
+    _bound_args(p, confidence_help="for the whole table (Bonferroni over its cells), or for each bound with "
+                "--per-bound")
     p.add_argument("--per-bound", action="store_true", help="each bound at --confidence on its own instead of the "
                    "whole table")
     p.add_argument("--json", help="write the summary to this JSON file")
@@ -344,20 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search per-layer bit widths with Optuna on the embedded digits data, then "
                        "certify the cheapest safe configuration on held-out test items; workers sharing --storage "
                        "and --study split the trials")
-    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
-    p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b})")
-    p.add_argument("--bits", default="0-10", help="bit widths each layer may take (default 0-10)")
+    _model_args(p, bits_help="bit widths each layer may take (default 0-10)")
     p.add_argument("--layers", default=None, help="comma-separated layer-name patterns, one search group each "
                    "(default: every layer with parameters)")
-    p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
-    p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
     p.add_argument("--roles", default=None, help="tensor roles to round (default: weight,bias,input,activation; "
                    "with --switch every role the level rounds, gradients included)")
     p.add_argument("--switch", default=None, metavar="EPOCHS", help="search low -> high precision training too: "
                    "switch epochs such as 0-15 or 0,5,10,15; each trial trains under its bit widths before its "
                    "switch epoch and in fp32 from it on, and the model is measured in fp32")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
-    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--trials", type=int, default=40, help="distinct configurations the study should have measured, "
                    "counting every worker's (default 40)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
@@ -369,8 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (give each worker its own)")
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between a running trial's heartbeats; a "
                    "trial silent for twice as long is failed and retried (database storages)")
-    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
-    p.add_argument("--confidence", type=float, default=0.95)
+    _bound_args(p)
     p.add_argument("--no-confirm", action="store_true", help="only add trials to the study (a worker); do not "
                    "certify on the test items")
     p.add_argument("--json", help="write the result summary to this JSON file")
