@@ -211,9 +211,9 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
     result = precision_sensitivity(
         _builders()[args.model], DigitsDataModule(batch_size=64, seed=0), args.family, _int_list(args.bits),
-        layers=layers, roles=[r for r in args.roles.split(",") if r], level=args.level, rounding=args.rounding,
-        seeds=_int_list(args.seeds), epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence,
-        simultaneous=not args.per_bound)
+        layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
+        level=args.level, rounding=args.rounding, seeds=_int_list(args.seeds), epochs=args.epochs,
+        tolerance=args.tolerance, confidence=args.confidence, simultaneous=not args.per_bound)
     print(f"model {args.model} on digits ({result.cells[0].sweep.correct.shape[2]} test items)")
     print(result.report())
     title = f"{args.model} on digits: sensitivity to {args.family}, {args.level} level"
@@ -228,7 +228,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
         return log_sensitivity(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
                                params={"model": args.model, "rounding": args.rounding, "epochs": args.epochs,
-                                       "roles": args.roles, "layers": args.layers or "every layer with parameters"})
+                                       "roles": ",".join(dict.fromkeys(c.role for c in result.cells)),
+                                       "layers": args.layers or "every layer with parameters"})
 
     _publish(args, "sensitivity", result.summary(), html, log)
     return 0
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, bits_help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
     p.add_argument("--layers", default=None, help="comma-separated layer-name patterns, one row group each "
                    "(default: every layer with parameters)")
-    p.add_argument("--roles", default="weight,bias,input,activation", help="roles, each taken alone")
+    p.add_argument("--roles", default=None, help="roles, each taken alone (default: weight,bias,input,activation, "
+                   "those of them the level rounds)")
     _bound_args(p, confidence_help="for the whole table (Bonferroni over its cells), or for each bound with "
                 "--per-bound")
     p.add_argument("--per-bound", action="store_true", help="each bound at --confidence on its own instead of the "

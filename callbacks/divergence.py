@@ -35,8 +35,11 @@ class DivergenceGuard(Callback):
             :class:`TrainingDiverged` with the step, epoch and loss.
 
     :attr:`diverged` is None while every loss was finite, else ``{"step", "epoch", "batch", "loss"}`` of the
-    first non-finite loss (``step`` is ``trainer.global_step`` after that batch's optimizer step). Batches whose
-    ``training_step`` returns None (skipped) are ignored.
+    first non-finite loss (``step`` is ``trainer.global_step`` at the end of that batch; ``loss`` its first
+    non-finite element). Batches whose ``training_step`` returns None (skipped), and manual optimization that
+    returns no loss, are not checked. With several processes (DDP) the decision is reduced over all of them, so
+    every process stops (or raises) at the same batch. Lightning's ``min_epochs`` / ``min_steps`` outrank a stop
+    request: with them set, training goes on until they are met. The guard keeps no state in checkpoints.
 
     >>> DivergenceGuard().diverged is None
     True
@@ -52,13 +55,21 @@ class DivergenceGuard(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if self.diverged is not None or not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
+        if self.diverged is not None:
             return
-        value = float(loss.detach().float().reshape(-1)[0]) if loss.numel() else math.nan
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all())
+        # every process takes the same decision, or the others would wait for this one at their next all-reduce
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        value = math.nan
+        if bad:
+            flat = loss.detach().float().reshape(-1)
+            value = float(flat[~torch.isfinite(flat)][0])
         self.diverged = {"step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
                          "batch": int(batch_idx), "loss": value}
-        where = f"epoch {trainer.current_epoch}, batch {batch_idx} (global step {trainer.global_step})"
+        where = (f"epoch {trainer.current_epoch}, batch {batch_idx} (global step {trainer.global_step}"
+                 + ("" if bad else ", on another process") + ")")
         if self.action == "raise":
             raise TrainingDiverged(f"the training loss is {value} at {where}; training diverged.")
         rank_zero_warn(f"DivergenceGuard: the training loss is {value} at {where}; training stops here.")

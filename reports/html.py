@@ -145,9 +145,9 @@ def sensitivity_plot(result, ax) -> Any:
     top = max(result.bits)
     for yi, c in zip(y, cells, strict=True):
         lo, hi = c.bound.ci
-        lo = min(result.bits) if lo is None else lo
-        hi = top + 0.5 if hi is None else hi
-        ax.plot([lo, hi], [yi, yi], color="gray", lw=3, alpha=0.5, solid_capstyle="butt")
+        if lo is not None:  # None: every tested width is confidently unsafe, the bound lies above the range
+            hi = top + 0.5 if hi is None else hi
+            ax.plot([lo, hi], [yi, yi], color="gray", lw=3, alpha=0.5, solid_capstyle="butt")
         if c.bound.bits is not None:
             ax.scatter([c.bound.bits], [yi], color="C0", zorder=3)
         else:

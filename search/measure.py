@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from boundfinder.errors import BoundfinderError
 from boundfinder.policy import PrecisionPolicy
 from boundfinder.search.sweep import _full_precision_diverged, _predict, _predict_under, _seeded_model, _train
 
@@ -40,8 +41,11 @@ def trained(build_model: Callable[[], torch.nn.Module], datamodule, seeds: Seque
         model = _seeded_model(build_model, seed)
         failed = _train(model, datamodule, epochs=epochs, seed=seed, callbacks=callbacks(seed) if callbacks else ())
         if failed is not None:
-            if callbacks is None or diverged is None:
+            if callbacks is None:
                 raise _full_precision_diverged(seed, failed)
+            if diverged is None:
+                raise BoundfinderError(f"the model of seed {seed} diverged (training loss {failed['loss']} at epoch "
+                                       f"{failed['epoch']}, batch {failed['batch']}).")
             diverged.append({"seed": seed, **failed})
         models.append(model)
     return models

@@ -6,7 +6,7 @@ rounded to each bit width of the family while everything else stays at full prec
 measurements against the full-precision model of the same seed give one :class:`BoundEstimate` per (layer, role).
 The models are trained once per seed and reused for every cell.
 
-With K cells, K bounds each at 95% would hold *together* only with about 1 - K * 5% probability. With
+With K cells, K bounds each at 95% may hold *together* with probability as low as 1 - K * 5%. With
 ``simultaneous=True`` (default) each bound is computed at confidence ``1 - (1 - confidence) / K`` (Bonferroni), so
 with probability >= ``confidence`` every bound of the table holds at once: the statement a user reading the whole
 table relies on.
@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from boundfinder.bounds import BoundEstimate
+from boundfinder.bounds.estimate import METHODS
 from boundfinder.emulation import LEVEL_ROLES
 from boundfinder.errors import BoundfinderError
+from boundfinder.formats import ROUNDING_MODES
 from boundfinder.policy import ROLES, PrecisionPolicy
 from boundfinder.search.measure import trained
 from boundfinder.search.study import _groups_of
@@ -77,9 +79,9 @@ class SensitivityResult:
     def report(self) -> str:
         """A plain-text table: minimum safe bits per layer and role, with confidence intervals."""
         k = len(self.cells)
-        statement = (f"all {k} bounds hold together with probability >= {self.confidence:.0%} (each at "
+        statement = (f"all {k} bounds hold together with probability >= {_pct(self.confidence)} (each at "
                      f"{self.per_bound_confidence:.4g}, Bonferroni)" if self.simultaneous else
-                     f"each bound at {self.confidence:.0%} on its own (not simultaneous: with {k} bounds, some "
+                     f"each bound at {_pct(self.confidence)} on its own (not simultaneous: with {k} bounds, some "
                      "may be wrong together)")
         lines = [f"sensitivity of each layer and role to {self.family}, bits {list(self.bits)}, {self.level} level, "
                  f"seeds {list(self.seeds)}; everything else at full precision (accuracy "
@@ -103,7 +105,7 @@ def precision_sensitivity(
     bits: Iterable[int],
     *,
     layers: Sequence[str] | None = None,
-    roles: Iterable[str] = INFERENCE_ROLES,
+    roles: Iterable[str] | None = None,
     level: str = "layer",
     rounding: str = "nearest",
     seeds: Iterable[int] = (0,),
@@ -116,31 +118,42 @@ def precision_sensitivity(
     """Minimum safe bits of ``family`` for each role of each layer group alone, measured on the test items.
 
     ``layers``: one group per pattern (default: each layer owning parameters); ``roles``: the roles to take
-    one at a time (those the ``level`` does not round are refused). ``simultaneous``: Bonferroni over the cells,
-    so that ``confidence`` covers the whole table (see the module docstring).
+    one at a time, among those that act when a trained model predicts (weights, biases, inputs, activations) and
+    that the ``level`` rounds (default: all of those). Gradient and optimizer-state roles never act at prediction
+    and are refused: their cell would read "safe at any width". ``simultaneous``: Bonferroni over the cells, so
+    that ``confidence`` covers the whole table (see the module docstring).
     """
     bits = [int(b) for b in bits]
     if len(set(bits)) != len(bits) or len(bits) < 2:
         raise BoundfinderError(f"a sensitivity analysis needs at least 2 distinct bit widths, but got bits={bits}.")
     names = expand_family(family, bits)
-    roles = tuple(roles)
+    if level not in LEVEL_ROLES:
+        raise BoundfinderError(f"unknown level {level!r}; valid levels are {tuple(LEVEL_ROLES)}.")
+    acting = tuple(r for r in INFERENCE_ROLES if r in LEVEL_ROLES[level])
+    roles = acting if roles is None else tuple(roles)
     if not roles:
-        raise BoundfinderError(f"name at least one role; valid roles are {ROLES}.")
+        raise BoundfinderError(f"name at least one role; at the {level!r} level the roles are {acting}.")
     for r in roles:
         if r not in ROLES:
             raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
-    if level not in LEVEL_ROLES:
-        raise BoundfinderError(f"unknown level {level!r}; valid levels are {tuple(LEVEL_ROLES)}.")
-    idle = [r for r in roles if r not in LEVEL_ROLES[level]]
+    idle = [r for r in roles if r not in acting]
     if idle:
-        raise BoundfinderError(f"the {level!r} level does not round the role(s) {idle}; at that level the roles are "
-                               f"{LEVEL_ROLES[level]}.")
+        raise BoundfinderError(f"the role(s) {idle} do not act when a trained model predicts at the {level!r} level "
+                               f"(gradients and optimizer state only act in training); the roles are {acting}.")
+    if len(set(roles)) != len(roles):
+        raise BoundfinderError(f"each role once, please: got roles={list(roles)}.")
+    if rounding not in ROUNDING_MODES:
+        raise BoundfinderError(f"unknown rounding {rounding!r}; valid modes are {ROUNDING_MODES}.")
     if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
         raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
                                f"tolerance={tolerance!r}, confidence={confidence!r}.")
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise BoundfinderError("a sensitivity analysis needs at least one training seed, but got seeds=().")
+    if method not in METHODS or (method in ("score", "exact") and len(seeds) > 1) or (
+            method in ("t", "bootstrap") and len(seeds) < 2):
+        raise BoundfinderError(f"method {method!r} does not fit {len(seeds)} seed(s): 'score' and 'exact' take one "
+                               f"seed, 't' and 'bootstrap' two or more; the methods are {METHODS}.")
     groups = list(_groups_of(build_model(), layers))
 
     datamodule.setup("fit")
@@ -172,15 +185,26 @@ def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, toleran
     the bounds do not use it)."""
     if not sweeps:
         raise BoundfinderError("a sensitivity table needs at least one (layer, role) cell.")
+    first = sweeps[0][2]
+    for layer, role, sweep in sweeps:
+        if (sweep.family, sweep.bits, sweep.level, sweep.seeds) != (first.family, first.bits, first.level,
+                                                                     first.seeds) or not np.array_equal(
+                sweep.baseline, first.baseline):
+            raise BoundfinderError(f"the cells of a sensitivity table share family, bits, level, seeds and baseline; "
+                                   f"cell ({layer!r}, {role!r}) differs from the first.")
     per_bound = 1 - (1 - confidence) / len(sweeps) if simultaneous else confidence
     cells = tuple(Sensitivity(layer=layer, role=role, sweep=sweep,
                               bound=sweep.bound(tolerance=tolerance, confidence=per_bound, method=method,
                                                 fit_curve=fit_curve))
                   for layer, role, sweep in sweeps)
-    first = sweeps[0][2]
     return SensitivityResult(family=first.family, bits=first.bits, level=first.level, seeds=first.seeds,
                              confidence=confidence, simultaneous=simultaneous, per_bound_confidence=per_bound,
                              tolerance=tolerance, baseline_accuracy=first.baseline_accuracy, cells=cells)
+
+
+def _pct(p: float) -> str:
+    """0.95 -> '95%', 0.995 -> '99.5%'."""
+    return f"{p * 100:.4g}%"
 
 
 def _correct(model, datamodule) -> np.ndarray:

@@ -84,3 +84,20 @@ def test_sensitivity_report_draws_every_cell_and_tabulates_its_bound(sweep_and_b
     for c in table.cells:
         assert f"<td>{c.layer}</td><td>{c.role}</td><td>{c.bound.bits}</td>" in page
     assert page.count("<tr class=safe>") == sum(c.bound.bits is not None for c in table.cells)
+
+
+def test_sensitivity_chart_draws_no_interval_below_a_bound_above_the_range(sweep_and_bound):
+    from matplotlib.figure import Figure
+
+    from boundfinder.reports.html import sensitivity_html, sensitivity_plot
+    from boundfinder.search.sensitivity import sensitivity_table
+
+    sweep, _ = sweep_and_bound
+    table = sensitivity_table([("a", "weight", sweep), ("b", "weight", sweep)])
+    # cell b: every tested width confidently unsafe (ci low None): only the "above the range" marker
+    above = dataclasses.replace(table.cells[1], bound=dataclasses.replace(table.cells[1].bound, bits=None,
+                                                                          ci=(None, None), status="above_range"))
+    table = dataclasses.replace(table, cells=(table.cells[0], above))
+    ax = sensitivity_plot(table, Figure().add_subplot())
+    assert len(ax.lines) == 1  # the interval bar of cell a alone
+    assert "[–, above range]" in sensitivity_html(table, title="t")

@@ -3,6 +3,7 @@ bounds hold together."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -50,6 +51,10 @@ def test_per_bound_confidence_is_the_stated_level_when_not_simultaneous(table):
     each = sensitivity_table(sweeps, confidence=0.9, simultaneous=False)
     assert each.per_bound_confidence == 0.9 and all(c.bound.confidence == 0.9 for c in each.cells)
     assert "each bound at 90% on its own" in each.report()
+    assert "probability >= 99.5% (each at 0.9988" in sensitivity_table(sweeps, confidence=0.995).report()
+    other = dataclasses.replace(sweeps[1][2], seeds=(5, 6))
+    with pytest.raises(BoundfinderError, match=r"cell \('features.fc1', 'activation'\) differs from the first"):
+        sensitivity_table([sweeps[0], (sweeps[1][0], sweeps[1][1], other)])
 
 
 def _simulated_cells(rng, first_safe, n=2000):
@@ -90,8 +95,17 @@ def test_simultaneous_bounds_hold_together_where_per_bound_ones_do_not():
 
 def test_bad_arguments_fail_before_training():
     dm = DigitsDataModule(batch_size=128, seed=0)
-    with pytest.raises(BoundfinderError, match=r"'op' level does not round the role\(s\) \['input'\]"):
+    # a role that does not act when a trained model predicts would read "safe at any width": refused
+    with pytest.raises(BoundfinderError, match=r"role\(s\) \['input'\] do not act .* at the 'op' level"):
         precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["input"], level="op")
+    with pytest.raises(BoundfinderError, match=r"role\(s\) \['grad_output', 'weight_grad'\] do not act"):
+        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["weight", "grad_output", "weight_grad"])
+    with pytest.raises(BoundfinderError, match=r"each role once"):
+        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["weight", "weight"])
+    with pytest.raises(BoundfinderError, match=r"method 't' does not fit 1 seed\(s\)"):
+        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, method="t")
+    with pytest.raises(BoundfinderError, match=r"unknown rounding 'even'"):
+        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, rounding="even")
     with pytest.raises(BoundfinderError, match="unknown role 'weights'"):
         precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["weights"])
     with pytest.raises(BoundfinderError, match="at least 2 distinct bit widths"):
@@ -109,5 +123,5 @@ def test_cli_sensitivity_prints_the_table_and_writes_json_and_html(tmp_path, cap
     summary = json.loads(out.read_text())
     assert [(c["layer"], c["role"]) for c in summary["cells"]] == [("classifier", "weight"), ("classifier", "bias")]
     assert "minimum safe bits of e8m{b} per layer and role" in page.read_text()
-    assert main(["sensitivity", "--roles", "optimizer_state"]) == 2
-    assert "does not round the role(s) ['optimizer_state']" in capsys.readouterr().err
+    assert main(["sensitivity", "--roles", "optimizer_state", "--level", "batch"]) == 2
+    assert "role(s) ['optimizer_state'] do not act" in capsys.readouterr().err
