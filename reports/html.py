@@ -82,6 +82,10 @@ def sweep_html(sweep, bound, *, title: str) -> str:
         f"{html.escape(', '.join(sweep.roles))}; {sweep.correct.shape[2]} test items × {len(sweep.seeds)} seeds; "
         f"full-precision accuracy {sweep.baseline_accuracy:.4f}; tolerance {bound.tolerance:g}, method "
         f"{html.escape(bound.method)}</p>",
+        *([f"<p>training diverged (NaN or infinite loss; the fit stopped there and the model was measured as it "
+           f"was) for {len(sweep.diverged)} model(s): "
+           + "; ".join(html.escape(f"{d['format']} seed {d['seed']} at epoch {d['epoch']}, batch {d['batch']}")
+                       for d in sweep.diverged) + "</p>"] if sweep.diverged else []),
         "<h2>Accuracy against bits</h2>", _img(figure_png(bound.plot), "accuracy against bits"),
         "<h2>Levels</h2>", _table(["bits", "format", "accuracy", "drop", "upper bound", "declared safe"], rows),
         "<h2>Text report</h2>", f"<pre>{html.escape(bound.report())}</pre>",

@@ -181,7 +181,9 @@ def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str 
                 "tolerance": bound.tolerance, "confidence": bound.confidence, "method": bound.method,
                 "relative": bound.relative, **(params or {})},
         metrics=metrics,
-        tags={"boundfinder.kind": "sweep", "boundfinder.status": bound.status, "boundfinder.reason": bound.reason},
+        tags={"boundfinder.kind": "sweep", "boundfinder.status": bound.status, "boundfinder.reason": bound.reason,
+              "boundfinder.diverged": "; ".join(f"{d['format']} seed {d['seed']} at epoch {d['epoch']} batch "
+                                                f"{d['batch']}" for d in sweep.diverged) or "none"},
         artifacts={"summary.json": json.dumps({"sweep": sweep.summary(), "bound": bound.summary()}, indent=2),
                    "accuracy_vs_bits.png": figure_png(bound.plot), "report.html": sweep_html(sweep, bound,
                                                                                              title=title)},

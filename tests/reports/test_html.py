@@ -36,6 +36,10 @@ def test_sweep_report_embeds_its_chart_and_states_the_bound(sweep_and_bound):
     assert page.count("<tr class=safe>") == sum(lv.declared_safe for lv in bound.levels)
     for name in sweep.formats:
         assert f"<td>{name}</td>" in page
+    assert "training diverged" not in page
+    failed = dataclasses.replace(sweep, diverged=({"format": "e8m1", "seed": 1, "epoch": 0, "batch": 3, "step": 4,
+                                                   "loss": float("nan")},))
+    assert "for 1 model(s): e8m1 seed 1 at epoch 0, batch 3" in sweep_html(failed, bound, title="t")
 
 
 def test_search_report_lists_every_candidate_with_its_verdict(search_result):

@@ -38,7 +38,7 @@ def test_sweep_run_holds_accuracy_against_bits_the_bound_and_the_report(sweep_an
     assert _history(client, run_id, "drop_upper") == [(lv.bits, pytest.approx(lv.upper)) for lv in bound.levels]
     assert run.data.metrics["min_safe_bits"] == bound.bits
     assert run.data.metrics["min_safe_bits_ci_low"] == bound.ci[0]
-    assert run.data.tags["boundfinder.status"] == "ok"
+    assert run.data.tags["boundfinder.status"] == "ok" and run.data.tags["boundfinder.diverged"] == "none"
     assert sorted(a.path for a in client.list_artifacts(run_id)) == ["accuracy_vs_bits.png", "report.html",
                                                                      "summary.json"]
     # the artifacts sit next to the database, and the summary is the bound's own
