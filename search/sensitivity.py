@@ -129,6 +129,9 @@ def precision_sensitivity(
     names = expand_family(family, bits)
     if level not in LEVEL_ROLES:
         raise BoundfinderError(f"unknown level {level!r}; valid levels are {tuple(LEVEL_ROLES)}.")
+    if level == "op":
+        raise BoundfinderError("the 'op' level rounds every operation of the model with one format, so it cannot "
+                               "round one layer alone; use level 'layer' (or 'batch' for stored parameters).")
     acting = tuple(r for r in INFERENCE_ROLES if r in LEVEL_ROLES[level])
     roles = acting if roles is None else tuple(roles)
     if not roles:

@@ -95,9 +95,11 @@ def test_simultaneous_bounds_hold_together_where_per_bound_ones_do_not():
 
 def test_bad_arguments_fail_before_training():
     dm = DigitsDataModule(batch_size=128, seed=0)
+    with pytest.raises(BoundfinderError, match=r"'op' level rounds every operation .* cannot round one layer"):
+        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, level="op")
     # a role that does not act when a trained model predicts would read "safe at any width": refused
-    with pytest.raises(BoundfinderError, match=r"role\(s\) \['input'\] do not act .* at the 'op' level"):
-        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["input"], level="op")
+    with pytest.raises(BoundfinderError, match=r"role\(s\) \['input'\] do not act .* at the 'batch' level"):
+        precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["input"], level="batch")
     with pytest.raises(BoundfinderError, match=r"role\(s\) \['grad_output', 'weight_grad'\] do not act"):
         precision_sensitivity(workers.build, dm, "e8m{b}", BITS, roles=["weight", "grad_output", "weight_grad"])
     with pytest.raises(BoundfinderError, match=r"each role once"):
