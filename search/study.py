@@ -398,6 +398,14 @@ def precision_search(
     probe = build_model()
     groups = _groups_of(probe, layers)
     PrecisionPolicy.from_spec(dict.fromkeys(groups, names[bits[-1]]), rounding=rounding, roles=roles).resolve(probe)
+    if level == "op":
+        # the op level takes one activation/gradient format for the whole model: a configuration giving the groups
+        # different widths is refused here, not in the middle of the study
+        from boundfinder.emulation import emulate
+
+        mixed = {g: names[bits[i % len(bits)]] for i, g in enumerate(groups)}
+        with emulate(probe, PrecisionPolicy.from_spec(mixed, rounding=rounding, roles=roles), level="op"):
+            pass
     modules = layer_modules(probe)
     counts = {name: sum(p.numel() for p in m.parameters(recurse=False)) for name, m in modules.items()}
     parameters = {g: sum(counts[n] for n in members) for g, members in groups.items()}

@@ -136,6 +136,12 @@ def test_bad_arguments_fail_before_training_with_the_valid_choices():
         precision_search(workers.build, dm, layers=["features", "features.fc1"], n_trials=1)
     with pytest.raises(BoundfinderError, match="at least 2 distinct bit widths"):
         precision_search(workers.build, dm, bits=[3], n_trials=1)
+    # the op level rounds every operation of the model with one format: per-layer groups are refused before
+    # training, whether they leave layers out or give them different widths
+    with pytest.raises(PolicyError, match=r"level 'op' rounds every operation .* leaves out \['features.flatten'"):
+        precision_search(workers.build, dm, level="op", n_trials=1)
+    with pytest.raises(PolicyError, match=r"level 'op' rounds every activation op output with one format"):
+        precision_search(workers.build, dm, level="op", layers=["features", "classifier"], n_trials=1)
     with pytest.raises(BoundfinderError, match="n_trials >= 0"):
         precision_search(workers.build, dm, n_trials=-1)
     with pytest.raises(BoundfinderError, match="unknown role 'weights'"):
