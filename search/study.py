@@ -135,6 +135,9 @@ class SearchResult:
     epochs: int | None = None
     #: every configuration the study measured, cheapest first (``n_configurations`` of them)
     configurations: tuple[Candidate, ...] = ()
+    #: switching search: per candidate, the confirm seeds whose training loss became NaN or infinite in the
+    #: certification (those models were measured as they stopped)
+    confirm_diverged: tuple[tuple[int, ...], ...] = ()
 
     @property
     def cost_label(self) -> str:
@@ -150,6 +153,8 @@ class SearchResult:
             if k < len(levels):
                 lv = levels[k].summary()
                 row |= {"test_drop": lv["drop"], "test_upper": lv["upper"], "declared_safe": lv["declared_safe"]}
+            if k < len(self.confirm_diverged):
+                row["test_diverged_seeds"] = list(self.confirm_diverged[k])
             rows.append(row)
         return {
             "study_name": self.study_name, "storage": self.storage, "family": self.family,
@@ -179,8 +184,10 @@ class SearchResult:
                          f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
             lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "
                          "configuration")
-            for cand, lv in reversed(list(zip(self.candidates, conf.levels, strict=True))):
-                mark = f"  [training diverged: seeds {list(cand.diverged_seeds)}]" if cand.diverged_seeds else ""
+            test_diverged = self.confirm_diverged or ((),) * len(self.candidates)
+            for cand, lv, failed in reversed(list(zip(self.candidates, conf.levels, test_diverged, strict=True))):
+                seeds = sorted({*cand.diverged_seeds, *failed})
+                mark = f"  [training diverged: seeds {seeds}]" if seeds else ""
                 lines.append(f"{cand.cost:10.3f} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
                              f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}{mark}")
         if self.chosen is not None:
@@ -529,15 +536,17 @@ def precision_search(
     choice, point = space.widest
     if not front or space.key(front[-1].bits, front[-1].switch) != space.key(choice, point):
         front.append(measured.get(space.key(choice, point)) or space.candidate(choice, point, math.nan, None))
-    rows = []
+    rows, failed = [], []
     for c in front:
         rows.append(test(c.formats, c.switch))
+        failed.append(tuple(d["seed"] for d in test.diverged))
         if test.diverged:
             log.warning("certifying %s: the training loss became NaN or infinite for confirm seed(s) %s; those "
-                        "models were measured as they were", c.describe(), [d["seed"] for d in test.diverged])
+                        "models were measured as they were", c.describe(), list(failed[-1]))
     est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence)
-    return _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
-                   confirm_seeds)
+    result = _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
+                     confirm_seeds)
+    return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else ())
 
 
 def _measurer(space: _Space, models, build_model, datamodule, seeds, loader_fn, level, rounding, roles):

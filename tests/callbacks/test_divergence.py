@@ -106,5 +106,32 @@ def test_a_switching_trial_records_its_diverged_seeds_and_the_search_goes_on():
                                                          "batch": BAD_STEP, "loss": "nan"}] for t in trained)
     for c in r.configurations:
         assert c.diverged_seeds == (() if c.switch == 0 else (0,))
-    # the only safe configuration is fp32 training throughout: every trained one diverged
-    assert r.chosen is not None and r.chosen.switch == 0
+    # the only safe configuration is fp32 training throughout: every trained one diverged after 4 of 9 steps
+    assert r.chosen is not None and r.chosen.switch == 0 and len(r.candidates) == 1
+
+
+class LateNaNLoss(MLP):
+    """MLP(hidden=(16,)) whose *reported* loss is NaN from global step 15 of 18 under a PrecisionSchedule, while its
+    gradients stay finite: the fit stops near its end with usable weights."""
+
+    def __init__(self):
+        super().__init__(hidden=(16,), lr=0.05, momentum=0.9)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_step >= 15 and _emulated(self.trainer):
+            return loss + (math.nan - loss.detach()) * 0  # the value is NaN, the gradient is the loss's
+        return loss
+
+
+def test_candidates_whose_certification_models_diverged_say_so():
+    r = precision_search(LateNaNLoss, DigitsDataModule(batch_size=128, seed=0), "e8m{b}", [2, 8], switch=[0, 1, 2],
+                         seeds=(0,), epochs=2, n_trials=5, storage=None, study_name="late", sampler_seed=0,
+                         tolerance=0.2)
+    # stopped 3 of 18 steps early, these models lose about 0.07: candidates under a tolerance of 0.2
+    assert [c for c in r.candidates if c.switch]
+    # the certification's fresh models (seed 1) diverge too: recorded per candidate, marked in the report
+    assert r.confirm_diverged == tuple((1,) if c.switch else () for c in r.candidates)
+    assert "[training diverged: seeds [0, 1]]" in r.report()
+    rows = json.loads(json.dumps(r.summary()))["candidates"]
+    assert [row["test_diverged_seeds"] for row in rows] == [list(f) for f in r.confirm_diverged]
