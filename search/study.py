@@ -29,6 +29,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -212,8 +213,16 @@ def _groups_of(model: torch.nn.Module, layers: Sequence[str] | None) -> dict[str
     """Search group (a layer-name pattern) -> the layers it selects. Default: each layer owning parameters."""
     modules = layer_modules(model)
     if layers is None:
-        groups = {name: [name] for name, m in modules.items()
-                  if next(iter(m.parameters(recurse=False)), None) is not None}
+        # Each layer owning parameters, named so that the name selects it as a pattern does: wildcard characters
+        # in a name are escaped, and a layer inside another that owns parameters (nn.MultiheadAttention's
+        # out_proj) belongs to the outer one's group, since the outer name selects it too.
+        owners = [name for name, m in modules.items() if next(iter(m.parameters(recurse=False)), None) is not None]
+
+        def inside(name: str, outer: str) -> bool:
+            return bool(outer) and name.startswith(outer + ".")
+
+        groups = {re.sub(r"([*?\[])", r"[\1]", o): [n for n in owners if n == o or inside(n, o)]
+                  for o in owners if not any(inside(o, p) for p in owners)}
         if not groups:
             raise BoundfinderError(f"{type(model).__name__} has no layer with parameters to search over.")
         return groups

@@ -276,3 +276,24 @@ def test_per_item_results_pack_and_unpack_at_any_length():
     # the packed per-item form round-trips any length, including a partial last byte
     a = np.random.default_rng(0).random(269) < 0.5
     assert np.array_equal(study_mod._unpack(study_mod._pack(a), 269), a)
+
+
+def test_default_groups_are_layers_with_parameters_selected_exactly_by_their_names():
+    import torch.nn as nn
+
+    from boundfinder.policy import PrecisionPolicy
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2)  # owns in_proj_weight and holds out_proj, a Linear
+            self.blocks = nn.ModuleDict({"a[1]": nn.Linear(8, 8), "a1": nn.Linear(8, 8)})
+            self.head = nn.Linear(8, 2)
+
+    model = Model()
+    groups = study_mod._groups_of(model, None)
+    # out_proj joins attn's group (the name "attn" selects it too); "[" is escaped, so "a[1]" does not select "a1"
+    assert groups == {"attn": ["attn", "attn.out_proj"], "blocks.a[[]1]": ["blocks.a[1]"],
+                      "blocks.a1": ["blocks.a1"], "head": ["head"]}
+    for pattern, members in groups.items():
+        assert sorted(PrecisionPolicy.from_spec({pattern: "e8m2"}).resolve(model)) == sorted(members)
