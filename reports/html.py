@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["figure_png", "search_html", "search_plot", "sensitivity_html", "sensitivity_plot", "sweep_html"]
+__all__ = ["figure_png", "search_html", "search_plot", "sensitivity_html", "sensitivity_plot", "sensitivity_png",
+           "sweep_html"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }
@@ -164,6 +165,11 @@ def sensitivity_plot(result, ax) -> Any:
     return ax
 
 
+def sensitivity_png(result) -> bytes:
+    """The sensitivity chart as PNG, one row per cell."""
+    return figure_png(lambda ax: sensitivity_plot(result, ax), figsize=(6.4, 1.2 + 0.32 * len(result.cells)))
+
+
 def sensitivity_html(result, *, title: str) -> str:
     """The report of a per-layer, per-role sensitivity analysis (``SensitivityResult``)."""
     rows = []
@@ -174,7 +180,6 @@ def sensitivity_html(result, *, title: str) -> str:
         rows.append(([c.layer, c.role, "–" if b.bits is None else str(b.bits),
                       f"[{'–' if lo is None else lo}, {'above range' if hi is None else hi}]", b.status, fmt],
                      b.bits is not None))
-    height = 1.2 + 0.32 * len(result.cells)
     body = [
         f'<p class="verdict">minimum safe bits of {html.escape(result.family)} per layer and role, each alone '
         f"(everything else at full precision)</p>",
@@ -183,7 +188,7 @@ def sensitivity_html(result, *, title: str) -> str:
            if result.simultaneous else "for each bound on its own")
         + f"; {result.level} level; seeds {html.escape(str(list(result.seeds)))}; full-precision accuracy "
         f"{result.baseline_accuracy:.4f}; tolerance {result.tolerance:g}</p>",
-        _img(figure_png(lambda ax: sensitivity_plot(result, ax), figsize=(6.4, height)), "minimum safe bits"),
+        _img(sensitivity_png(result), "minimum safe bits"),
         "<h2>Cells</h2>",
         _table(["layer", "role", "min safe bits", "CI", "status", "format"], rows),
         "<h2>Text report</h2>", f"<pre>{html.escape(result.report())}</pre>",

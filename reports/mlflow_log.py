@@ -243,38 +243,39 @@ def _configuration_runs(result) -> list[dict[str, Any]]:
     """A nested run per configuration the search measured: its bit widths (and switch epoch) as params, its cost
     and validation drop as metrics, and for a candidate of the certification its test figures, so MLflow's
     run comparison charts the whole study."""
-    levels = {}
-    if result.confirmation is not None:
-        levels = {id(c): (rank, lv) for rank, (c, lv) in enumerate(zip(result.candidates, result.confirmation.levels,
-                                                                      strict=True))}
-    by_key = {(tuple(c.bits.values()), c.switch): c for c in result.candidates}
-    measured = {(tuple(c.bits.values()), c.switch) for c in result.configurations}
+
+    def key(c) -> tuple:
+        return tuple(c.bits.values()), c.switch
+
+    levels = result.confirmation.levels if result.confirmation is not None else ()
+    ranks = {key(c): k for k, c in enumerate(result.candidates)}
+    measured = {key(c) for c in result.configurations}
     # a candidate the study never measured (the widest configuration appended to the chain) gets its run too
-    unmeasured = [c for k, c in by_key.items() if k not in measured]
     runs = []
-    for c in (*result.configurations, *unmeasured):
-        keys = _group_keys(c.bits)
-        params = {f"bits/{keys[g]}": b for g, b in c.bits.items()} | (
+    for c in (*result.configurations, *(c for c in result.candidates if key(c) not in measured)):
+        names = _group_keys(c.bits)
+        params = {f"bits/{names[g]}": b for g, b in c.bits.items()} | (
             {} if c.switch is None else {"switch_epoch": c.switch}) | {"configuration": c.describe()}
         metrics = [("cost", c.cost, 0)] + ([("val_drop", c.val_drop, 0)] if _finite(c.val_drop) else [])
-        cand = by_key.get((tuple(c.bits.values()), c.switch))
-        rank, lv = levels.get(id(cand), (None, None))
+        rank = ranks.get(key(c))
+        lv = levels[rank] if rank is not None and rank < len(levels) else None
         if lv is not None:
             metrics += [("candidate_rank", rank, 0), ("test_drop", lv.drop, 0), ("declared_safe", lv.declared_safe, 0)]
             metrics += [("test_upper", lv.upper, 0)] if _finite(lv.upper) else []
+        chosen = result.chosen is not None and key(c) == key(result.chosen)
         name = f"trial {c.trial}" if c.trial is not None else "not measured on validation"
         runs.append({"run_name": f"{result.study_name} {name}", "params": params, "metrics": metrics,
                      "tags": {"boundfinder.kind": "search-configuration",
                               "boundfinder.trial": "" if c.trial is None else c.trial,
                               "boundfinder.candidate": "yes" if lv is not None else "no",
-                              "boundfinder.chosen": "yes" if cand is not None and cand is result.chosen else "no"}})
+                              "boundfinder.chosen": "yes" if chosen else "no"}})
     return runs
 
 
 def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
                     run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
     """Log a ``SensitivityResult`` as one MLflow run; returns the run id."""
-    from boundfinder.reports.html import figure_png, sensitivity_html, sensitivity_plot
+    from boundfinder.reports.html import sensitivity_html, sensitivity_png
 
     layers = _group_keys(dict.fromkeys(c.layer for c in result.cells))
     metrics: list[tuple[str, float, int]] = [("baseline_accuracy", result.baseline_accuracy, 0)]
@@ -296,7 +297,6 @@ def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str 
         tags={"boundfinder.kind": "sensitivity",
               "boundfinder.status": ",".join(sorted({c.bound.status for c in result.cells}))},
         artifacts={"summary.json": json.dumps(result.summary(), indent=2),
-                   "min_safe_bits.png": figure_png(lambda ax: sensitivity_plot(result, ax),
-                                                   figsize=(6.4, 1.2 + 0.32 * len(result.cells))),
+                   "min_safe_bits.png": sensitivity_png(result),
                    "report.html": sensitivity_html(result, title=title)},
     )

@@ -64,7 +64,8 @@ class Rounded:
         self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
         self.diverged: list[dict[str, Any]] = []  # rounding trained models cannot diverge
 
-    def __call__(self, formats: dict[str, str], switch: int | None = None) -> np.ndarray:
+    def __call__(self, formats: dict[str, Any], switch: int | None = None) -> np.ndarray:
+        """``formats``: ``{pattern: format}`` (the ``roles`` given here) or ``{pattern: {role: format}}``."""
         policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
         rows = []
         for model in self.models:

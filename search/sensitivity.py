@@ -26,10 +26,10 @@ from boundfinder.bounds.estimate import METHODS
 from boundfinder.emulation import LEVEL_ROLES
 from boundfinder.errors import BoundfinderError
 from boundfinder.formats import ROUNDING_MODES
-from boundfinder.policy import ROLES, PrecisionPolicy
-from boundfinder.search.measure import trained
+from boundfinder.policy import ROLES
+from boundfinder.search.measure import Rounded, trained
 from boundfinder.search.study import _groups_of
-from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, _predict, _predict_under, expand_family
+from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, expand_family
 
 __all__ = ["Sensitivity", "SensitivityResult", "precision_sensitivity", "sensitivity_table"]
 
@@ -161,20 +161,16 @@ def precision_sensitivity(
 
     datamodule.setup("fit")
     datamodule.setup("test")
-    models = trained(build_model, datamodule, seeds, epochs)
-    baseline = np.stack([_correct(m, datamodule) for m in models])
+    test = Rounded(trained(build_model, datamodule, seeds, epochs), datamodule.test_dataloader, level, rounding,
+                   roles)
     sweeps = []
     for group in groups:
         for role in roles:
-            correct = np.zeros((len(bits), len(seeds), baseline.shape[1]), dtype=bool)
-            for li, name in enumerate(names):
-                policy = PrecisionPolicy.from_spec({group: {role: name}}, rounding=rounding)
-                for s, model in enumerate(models):
-                    pred, target = _predict_under(model, policy, level, datamodule.test_dataloader())
-                    correct[li, s] = (pred == target).numpy()
+            # a role dict names its role itself: only this role of this group is rounded
+            correct = np.stack([test({group: {role: name}}) for name in names])
             sweeps.append((group, role, SweepResult(family=family, bits=tuple(bits), formats=tuple(names),
                                                     level=level, roles=(role,), seeds=seeds, correct=correct,
-                                                    baseline=baseline)))
+                                                    baseline=test.baseline)))
     return sensitivity_table(sweeps, tolerance=tolerance, confidence=confidence, simultaneous=simultaneous,
                              method=method)
 
@@ -208,8 +204,3 @@ def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, toleran
 def _pct(p: float) -> str:
     """0.95 -> '95%', 0.995 -> '99.5%'."""
     return f"{p * 100:.4g}%"
-
-
-def _correct(model, datamodule) -> np.ndarray:
-    pred, target = _predict(model, datamodule.test_dataloader())
-    return (pred == target).numpy()
