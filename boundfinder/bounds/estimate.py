@@ -287,17 +287,10 @@ def _abs_bounds(method, diff, alpha, n_boot, random_state):
 
 
 def _baseline_bounds(baseline, alpha):
-    """One-sided (lower, upper) bounds on the baseline accuracy (t over seeds and binomial, the wider)."""
-    s, n = baseline.shape
-    k = float(baseline.sum())
-    lo = float(paired.clopper_pearson(k, s * n, alpha, "lower"))
-    up = float(paired.clopper_pearson(k, s * n, alpha, "upper"))
-    if s > 1:
-        from scipy import stats
-
-        accs = baseline.mean(axis=1)
-        half = stats.t.ppf(1 - alpha, s - 1) * accs.std(ddof=1) / math.sqrt(s)
-        lo, up = min(lo, accs.mean() - half), max(up, accs.mean() + half)
+    """One-sided (lower, upper) bounds on the baseline accuracy over items and seeds (`paired.accuracy_bounds`:
+    the wider of Clopper–Pearson on the N items and the crossed seeds x items t bound). An ``(N,)`` baseline
+    broadcast to S seeds is N items, not S N: its bounds do not narrow as S grows."""
+    lo, up = paired.accuracy_bounds(baseline, alpha)
     return max(lo, 1e-12), min(up, 1.0)
 
 

@@ -18,6 +18,8 @@ Methods:
   freedom), and never tighter than the score bound on the pooled pairs (which keeps the discreteness of
   rare flips in view when every seed happens to agree on every item).
 * ``bootstrap`` (any seeds): hierarchical percentile bootstrap, seeds resampled first, then items.
+
+`accuracy_bounds` bounds the baseline accuracy for relative drops with the same crossed variance.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from scipy import special, stats
 
 __all__ = [
+    "accuracy_bounds",
     "bootstrap_bounds",
     "clopper_pearson",
     "exact_bounds",
@@ -150,25 +153,22 @@ def score_bounds(b10, b01, n, alpha, iters=60):
     return solve(-1), solve(+1)
 
 
-def t_bounds(diff, alpha, pooled_floor=True):
-    """(lower, upper) bounds on the mean drop over seeds and items for several seeds; also returns df.
+def _crossed_mean(values):
+    """Grand mean over seeds and items, its variance and Satterthwaite degrees of freedom, vectorised.
 
-    ``diff`` has shape (L, S, N) with values in {-1, 0, 1}. The variance of the grand mean in a crossed
-    seeds x items design is ``sigma_seed^2 / S + sigma_item^2 / N + sigma_resid^2 / (S N)``. The sample
-    variance of the per-seed drops estimates the first and last terms together (``var(d_s) / S``), so it
-    is always kept; the shared-item term ``max(0, MS_item - MS_resid) / (S N)`` is added when positive.
-    Degrees of freedom by Satterthwaite; with seed variance dominating they fall to ``S - 1``: the plain
-    t-interval over seeds. ``pooled_floor`` keeps the bounds no tighter than the score bounds on the pooled
-    ``S N`` pairs, because the variance estimate is zero when no seed shows any flip.
+    ``values`` has shape (L, S, N) with S >= 2. The variance of the grand mean in a crossed seeds x items
+    design is ``sigma_seed^2 / S + sigma_item^2 / N + sigma_resid^2 / (S N)``. The sample variance of the
+    per-seed means estimates the first and last terms together (``var(m_s) / S``), so it is always kept; the
+    shared-item term ``max(0, MS_item - MS_resid) / (S N)`` is added when positive. Returns (grand, var, df),
+    each of shape (L,).
     """
-    diff = np.asarray(diff, dtype=float)
-    _n_levels, s, n = diff.shape
-    seed_means = diff.mean(axis=2)  # (L, S)
-    item_means = diff.mean(axis=1)  # (L, N)
+    _n_levels, s, n = values.shape
+    seed_means = values.mean(axis=2)  # (L, S)
+    item_means = values.mean(axis=1)  # (L, N)
     grand = seed_means.mean(axis=1)
     ms_seed = n * seed_means.var(axis=1, ddof=1)
     ms_item = s * item_means.var(axis=1, ddof=1)
-    resid = diff - seed_means[:, :, None] - item_means[:, None, :] + grand[:, None, None]
+    resid = values - seed_means[:, :, None] - item_means[:, None, :] + grand[:, None, None]
     ms_resid = (resid**2).sum(axis=(1, 2)) / ((s - 1) * (n - 1))
     item_extra = np.maximum(ms_item - ms_resid, 0.0)
     var = (ms_seed + item_extra) / (s * n)
@@ -182,8 +182,23 @@ def t_bounds(diff, alpha, pooled_floor=True):
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(denom > 0, var**2 / denom, np.inf)
     # Floor at the seed term's own S - 1: the approximation can dip below it only through the -MS_resid part,
-    # which is a small correction; an all-zero level (denom 0) gets the large-sample quantile.
+    # which is a small correction; an all-equal array (denom 0) gets the large-sample quantile.
     df = np.clip(np.nan_to_num(df, nan=s - 1.0, posinf=1e9), s - 1.0, None)
+    return grand, var, df
+
+
+def t_bounds(diff, alpha, pooled_floor=True):
+    """(lower, upper) bounds on the mean drop over seeds and items for several seeds; also returns df.
+
+    ``diff`` has shape (L, S, N) with values in {-1, 0, 1}. The variance of the grand mean is the crossed
+    seeds x items one (`_crossed_mean`): per-seed drops plus the shared-item component, Satterthwaite degrees
+    of freedom; with seed variance dominating they fall to ``S - 1``: the plain t-interval over seeds.
+    ``pooled_floor`` keeps the bounds no tighter than the score bounds on the pooled ``S N`` pairs, because
+    the variance estimate is zero when no seed shows any flip.
+    """
+    diff = np.asarray(diff, dtype=float)
+    _n_levels, s, n = diff.shape
+    grand, var, df = _crossed_mean(diff)
     tq = stats.t.ppf(1.0 - alpha, df)
     half = tq * np.sqrt(var)
     lower, upper = grand - half, grand + half
@@ -193,6 +208,33 @@ def t_bounds(diff, alpha, pooled_floor=True):
         s_lo, s_up = score_bounds(b10, b01, s * n, alpha)
         lower, upper = np.minimum(lower, s_lo), np.maximum(upper, s_up)
     return lower, upper, df
+
+
+def accuracy_bounds(correct, alpha):
+    """One-sided (lower, upper) bounds on a mean accuracy from a boolean (S, N) seeds x items array.
+
+    The accuracy estimated is the mean over the population of items and (for S >= 2) of seeds, so items
+    shared by all seeds count once: the bounds are the wider of Clopper–Pearson on the N items (each item
+    contributing its mean over seeds) and, for S >= 2, the t bound with the crossed seeds x items variance
+    used for the drop (`t_bounds`). A baseline repeated identically for every seed (an ``(N,)`` baseline
+    broadcast to S rows) therefore gets the same bounds for every S >= 2, never narrower than N items allow.
+
+    >>> base = np.arange(300) % 10 != 0  # 270 of 300 right
+    >>> lo1, _ = accuracy_bounds(base[None], 0.05)
+    >>> lo5, _ = accuracy_bounds(np.broadcast_to(base, (5, 300)), 0.05)
+    >>> round(lo1, 4), round(lo5, 4)  # not the 0.8863 that 1500 independent items would give
+    (0.8668, 0.8668)
+    """
+    correct = np.asarray(correct)
+    s, n = correct.shape
+    k = float(correct.mean(axis=0).sum())
+    lo = float(clopper_pearson(k, n, alpha, "lower"))
+    up = float(clopper_pearson(k, n, alpha, "upper"))
+    if s > 1:
+        grand, var, df = _crossed_mean(correct[None].astype(float))
+        half = float(stats.t.ppf(1.0 - alpha, df[0]) * np.sqrt(var[0]))
+        lo, up = min(lo, float(grand[0]) - half), max(up, float(grand[0]) + half)
+    return max(lo, 0.0), min(up, 1.0)
 
 
 def bootstrap_bounds(diff, alpha, n_boot=2000, random_state=0):

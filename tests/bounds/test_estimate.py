@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from statsmodels.stats.proportion import proportion_confint
 
 from boundfinder.bounds import BoundEstimate, estimate_bound
 from boundfinder.errors import StatisticsError
@@ -144,6 +145,36 @@ def test_relative_drop_is_absolute_over_baseline_and_more_conservative_bound():
         # Relative bounds spend half of alpha on the baseline accuracy: never tighter.
         assert r.upper >= a.upper / base.mean() - 1e-12
     assert rel.bits >= ab.bits
+
+
+def _implied_baseline_lower(correct, base):
+    """The lower bound on the baseline accuracy that a relative bound divided by: the absolute upper bound at
+    alpha / 2 (confidence 0.975) over the relative one at confidence 0.95, at a level with a positive bound."""
+    bits = list(range(4, 4 + correct.shape[0]))
+    rel = estimate_bound(bits, correct, base, relative=True, fit_curve=False)
+    ab = estimate_bound(bits, correct, base, confidence=0.975, fit_curve=False)
+    return [a.upper / r.upper for a, r in zip(ab.levels, rel.levels, strict=True) if a.upper > 0]
+
+
+def test_relative_bound_does_not_count_a_broadcast_baseline_once_per_seed():
+    # One trained model (baseline (N,)) and S seeds of the reduced-precision runs (stochastic rounding, say):
+    # the baseline accuracy is known from N items whatever S is. Before the crossed variance, the (N,)
+    # baseline broadcast to S rows counted as S N independent items, and its lower bound rose with S.
+    rng = np.random.default_rng(11)
+    n = 2000
+    base = rng.random(n) < 0.9
+    by_s = {}
+    for s in (1, 2, 5, 20):
+        correct = base & (rng.random((2, s, n)) >= np.array([0.05, 0.01])[:, None, None])
+        by_s[s] = _implied_baseline_lower(correct if s > 1 else correct[:, 0], base)
+    one = min(by_s[1])
+    # Clopper-Pearson on the N items at alpha / 2 = 0.025 (statsmodels' two-sided 0.05 interval):
+    cp_n = proportion_confint(int(base.sum()), n, alpha=0.05, method="beta")[0]
+    assert one == pytest.approx(cp_n, rel=1e-9)
+    for s in (2, 5, 20):
+        for lo in by_s[s]:
+            assert lo <= one * (1 + 1e-9)  # never narrower than the N items allow
+            assert lo == pytest.approx(min(by_s[2]), rel=1e-9)  # and the same for every S
 
 
 def test_several_seeds_use_t_and_curve_fits():
