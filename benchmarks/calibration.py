@@ -11,6 +11,8 @@ experiments (`boundfinder.bounds.simulate.Scenario`, seeds fixed: repetition r o
 * mean: mean reported bits over the runs that reported one.
 
 Usage: ``python benchmarks/calibration.py [--reps 400] [--quick] [--methods auto,exact,pooled,...]``.
+``--adaptive`` instead compares levels fixed in advance with levels chosen by `suggest_next_bits` on the same
+items (`adaptive_study`).
 ``pooled`` is the item-only score bound on the S x N pairs pooled as if from one seed: what ignoring
 between-seed variance gives. ``bootstrap`` and ``curve`` are slower and run with ``--slow-reps``
 repetitions at ``--slow-ns`` only.
@@ -27,7 +29,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from boundfinder.bounds import estimate_bound
+from boundfinder.bounds import estimate_bound, suggest_next_bits
 from boundfinder.bounds.simulate import CURVE_FAMILIES, Scenario
 
 SEED_SD = 0.5  # sd of the log multiplier of a seed's drop: seeds ~1.6x apart at one sd
@@ -124,6 +126,73 @@ def study(reps, slow_reps, methods, quick, seed, confidence, slow_ns=(2000,), ou
     return rows
 
 
+def _adaptive_estimate(table, base, low, high, confidence):
+    """Bisection with `suggest_next_bits` on precomputed per-level results; the estimate on the visited levels."""
+    measured = []
+    kw = {"low": low, "high": high, "confidence": confidence}
+    nxt = suggest_next_bits([], np.zeros((0, base.size), bool), base, **kw)
+    while nxt is not None:
+        measured.append(nxt)
+        b = sorted(measured)
+        nxt = suggest_next_bits(b, np.stack([table[k] for k in b]), base, **kw)
+    b = sorted(measured)
+    est = estimate_bound(b, np.stack([table[k] for k in b]), base, confidence=confidence, fit_curve=False)
+    return est, len(b)
+
+
+def adaptive_study(reps, seed, confidence, n_items=2000, out=sys.stdout):
+    """Unsafe rate of the bound on levels 4..16 fixed in advance vs levels chosen by bisection, one seed.
+
+    * ``nested``: the ``exp2`` Scenario (errors nested across levels, as in real networks; true bound 10, the
+      level below it unsafe by 8% of the tolerance).
+    * ``independent``: levels 4..9 each truly unsafe by a hair (drop 0.0105: p10 0.0155, p01 0.005), 10..16
+      with no flip, every level flipping its own items (upper bounds not monotone in bits).
+
+    Repetition r of case k uses ``numpy.random.default_rng([seed, 100 + k, r])``. Column *monotone*: runs in
+    which no unsafe level's upper bound (all levels measured) is below that of the level just under the bound.
+    """
+    print(
+        "| case | N | runs | fixed: unsafe % | adaptive: unsafe % | adaptive: levels measured | monotone % |\n"
+        "|---|---:|---:|---:|---:|---:|---:|",
+        file=out,
+        flush=True,
+    )
+    bits = np.arange(4, 17)
+    for k, case in enumerate(("nested", "independent")):
+        truth = 10
+        fixed = adaptive = monotone = 0
+        n_measured = []
+        for r in range(reps):
+            rng = np.random.default_rng([seed, 100 + k, r])
+            if case == "nested":
+                sc = Scenario(family="exp2", n_items=n_items)
+                truth = sc.true_bound()
+                _, c3, b2 = sc.sample(rng)
+                correct, base = c3[:, 0], b2[0]
+            else:
+                base = rng.random(n_items) < 0.9
+                u = rng.random((bits.size, n_items))
+                p10 = np.where(bits < truth, 0.0155, 0.0)[:, None]
+                p01 = np.where(bits < truth, 0.005, 0.0)[:, None]
+                correct = np.where(base, u >= p10 / 0.9, u < p01 / 0.1)
+            full = estimate_bound(bits, correct, base, confidence=confidence, fit_curve=False)
+            est, m = _adaptive_estimate(
+                {int(b): correct[j] for j, b in enumerate(bits)}, base, 4, 16, confidence
+            )
+            n_measured.append(m)
+            fixed += full.bits is not None and full.bits < truth
+            adaptive += est.bits is not None and est.bits < truth
+            upper = np.array([lv.upper for lv in full.levels])
+            j = int(np.flatnonzero(bits == truth - 1)[0])
+            monotone += bool(np.all(upper[:j] >= upper[j]))
+        print(
+            f"| {case} | {n_items} | {reps} | {100 * fixed / reps:.1f} | {100 * adaptive / reps:.1f} | "
+            f"{np.mean(n_measured):.2f} | {100 * monotone / reps:.1f} |",
+            file=out,
+            flush=True,
+        )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=400, help="repetitions per setting (fast methods)")
@@ -140,6 +209,9 @@ def main(argv=None):
     ap.add_argument("--only-var", action="store_true", help="skip the settings without seed variance")
     ap.add_argument("--seed", type=int, default=20261128)
     ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument(
+        "--adaptive", action="store_true", help="levels fixed in advance vs chosen by suggest_next_bits"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.slow_reps = 40, 20
@@ -149,10 +221,19 @@ def main(argv=None):
         f"# {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {platform.platform()}; "
         f"python {platform.python_version()}; {os.cpu_count()} CPUs; numpy {np.__version__}\n"
         f"# tolerance 0.01 absolute, confidence {args.confidence}, levels 4..16 bits, baseline accuracy 0.9, "
-        f"item correlation across seeds 0.5, seed variance = {args.seed_dist} drop multiplier sd {SEED_SD}\n",
+        + (
+            "one seed, levels chosen by suggest_next_bits vs all levels\n"
+            if args.adaptive
+            else f"item correlation across seeds 0.5, seed variance = {args.seed_dist} drop multiplier sd {SEED_SD}\n"
+        ),
         flush=True,
     )
     t0 = time.perf_counter()
+    if args.adaptive:
+        for n in tuple(int(x) for x in args.ns.split(",") if x.strip()) or (2000,):
+            adaptive_study(args.reps, args.seed, args.confidence, n_items=n)
+        print(f"\n# total {time.perf_counter() - t0:.0f} s", flush=True)
+        return
     slow_ns = tuple(int(x) for x in args.slow_ns.split(",") if x.strip())
     study(
         args.reps,
