@@ -563,6 +563,41 @@ torch::Tensor fused_conv(const torch::Tensor& x, const torch::Tensor& w, const c
                           round_input);
 }
 
+// A 64-bit fingerprint of a tensor's bytes (a contiguous CPU tensor): emulation keys its cache of rounded
+// weights on it, since writes through `param.data` change the values without moving the version counter.
+// Eight polynomial lanes h = (h + word) * K over 8-byte words (K odd, so a change of any one word always
+// changes its lane), then the lanes, the tail bytes and the byte count mixed. Not cryptographic: it detects
+// changes, not adversaries. About a load and a multiply per 8 bytes: near memory speed.
+int64_t fingerprint(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "fingerprint needs a contiguous CPU tensor");
+  const auto* bytes = static_cast<const unsigned char*>(x.data_ptr());
+  const size_t n = static_cast<size_t>(x.numel()) * x.element_size();
+  constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
+  uint64_t lane[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const size_t words = n / 8;
+  size_t i = 0;
+  for (; i + 8 <= words; i += 8) {
+    uint64_t w[8];
+    std::memcpy(w, bytes + 8 * i, 64);
+    for (int k = 0; k < 8; ++k) lane[k] = (lane[k] + w[k]) * kMul;
+  }
+  for (; i < words; ++i) {
+    uint64_t w;
+    std::memcpy(&w, bytes + 8 * i, 8);
+    lane[0] = (lane[0] + w) * kMul;
+  }
+  uint64_t tail = 0;
+  if (n > 8 * words) std::memcpy(&tail, bytes + 8 * words, n - 8 * words);
+  uint64_t h = static_cast<uint64_t>(n);
+  for (int k = 0; k < 8; ++k) {
+    h = (h ^ lane[k]) * kMul;
+    h ^= h >> 32;
+  }
+  h = (h ^ tail) * kMul;
+  h ^= h >> 29;
+  return static_cast<int64_t>(h);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -575,6 +610,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_relu", &fused_relu, "an nn.ReLU with its layer-level roundings, one autograd node");
   m.def("fused_conv", &fused_conv, "an nn.Conv{1,2,3}d with its layer-level roundings, one autograd node");
   m.def("round_ste", &round_ste, "x rounded forward, its gradient rounded backward");
+  m.def("fingerprint", &fingerprint, "a 64-bit hash of a contiguous CPU tensor's bytes");
   m.def("round_blocks", &bf::round_blocks, "rows rounded in MX blocks, each block with its shared scale");
   m.def("round_affine_rows", &bf::round_affine_rows, "rows quantized to integers with their own min/max scales");
   m.def("exponent_histogram", &bf::exponent_histogram, "counts of the binary exponents of finite nonzero elements");

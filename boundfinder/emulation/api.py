@@ -51,15 +51,20 @@ class Emulation:
         self._layer: LayerEmulator | None = None
         self._op: OpEmulator | None = None
         self._batch: BatchEmulator | None = None
-        if level == "layer":
-            self._layer = LayerEmulator(model, plan, policy.rounding, generator, roles=LEVEL_ROLES["layer"])
-        elif level == "op":
-            fwd, bwd = _op_formats(plan, model)
-            self._op = OpEmulator(model, plan, fwd, bwd, policy.rounding, generator, accumulate_chunk)
-        else:
-            self._batch = BatchEmulator(model, plan, policy.rounding, generator)
-            if optimizer is not None:
-                self._batch.watch(optimizer)
+        # Each emulator undoes its own partial installation when it fails; this undoes the parts built before.
+        try:
+            if level == "layer":
+                self._layer = LayerEmulator(model, plan, policy.rounding, generator, roles=LEVEL_ROLES["layer"])
+            elif level == "op":
+                fwd, bwd = _op_formats(plan, model)
+                self._op = OpEmulator(model, plan, fwd, bwd, policy.rounding, generator, accumulate_chunk)
+            else:
+                self._batch = BatchEmulator(model, plan, policy.rounding, generator)
+                if optimizer is not None:
+                    self._batch.watch(optimizer)
+        except BaseException:
+            self.remove()
+            raise
         self.active = True
 
     def remove(self) -> None:

@@ -35,11 +35,13 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from boundfinder import native
+from boundfinder.errors import PolicyError
 from boundfinder.formats import BinaryFormat, Format
 from boundfinder.policy import parameter_role
 from boundfinder.quantize import quantize_ste
 
 from ._round import Rounder, is_elementwise_idempotent, is_identity, is_marked, make_rounder, mark
+from .inputs import ArgumentSelector
 
 __all__ = ["LayerEmulator"]
 
@@ -94,6 +96,8 @@ class _WeightGroup:
         self.params: list[torch.Tensor] = []
         self.tensors: list[torch.Tensor] | None = None
         self.versions: list[int] = []
+        self.pointers: list[int] = []
+        self.fingerprints: list[int | None] = []
         self.with_graph = False
         self.generation = 0
         # (extension, format, gradient format): with gradients, float32 CPU parameters are rounded by one C++
@@ -105,6 +109,12 @@ class _WeightGroup:
         self.native_graph = False  # whether the current graph is round_params'
 
     def add(self, param: torch.Tensor) -> int:
+        """The index of ``param`` in the group; a parameter already in it (tied weights: one Parameter held by
+        several layers) keeps its one entry, so every use shares one rounded tensor and the group's backward
+        rounds the sum of their gradients once, as for a layer called twice."""
+        for i, p in enumerate(self.params):
+            if p is param:
+                return i
         self.params.append(param)
         return len(self.params) - 1
 
@@ -115,11 +125,22 @@ class _WeightGroup:
         if (
             self.tensors is None
             or param._version != self.versions[index]
+            or param.data_ptr() != self.pointers[index]
             or (not self.with_graph and torch.is_grad_enabled() and param.requires_grad)
             or (self.native_graph and self.consumed_view[0] >= self.generation)
+            or (not self.with_graph and not self._same_content(index, param))
         ):
             self._compute()
         return self.tensors[index]
+
+    def _same_content(self, index: int, param: torch.Tensor) -> bool:
+        """Whether ``param`` still holds the bytes its cached rounding was computed from. Writes through
+        ``param.data`` (``p.data.mul_(2)``, ``p.data.copy_(ema)``) change the values without moving the version
+        counter, so rounded weights reused across forwards without gradients (evaluation) are keyed on a
+        fingerprint of the bytes too (native extension, float32 CPU: about a read of the parameter); a
+        parameter that cannot be fingerprinted is rounded again at every forward instead."""
+        fp = self.fingerprints[index]
+        return fp is not None and _fingerprint(param) == fp
 
     def round_all(self, params: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
         flat = torch.cat([p.reshape(-1) for p in params]) if len(params) > 1 else params[0].reshape(-1)
@@ -145,10 +166,23 @@ class _WeightGroup:
             self.tensors = self.round_all(params)
             self.with_graph = False
         self.versions = [p._version for p in params]
+        self.pointers = [p.data_ptr() for p in params]
+        # rounded weights kept for several forwards (no graph) are keyed on their parameters' bytes as well; a
+        # graph's are used by one forward and backward, keyed on version and data pointer only
+        self.fingerprints = [] if self.with_graph else [_fingerprint(p) for p in params]
 
     def clear(self) -> None:
         self.tensors = None
         self.native_graph = False
+
+
+def _fingerprint(t: torch.Tensor) -> int | None:
+    """A 64-bit hash of a float32 CPU tensor's bytes (native extension), or None where none can be taken."""
+    if not (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()
+            and type(t) in (torch.Tensor, nn.Parameter)):
+        return None
+    ext = native.load()
+    return ext.fingerprint(t) if ext is not None else None
 
 
 def _with_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -249,17 +283,19 @@ class _Side:
 # Layers whose output is on the grid of an element-wise format whenever their input is (they select, reorder
 # or zero elements), and whose input gradient is on the grid whenever their output gradient is. Rounding
 # those again would be a no-op, so it is skipped (max pooling only without overlapping windows, where the
-# backward scatters each output gradient to one input without sums).
+# backward scatters each output gradient to one input without sums). Exact classes only: a subclass may compute
+# something else in its forward (a scaled ReLU, an activation standing in for another), so it is rounded.
 _GRID_PRESERVING = (nn.ReLU, nn.Flatten, nn.Unflatten, nn.Identity)
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_POOL_DIMS = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 
 
 def _preserves_grid(module: nn.Module) -> tuple[bool, bool]:
     """(forward preserves the grid, backward preserves the grid)."""
-    if isinstance(module, _GRID_PRESERVING):
+    cls = type(module)
+    if cls in _GRID_PRESERVING:
         return True, True
-    if isinstance(module, _POOLS):
-        n = int(type(module).__name__[-2])
+    n = _POOL_DIMS.get(cls)
+    if n is not None:
         as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * n  # noqa: E731
         kernel, stride, dilation = (as_tuple(module.kernel_size), as_tuple(module.stride or module.kernel_size),
                                     as_tuple(module.dilation))
@@ -315,19 +351,71 @@ class LayerEmulator:
         must not round the rounding's own ops)."""
         self._outside_dispatch = outside_dispatch
         self._handles: list[Any] = []
-        self._swapped: dict[int, tuple[nn.Module, dict[str, nn.Parameter]]] = {}
+        # id(module) -> [module, {name: real parameter}, depth]: parameters swapped for their rounded values while
+        # the module's forward runs; ``depth`` counts nested calls (a module that calls itself, or a parent that
+        # swaps a child's parameters and then calls the child), and only the outermost restores
+        self._swapped: dict[int, list[Any]] = {}
         self._forwards: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
         self._rounders: dict[Format, Rounder] = {}
         self._ext: Any = None  # the native extension, loaded when a rounding of the plan can use it
         self._groups: dict[tuple[Format, Format | None], _WeightGroup] = {}
+        self._grad_hooked: set[int] = set()  # parameters whose .grad a post-accumulate hook rounds
         self.rounding = rounding
         self.generator = generator
         self.installed: dict[str, tuple[str, ...]] = {}
-        modules = dict(model.named_modules())
-        for name, formats in plan.items():
+        try:
+            if any(isinstance(m, nn.DataParallel) for m in model.modules()):
+                raise PolicyError(
+                    "nn.DataParallel cannot be emulated: it copies the layers for every call and runs the copies "
+                    "in threads, which would share one emulation. Use DistributedDataParallel (one process per "
+                    "device, each with its own emulated model), or emulate the module inside DataParallel and run "
+                    "it on one device."
+                )
+            modules = dict(model.named_modules())
             if roles is not None:
-                formats = {r: f for r, f in formats.items() if r in roles}
-            self._install(name, modules[name], formats)
+                plan = {name: {r: f for r, f in formats.items() if r in roles} for name, formats in plan.items()}
+            self._tied = self._tied_gradients(modules, plan)
+            for name, formats in plan.items():
+                self._install(name, modules[name], formats, modules)
+            # nn.DataParallel wrapped around the model after this point copies it for each device (its hooks
+            # shared with the copies): refuse to run a copy rather than compute with the original's weights
+            self._handles.append(model.register_forward_pre_hook(_refuse_replica))
+        except BaseException:
+            self.remove()  # the model as it was: no hook, no forward, no swapped parameter left behind
+            raise
+
+    def _tied_gradients(self, modules: dict[str, nn.Module], plan: dict[str, dict[str, Format]]) -> set[int]:
+        """Parameters used by several layers of the plan (tied weights) whose total gradient must be rounded once,
+        after autograd summed their uses, by a post-accumulate-grad hook: those whose layers round them to
+        different formats (each layer has its own rounded copy, so no single node sees the total). Tied parameters
+        rounded to one element-wise format share one entry of their group instead, whose backward sees the total.
+        Raises PolicyError when the layers give a tied parameter different ``weight_grad`` formats."""
+        uses: dict[int, list[tuple[str, str, Format | None, Format | None]]] = {}
+        for name, formats in plan.items():
+            for pname, param in _direct_parameters(modules[name]):
+                uses.setdefault(id(param), []).append(
+                    (name, pname, formats.get(parameter_role(pname)), formats.get("weight_grad")))
+        hooked = set()
+        for pid, entries in uses.items():
+            if len(entries) < 2:
+                continue
+            grads = {g for *_, g in entries}
+            if len(grads) > 1:
+                where = ", ".join(f"{n or '<root>'}.{p} (weight_grad {g})" for n, p, _, g in entries)
+                raise PolicyError(
+                    f"a parameter shared by several layers has one gradient, but the policy rounds it to different "
+                    f"weight_grad formats: {where}. Give these layers the same weight_grad format."
+                )
+            grad_fmt = next(iter(grads))
+            if grad_fmt is None or is_identity(grad_fmt):
+                continue
+            fmts = {f for _, _, f, _ in entries}
+            fmt = next(iter(fmts))
+            grouped = (len(fmts) == 1 and self._rounder(fmt) is not None and self._key(fmt) is not None
+                       and self._key(grad_fmt) is not None)
+            if not grouped:
+                hooked.add(pid)
+        return hooked
 
     # -- construction -----------------------------------------------------------------------------------------
     def _rounder(self, fmt: Format | None) -> Rounder | None:
@@ -373,13 +461,17 @@ class LayerEmulator:
             return _Side(fwd, bwd, key, hook_grad=output)
         return _Side(fwd, bwd, key, hook_grad=output, ext=self._ext, nfwd=nfwd, nbwd=nbwd)
 
-    def _install(self, name: str, module: nn.Module, formats: dict[str, Format]) -> None:
+    def _parameter_functions(self, module: nn.Module, formats: dict[str, Format]) -> list[tuple[str, Callable]]:
+        """(parameter name, rounding as used in forward) for the module's direct parameters; registers the
+        ``weight_grad`` rounding of those that a group's backward does not round."""
         params: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
-        grad_fmt = formats.get("weight_grad")
-        grad_rounder = self._rounder(grad_fmt)
-        for pname, param in module.named_parameters(recurse=False):
+        layer_grad_fmt = formats.get("weight_grad")
+        for pname, param in _direct_parameters(module):
             fmt = formats.get(parameter_role(pname))
             rounder = self._rounder(fmt)
+            # a tied parameter used with different formats: its total gradient is rounded after accumulation
+            grad_fmt = None if id(param) in self._tied else layer_grad_fmt
+            grad_rounder = self._rounder(grad_fmt)
             if (
                 rounder is not None
                 and self._key(fmt) is not None
@@ -394,11 +486,28 @@ class LayerEmulator:
                     group = self._groups[(fmt, grad_fmt)] = _WeightGroup(
                         rounder, _straight_through_grad(grad_rounder), specs)
                 params.append((pname, functools.partial(group.get, group.add(param))))
-                continue
-            if rounder is not None:
+                grad_rounder = None
+            elif rounder is not None:
                 params.append((pname, self._weight_function(fmt, rounder)))
-            if grad_rounder is not None and param.requires_grad:
+            if grad_rounder is None and id(param) in self._tied:
+                grad_rounder = self._rounder(layer_grad_fmt)
+            if grad_rounder is not None and param.requires_grad and id(param) not in self._grad_hooked:
+                # once per parameter, however many layers use it: .grad holds the sum of every use
+                self._grad_hooked.add(id(param))
                 self._handles.append(param.register_post_accumulate_grad_hook(_grad_hook(grad_rounder)))
+        return params
+
+    def _install(self, name: str, module: nn.Module, formats: dict[str, Format],
+                 modules: dict[str, nn.Module]) -> None:
+        params = self._parameter_functions(module, formats)
+        host = _parameter_host(name, module, modules)
+        if host is not None and params:
+            # a layer whose parameters its parent reads directly (nn.MultiheadAttention's out_proj): they are
+            # swapped for their rounded values while the parent's forward runs
+            parent, child = host
+            self._handles.append(parent.register_forward_pre_hook(
+                self._pre_hook(params, None, child=child), with_kwargs=True))
+            self._handles.append(parent.register_forward_hook(self._restore_hook(child=child), always_call=True))
         fwd_keeps, bwd_keeps = _preserves_grid(module)
         same_fwd = formats.get("input") == formats.get("activation") and self._key(formats.get("input"))
         same_bwd = formats.get("grad_output") == formats.get("grad_input") and self._key(formats.get("grad_input"))
@@ -408,7 +517,8 @@ class LayerEmulator:
         if not params and inputs is None and outputs is None and "weight_grad" not in formats:
             return
         self.installed[name] = tuple(formats)
-        pre_hook = self._pre_hook(params, inputs) if (params or inputs is not None) else None
+        pre_hook = self._pre_hook(params, inputs, ArgumentSelector(module) if inputs is not None else None) \
+            if (params or inputs is not None) else None
         output_hook = None
         if outputs is not None:
             # A layer whose backward keeps the grid hands back input gradients that are already rounded: mark
@@ -480,38 +590,52 @@ class LayerEmulator:
         return ste
 
     # -- hooks ------------------------------------------------------------------------------------------------
-    def _pre_hook(self, params, inputs: _Side | None):
+    def _pre_hook(self, params, inputs: _Side | None, selector: ArgumentSelector | None = None, *,
+                  child: str | None = None):
+        """Swap the parameters in (those of the module, or of its child ``child``) and round the data inputs."""
         swapped = self._swapped
         guard = torch._C._DisableTorchDispatch if self._outside_dispatch else contextlib.nullcontext
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-            if params and id(module) not in swapped:  # a re-entrant call keeps the outer swap
-                originals = {}
-                with guard():
-                    for pname, fn in params:
-                        p = module._parameters[pname]
-                        if p is None:
-                            continue
-                        originals[pname] = p
-                        module._parameters[pname] = fn(p)
-                swapped[id(module)] = (module, originals)
+            if module.__dict__.get("_is_replica"):
+                _refuse_replica(module, args)
+            if params:
+                owner = module if child is None else module._modules[child]
+                entry = swapped.get(id(owner))
+                if entry is not None:
+                    entry[2] += 1  # a nested call: the outer swap stays, and the outer restore puts them back
+                else:
+                    originals = {}
+                    with guard():
+                        for pname, fn in params:
+                            p = owner._parameters[pname]
+                            if p is None:
+                                continue
+                            originals[pname] = p
+                            owner._parameters[pname] = fn(p)
+                    swapped[id(owner)] = [owner, originals, 1]
             if inputs is not None:
-                args = tuple(tree_map(inputs.apply, a) if not isinstance(a, torch.Tensor) else inputs.apply(a)
-                             for a in args)
-                if kwargs:
-                    kwargs = tree_map(inputs.apply, kwargs)
-                return args, kwargs
+                apply = inputs.apply
+
+                def round_arg(a: Any) -> Any:
+                    return apply(a) if isinstance(a, torch.Tensor) else tree_map(apply, a)
+
+                return selector.apply(round_arg, args, kwargs)
             return None
 
         return pre_hook
 
-    def _restore_hook(self, output_hook=None):
+    def _restore_hook(self, output_hook=None, *, child: str | None = None):
         swapped = self._swapped
 
         def restore(module: nn.Module, args: tuple, output: Any) -> Any:
-            entry = swapped.pop(id(module), None)
+            owner = module if child is None else module._modules[child]
+            entry = swapped.get(id(owner))
             if entry is not None:
-                module._parameters.update(entry[1])
+                entry[2] -= 1
+                if entry[2] == 0:
+                    del swapped[id(owner)]
+                    owner._parameters.update(entry[1])
             # (when forward raised, ``output`` is None and the exception propagates whatever this returns)
             return output_hook(module, args, output) if output_hook is not None and output is not None else None
 
@@ -526,7 +650,7 @@ class LayerEmulator:
                 del module.forward
         self._forwards.clear()
         # Only reachable if remove() runs inside a forward: put the real parameters back.
-        for module, originals in self._swapped.values():
+        for module, originals, _depth in self._swapped.values():
             module._parameters.update(originals)
         self._swapped.clear()
         for group in self._groups.values():
@@ -676,3 +800,37 @@ def _grad_hook(rounder: Rounder):
                 param.grad.copy_(rounder(param.grad))
 
     return hook
+
+
+# Layers whose forward reads a child's parameters directly instead of calling the child: the child's parameter
+# roles are applied while the parent's forward runs (nn.MultiheadAttention passes out_proj.weight and
+# out_proj.bias to F.multi_head_attention_forward; out_proj's own forward never runs).
+_PARAMETER_CHILDREN: dict[type, tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
+
+
+def _parameter_host(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> tuple[nn.Module, str] | None:
+    """(parent, attribute name) when the parent's forward uses ``module``'s parameters without calling it."""
+    if not name:
+        return None
+    parent_name, _, attr = name.rpartition(".")
+    parent = modules.get(parent_name)
+    if parent is None or parent._modules.get(attr) is not module:
+        return None
+    for cls in type(parent).__mro__:
+        if attr in _PARAMETER_CHILDREN.get(cls, ()):
+            return parent, attr
+    return None
+
+
+def _direct_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return list(module.named_parameters(recurse=False))
+
+
+def _refuse_replica(module: nn.Module, args: Any) -> None:
+    if module.__dict__.get("_is_replica"):
+        raise PolicyError(
+            f"an emulated {type(module).__name__} is running as an nn.DataParallel replica: DataParallel copies "
+            "the layers for each device and call and runs them in threads, which would share one emulation (and "
+            "compute with the original's weights). Use DistributedDataParallel, one process per device, each "
+            "with its own emulated model."
+        )

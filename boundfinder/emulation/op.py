@@ -289,14 +289,17 @@ class OpEmulator:
         self.mode = RoundingMode(fwd, bwd, accumulate_chunk, grid_key=grid_key)
         self._tls = threading.local()
         self._removed = False
+        self._handles: list[Any] = []
         # Weights as used: the layer level's per-layer swap (works when only submodules are called, as in a
         # LightningModule's training_step), with its own ops kept out of this mode.
         self._weights = LayerEmulator(model, plan, rounding, generator, roles=("weight", "bias"),
                                       outside_dispatch=True)
-        self._handles = [
-            model.register_forward_pre_hook(self._root_pre_hook),
-            model.register_forward_hook(self._root_hook, always_call=True),
-        ]
+        try:
+            self._handles.append(model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+            self._handles.append(model.register_forward_hook(self._root_hook, always_call=True))
+        except BaseException:
+            self.remove()
+            raise
 
     # -- mode stack (per thread) ----------------------------------------------------------------------------
     def _depth(self) -> int:
@@ -324,10 +327,12 @@ class OpEmulator:
             self._exit()
 
     # -- hooks ----------------------------------------------------------------------------------------------
-    def _root_pre_hook(self, module: nn.Module, args: tuple) -> None:
+    def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._tls.outer = self._depth() > 0
         if not self._tls.outer:
-            self._tls.stop = {t.grad_fn for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
+            # the backward stops where the model's inputs came from (positional or keyword): what computed them
+            # is outside the emulated model
+            self._tls.stop = {t.grad_fn for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         self._enter()
 
     def _root_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
