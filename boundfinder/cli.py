@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -105,12 +106,79 @@ def _int_list(text: str) -> list[int]:
     return out
 
 
-def _builders() -> dict:
-    from boundfinder.models import MLP, LeNet, LogisticRegression
+def _json_object(text: str | None, flag: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BoundfinderError(f"{flag} takes a JSON object such as '{{\"hidden\": [64], \"lr\": 0.05}}', but got "
+                               f"{text!r} ({exc.msg}).") from None
+    if not isinstance(value, dict):
+        raise BoundfinderError(f"{flag} takes a JSON object (keyword arguments), but got {text!r}.")
+    return value
 
-    return {"mlp": lambda: MLP(hidden=(64,), lr=0.05, momentum=0.9),
-            "lenet": lambda: LeNet(lr=0.05, momentum=0.9),
-            "logreg": lambda: LogisticRegression(lr=0.05, momentum=0.9)}
+
+def _devices(text: str | None):
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _experiment(args: argparse.Namespace):
+    """The user's experiment from --model/--data/--config/--ckpt/--score and the Trainer options; fills in
+    ``args.epochs`` (``--epochs``, else the config's ``trainer.max_epochs``, else 15) and ``args.seeds``."""
+    from boundfinder.experiment import config_epochs, load_experiment
+
+    exp = load_experiment(model=args.model, data=args.data, model_args=_json_object(args.model_args, "--model-args"),
+                          data_args=_json_object(args.data_args, "--data-args"), config=args.config, ckpt=args.ckpt,
+                          score=args.score, trainer={"accelerator": args.accelerator,
+                                                     "devices": _devices(args.devices), "precision": args.precision})
+    if args.epochs is None:
+        args.epochs = config_epochs(args.config) or 15
+    if args.seeds is None and not exp.trained:
+        args.seeds = "0,1,2"
+    return exp
+
+
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    return None if args.seeds is None else _int_list(args.seeds)
+
+
+def _models_line(exp, n_items: int, seeds) -> str:
+    """``model mlp on digits (449 test items, seeds [0, 1, 2])``: the head line of every report."""
+    if exp.trained:
+        where = f" from {exp.checkpoint}" if exp.checkpoint else ""
+        return f"model {exp.model_name} on {exp.data_name} ({n_items} test items, the trained model{where}, as it is)"
+    return f"model {exp.model_name} on {exp.data_name} ({n_items} test items, seeds {list(seeds)})"
+
+
+def _experiment_params(exp) -> dict:
+    """What MLflow records of the experiment beyond the result's own description: the Trainer settings and the
+    data's class."""
+    d = exp.describe()
+    return {"data_class": d["data_class"], **{f"trainer.{k}": v for k, v in d["trainer"].items()}}
+
+
+@contextlib.contextmanager
+def _mlflow_run(args: argparse.Namespace, kind: str, title: str):
+    """With --mlflow, a run opened before the work (so that it spans the training) and closed as FAILED or
+    KILLED if the work stops; ``args.run_id`` is the run ``_publish`` fills."""
+    args.run_id = None
+    if args.mlflow is None:
+        yield
+        return
+    from boundfinder.reports.mlflow_log import end_run, start_run
+
+    args.run_id = start_run(tracking_uri=args.mlflow, experiment=args.experiment, run_name=title, kind=kind)
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_run(args.run_id, tracking_uri=args.mlflow, status="KILLED", reason="interrupted")
+        raise
+    except BaseException as exc:
+        end_run(args.run_id, tracking_uri=args.mlflow, status="FAILED", reason=str(exc) or type(exc).__name__)
+        raise
 
 
 def _check_mlflow(args: argparse.Namespace) -> None:
@@ -153,17 +221,18 @@ def _publish(args: argparse.Namespace, kind: str, summary: dict, html: Callable[
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from boundfinder.data import DigitsDataModule
     from boundfinder.search.sweep import precision_sweep
 
     _check_mlflow(args)
-    dm = DigitsDataModule(batch_size=64, seed=0)
-    result = precision_sweep(_builders()[args.model], dm, args.family, _int_list(args.bits), level=args.level,
-                             rounding=args.rounding, roles=[r for r in args.roles.split(",") if r],
-                             layers=args.layers, seeds=_int_list(args.seeds), epochs=args.epochs,
-                             train_under_emulation=args.train)
-    bound = result.bound(tolerance=args.tolerance, confidence=args.confidence)
-    print(f"model {args.model} on digits ({result.correct.shape[2]} test items, seeds {list(result.seeds)}), "
+    exp = _experiment(args)
+    title = f"{exp.model_name} on {exp.data_name}: {args.family}, {args.level} level"
+    with _mlflow_run(args, "sweep", title):
+        result = precision_sweep(exp, None, args.family, _int_list(args.bits), level=args.level,
+                                 rounding=args.rounding, roles=[r for r in args.roles.split(",") if r],
+                                 layers=args.layers, seeds=_seeds(args), epochs=args.epochs,
+                                 train_under_emulation=args.train)
+        bound = result.bound(tolerance=args.tolerance, confidence=args.confidence)
+    print(f"{_models_line(exp, result.correct.shape[2], result.seeds)}, "
           f"level {args.level}, roles {','.join(result.roles)}, rounding {args.rounding}")
     print(f"full precision accuracy: {result.baseline_accuracy:.4f}\n")
     print(f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}")
@@ -174,7 +243,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               f"batch {d['batch']}; that fit stopped there and the model was measured as it was")
     print()
     print(bound.report())
-    title = f"{args.model} on digits: {args.family}, {args.level} level"
+    if exp.trained:
+        print(f"claim: {result.claim}")
 
     def html() -> str:
         from boundfinder.reports.html import sweep_html
@@ -185,7 +255,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from boundfinder.reports.mlflow_log import log_sweep
 
         return log_sweep(result, bound, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
-                         params={"model": args.model, "rounding": args.rounding, "epochs": args.epochs,
+                         run_id=args.run_id,
+                         params={**_experiment_params(exp), "rounding": args.rounding,
+                                 "epochs": "none (trained model)" if exp.trained else args.epochs,
                                  "train_under_emulation": args.train, "layers": args.layers})
 
     _publish(args, "sweep", {"sweep": result.summary(), "bound": bound.summary()}, html, log)
@@ -197,26 +269,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         fig, ax = plt.subplots(figsize=(6, 4))
         bound.plot(ax)
-        ax.set_title(f"{args.model} on digits: {args.family}, {args.level} level")
+        ax.set_title(title)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
     return 0
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from boundfinder.data import DigitsDataModule
     from boundfinder.search.sensitivity import precision_sensitivity
 
     _check_mlflow(args)
+    exp = _experiment(args)
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
-    result = precision_sensitivity(
-        _builders()[args.model], DigitsDataModule(batch_size=64, seed=0), args.family, _int_list(args.bits),
-        layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
-        level=args.level, rounding=args.rounding, seeds=_int_list(args.seeds), epochs=args.epochs,
-        tolerance=args.tolerance, confidence=args.confidence, simultaneous=not args.per_bound)
-    print(f"model {args.model} on digits ({result.cells[0].sweep.correct.shape[2]} test items)")
+    title = f"{exp.model_name} on {exp.data_name}: sensitivity to {args.family}, {args.level} level"
+    with _mlflow_run(args, "sensitivity", title):
+        result = precision_sensitivity(
+            exp, None, args.family, _int_list(args.bits),
+            layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
+            level=args.level, rounding=args.rounding, seeds=_seeds(args), epochs=args.epochs,
+            tolerance=args.tolerance, confidence=args.confidence, simultaneous=not args.per_bound)
+    n_items = result.cells[0].sweep.correct.shape[2]
+    print(_models_line(exp, n_items, result.seeds) if exp.trained else
+          f"model {exp.model_name} on {exp.data_name} ({n_items} test items)")
     print(result.report())
-    title = f"{args.model} on digits: sensitivity to {args.family}, {args.level} level"
 
     def html() -> str:
         from boundfinder.reports.html import sensitivity_html
@@ -227,7 +302,9 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         from boundfinder.reports.mlflow_log import log_sensitivity
 
         return log_sensitivity(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
-                               params={"model": args.model, "rounding": args.rounding, "epochs": args.epochs,
+                               run_id=args.run_id,
+                               params={**_experiment_params(exp), "rounding": args.rounding,
+                                       "epochs": "none (trained model)" if exp.trained else args.epochs,
                                        "roles": ",".join(dict.fromkeys(c.role for c in result.cells)),
                                        "layers": args.layers or "every layer with parameters"})
 
@@ -240,22 +317,23 @@ def _cmd_search(args: argparse.Namespace) -> int:
         import optuna
     except ImportError:
         raise BoundfinderError("`boundfinder search` needs Optuna: pip install 'boundfinder[search]'.") from None
-    from boundfinder.data import DigitsDataModule
     from boundfinder.search.study import precision_search
     from boundfinder.search.sweep import INFERENCE_ROLES
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_mlflow(args)
+    exp = _experiment(args)
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
     try:
-        result = precision_search(
-            _builders()[args.model], DigitsDataModule(batch_size=64, seed=0), args.family, _int_list(args.bits),
-            layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
-            level=args.level, rounding=args.rounding, switch=None if args.switch is None else _int_list(args.switch),
-            seeds=_int_list(args.seeds), epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence,
-            n_trials=args.trials, timeout=args.timeout, storage=args.storage or None, study_name=args.study,
-            sampler_seed=args.seed, heartbeat_interval=args.heartbeat, model_name=args.model,
-            confirm=not args.no_confirm)
+        with _mlflow_run(args, "search", f"search {exp.model_name} {args.family}, {args.level} level"):
+            result = precision_search(
+                exp, None, args.family, _int_list(args.bits),
+                layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
+                level=args.level, rounding=args.rounding,
+                switch=None if args.switch is None else _int_list(args.switch), seeds=_seeds(args),
+                epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence, n_trials=args.trials,
+                timeout=args.timeout, storage=args.storage or None, study_name=args.study, sampler_seed=args.seed,
+                heartbeat_interval=args.heartbeat, confirm=not args.no_confirm)
     except KeyboardInterrupt:
         where = args.storage or "memory (lost)"
         print(f"boundfinder: interrupted; every finished trial is in {where}: run the same command to go on.",
@@ -274,8 +352,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         roles = args.roles or ("every role of the level" if args.switch else ",".join(INFERENCE_ROLES))
         return log_search(result, tracking_uri=args.mlflow, experiment=args.experiment, run_name=title,
-                          params={"model": args.model, "level": args.level, "rounding": args.rounding,
-                                  "roles": roles, "seeds": args.seeds, "epochs": args.epochs, "bits": args.bits})
+                          run_id=args.run_id,
+                          params={**_experiment_params(exp), "level": args.level, "rounding": args.rounding,
+                                  "roles": roles, "seeds": args.seeds or "none (trained model)",
+                                  "epochs": "none (trained model)" if exp.trained else args.epochs,
+                                  "bits": args.bits})
 
     _publish(args, "search", result.summary(), html, log)
     return 0
@@ -292,14 +373,36 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser, *, bits_help: str) -> None:
     """What every training command shares: the model, the format family and its widths, level, rounding, seeds,
     epochs."""
-    p.add_argument("--model", choices=["mlp", "lenet", "logreg"], default="mlp")
+    g = p.add_argument_group("your experiment (default: the built-in mlp on the embedded digits data)")
+    g.add_argument("--model", default=None, metavar="NAME", help="a built-in model (mlp, lenet, logreg; default "
+                   "mlp) or your own: package.module:Name or path/to/file.py:Name of a LightningModule class or a "
+                   "function returning one")
+    g.add_argument("--model-args", default=None, metavar="JSON", help="the model's keyword arguments as a JSON "
+                   "object, e.g. '{\"d_model\": 32}' (override the config's)")
+    g.add_argument("--data", default=None, metavar="NAME", help="built-in data (digits, the default) or your "
+                   "LightningDataModule: package.module:Name or path/to/file.py:Name (class or function)")
+    g.add_argument("--data-args", default=None, metavar="JSON", help="the DataModule's keyword arguments as JSON")
+    g.add_argument("--config", default=None, metavar="FILE.yaml", help="a LightningCLI config: its model: and "
+                   "data: sections (class_path + init_args) and trainer: settings (accelerator, devices, "
+                   "precision; max_epochs when --epochs is not given)")
+    g.add_argument("--ckpt", default=None, metavar="PATH", help="a trained model's checkpoint: evaluate that model "
+                   "as it is, no training (the confidence statement is then about this one model); needs the "
+                   "model's class from --model or --config")
+    g.add_argument("--score", default=None, metavar="FN", help="which items are right: top1 (default, class "
+                   "logits [batch, classes]), top5, or package.module:fn / file.py:fn, a function "
+                   "score(model, batch) -> tensor[batch] of bools")
+    g.add_argument("--accelerator", default=None, help="Lightning accelerator for training and evaluation (cpu, "
+                   "gpu, auto; default: the config's, else auto, cpu for the built-in models)")
+    g.add_argument("--devices", default=None, help="Lightning devices (default 1)")
+    g.add_argument("--precision", default=None, help="Lightning training precision (32, bf16-mixed, 16-mixed, ...)")
     p.add_argument("--family", default="e8m{b}", help="format family with a {b} placeholder (default: e8m{b}, "
                    "float32's exponent with b fraction bits, as the 2017 study)")
     p.add_argument("--bits", default="0-10", help=bits_help)
     p.add_argument("--level", choices=["layer", "op", "batch"], default="layer")
     p.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seeds", default=None, help="training seeds (default 0,1,2; none with --ckpt)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's "
+                   "trainer.max_epochs, else 15)")
 
 
 def _bound_args(p: argparse.ArgumentParser, *, confidence_help: str | None = None) -> None:

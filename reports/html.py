@@ -70,6 +70,25 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
     return "–" if v is None or not np.isfinite(v) else format(v, fmt)
 
 
+def _experiment_html(result) -> str:
+    """What was measured and what the claim covers: model class, data, checkpoint, score."""
+    exp = getattr(result, "experiment", None) or {}
+    if not exp:
+        return ""
+    ckpt = exp.get("checkpoint")
+    parts = [f"model <b>{html.escape(str(exp.get('model')))}</b> ({html.escape(str(exp.get('model_class')))})",
+             f"data {html.escape(str(exp.get('data')))}",
+             f"checkpoint {html.escape(ckpt)}" if ckpt else "trained from seeds",
+             f"score {html.escape(str(exp.get('score')))}"]
+    claim = getattr(result, "claim", "")
+    return (f'<p class="experiment">{"; ".join(parts)}</p>'
+            + (f"<p>the confidence statement covers {html.escape(claim)}</p>" if claim else ""))
+
+
+def _models(seeds) -> str:
+    return f"{len(seeds)} seeds" if seeds else "the given trained model"
+
+
 def sweep_html(sweep, bound, *, title: str) -> str:
     """The report of a sweep (``SweepResult``) and its bound (``BoundEstimate``)."""
     lo, hi = bound.ci
@@ -78,9 +97,9 @@ def sweep_html(sweep, bound, *, title: str) -> str:
     rows = [([str(lv.bits), fmt, _num(lv.accuracy), _num(lv.drop), _num(lv.upper), "yes" if lv.declared_safe
               else "no"], lv.declared_safe) for lv, fmt in zip(bound.levels, sweep.formats, strict=True)]
     body = [
-        f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(bound.reason)}</p>",
+        f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(bound.reason)}</p>", _experiment_html(sweep),
         f"<p>family {html.escape(sweep.family)}, level {html.escape(sweep.level)}, roles "
-        f"{html.escape(', '.join(sweep.roles))}; {sweep.correct.shape[2]} test items × {len(sweep.seeds)} seeds; "
+        f"{html.escape(', '.join(sweep.roles))}; {sweep.correct.shape[2]} test items × {_models(sweep.seeds)}; "
         f"full-precision accuracy {sweep.baseline_accuracy:.4f}; tolerance {bound.tolerance:g}, method "
         f"{html.escape(bound.method)}</p>",
         *([f"<p>training diverged (NaN or infinite loss; the fit stopped there and the model was measured as it "
@@ -123,7 +142,7 @@ def search_html(result, *, title: str) -> str:
     if result.chosen is not None:
         verdict = (f"chosen: <b>{html.escape(result.chosen.describe())}</b> ({result.chosen.cost:.3f} "
                    f"{html.escape(result.cost_label)})")
-    body = [f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(result.reason)}</p>",
+    body = [f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(result.reason)}</p>", _experiment_html(result),
             f"<p>study {html.escape(result.study_name)} in {html.escape(result.storage)}; family "
             f"{html.escape(result.family)}; {result.n_configurations} configurations measured; groups "
             f"{html.escape(', '.join(result.groups))}"
@@ -135,7 +154,8 @@ def search_html(result, *, title: str) -> str:
                 for c, lv in reversed(list(zip(result.candidates, conf.levels, strict=True)))]
         body += ["<h2>Candidates against cost</h2>", _img(figure_png(lambda ax: search_plot(result, ax)),
                                                           "test drop against cost"),
-                 f"<h2>Candidates</h2><p>tested on {conf.n_items} test items × {conf.n_seeds} fresh seeds, from the "
+                 f"<h2>Candidates</h2><p>tested on {conf.n_items} test items × "
+                 f"{f'{conf.n_seeds} fresh seeds' if result.confirm_seeds else 'the given trained model'}, from the "
                  f"most expensive down ({html.escape(conf.method)}, {conf.confidence:.0%} confidence)</p>",
                  _table(["bits/param", "val drop", "test drop", "upper bound", "declared safe", "configuration"],
                         rows, text_columns=1)]
@@ -182,11 +202,13 @@ def sensitivity_html(result, *, title: str) -> str:
                      b.bits is not None))
     body = [
         f'<p class="verdict">minimum safe bits of {html.escape(result.family)} per layer and role, each alone '
-        f"(everything else at full precision)</p>",
+        f"(everything else at full precision)</p>", _experiment_html(result),
         f"<p>{result.confidence:.0%} confidence "
         + (f"for all {len(result.cells)} bounds together (each at {result.per_bound_confidence:.4g}, Bonferroni)"
            if result.simultaneous else "for each bound on its own")
-        + f"; {result.level} level; seeds {html.escape(str(list(result.seeds)))}; full-precision accuracy "
+        + f"; {result.level} level; "
+        + (f"seeds {html.escape(str(list(result.seeds)))}" if result.seeds else "the given trained model")
+        + "; full-precision accuracy "
         f"{result.baseline_accuracy:.4f}; tolerance {result.tolerance:g}</p>",
         _img(sensitivity_png(result), "minimum safe bits"),
         "<h2>Cells</h2>",

@@ -36,7 +36,8 @@ from typing import Any
 
 from boundfinder.errors import BoundfinderError
 
-__all__ = ["DEFAULT_TRACKING_URI", "check_tracking_uri", "log_search", "log_sensitivity", "log_sweep"]
+__all__ = ["DEFAULT_TRACKING_URI", "check_tracking_uri", "end_run", "log_search", "log_sensitivity", "log_sweep",
+           "start_run"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -81,20 +82,54 @@ def _metric_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
+def start_run(*, tracking_uri: str | None = None, experiment: str = "boundfinder", run_name: str | None = None,
+              kind: str) -> str:
+    """Open a run before the work it will report (training included), so that its start and end times span the
+    work; ``log_sweep`` / ``log_search`` / ``log_sensitivity`` with ``run_id=`` fill and finish it, and
+    :func:`end_run` closes it as FAILED or KILLED when the work stops. Returns the run id."""
+    import mlflow
+
+    uri = check_tracking_uri(tracking_uri)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.create_run(_experiment(client, uri, experiment), run_name=run_name,
+                                tags={"boundfinder.kind": kind, "boundfinder.status": "running",
+                                      "mlflow.note.content": "running"})
+    except Exception as exc:  # stores raise their own driver's errors: each becomes one message
+        raise BoundfinderError(f"logging to MLflow at {uri} failed: {_cause(exc)}; nothing was run.") from exc
+    return run.info.run_id
+
+
+def end_run(run_id: str, *, tracking_uri: str | None = None, status: str = "FAILED", reason: str = "") -> None:
+    """Close a run opened by :func:`start_run` whose work did not finish (``FAILED``, or ``KILLED`` on Ctrl-C),
+    saying why in its description. Errors of the store are swallowed: the work's own error is the one to see."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        client = mlflow.MlflowClient(tracking_uri=check_tracking_uri(tracking_uri))
+        client.set_tag(run_id, "mlflow.note.content", f"{status.lower()}: {reason}" if reason else status.lower())
+        client.set_tag(run_id, "boundfinder.status", status.lower())
+        client.set_terminated(run_id, status=status)
+
+
 def _log(uri: str | None, experiment: str, run_name: str | None, *, params: dict[str, Any],
          metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: dict[str, bytes | str],
-         children: list[dict[str, Any]] = ()) -> str:
-    """One run; each of ``children`` (``run_name``, ``params``, ``metrics``, ``tags``) becomes a run nested under
-    it (MLflow's ``mlflow.parentRunId`` tag), finished before the parent is."""
+         children: list[dict[str, Any]] = (), run_id: str | None = None) -> str:
+    """One run (``run_id``: one opened by :func:`start_run`, else a new one); each of ``children`` (``run_name``,
+    ``params``, ``metrics``, ``tags``) becomes a run nested under it (MLflow's ``mlflow.parentRunId`` tag),
+    finished before the parent is."""
     import mlflow
 
     uri = check_tracking_uri(uri)
-    run_id = None
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment_id = _experiment(client, uri, experiment)
-        run = client.create_run(experiment_id, run_name=run_name)
-        run_id = run.info.run_id
+        if run_id is None:
+            experiment_id = _experiment(client, uri, experiment)
+            run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        else:
+            experiment_id = client.get_run(run_id).info.experiment_id
+            if run_name:
+                client.update_run(run_id, name=run_name)
         _log_batch(client, run_id, params, metrics, tags)
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in artifacts.items():
@@ -158,9 +193,21 @@ def _finite(v) -> bool:
     return v is not None and v == v and abs(v) != float("inf")
 
 
+def _experiment_params(result) -> dict[str, Any]:
+    """The experiment a result measured (model class, data, checkpoint, score) and what its claim covers."""
+    exp = getattr(result, "experiment", None) or {}
+    out = {k: exp[k] for k in ("model", "model_class", "data", "score") if exp.get(k) is not None}
+    if exp:
+        out["checkpoint"] = exp.get("checkpoint") or "none (trained from seeds)"
+    if getattr(result, "claim", ""):
+        out["claim"] = result.claim
+    return out
+
+
 def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
-              run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
-    """Log a ``SweepResult`` and its ``BoundEstimate`` as one MLflow run; returns the run id."""
+              run_name: str | None = None, params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
+    """Log a ``SweepResult`` and its ``BoundEstimate`` as one MLflow run (``run_id``: the run
+    :func:`start_run` opened before the work); returns the run id. The run's description is the verdict line."""
     from boundfinder.reports.html import figure_png, sweep_html
 
     metrics: list[tuple[str, float, int]] = []
@@ -179,9 +226,10 @@ def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str 
         params={"kind": "sweep", "family": sweep.family, "bits": list(sweep.bits), "level": sweep.level,
                 "roles": ",".join(sweep.roles), "seeds": list(sweep.seeds), "items": int(sweep.correct.shape[2]),
                 "tolerance": bound.tolerance, "confidence": bound.confidence, "method": bound.method,
-                "relative": bound.relative, **(params or {})},
-        metrics=metrics,
-        tags={"boundfinder.kind": "sweep", "boundfinder.status": bound.status, "boundfinder.reason": bound.reason,
+                "relative": bound.relative, **_experiment_params(sweep), **(params or {})},
+        metrics=metrics, run_id=run_id,
+        tags={"mlflow.note.content": bound.report().splitlines()[0],
+              "boundfinder.kind": "sweep", "boundfinder.status": bound.status, "boundfinder.reason": bound.reason,
               "boundfinder.diverged": "; ".join(f"{d['format']} seed {d['seed']} at epoch {d['epoch']} batch "
                                                 f"{d['batch']}" for d in sweep.diverged) or "none"},
         artifacts={"summary.json": json.dumps({"sweep": sweep.summary(), "bound": bound.summary()}, indent=2),
@@ -191,8 +239,9 @@ def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str 
 
 
 def log_search(result, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
-               run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
-    """Log a ``SearchResult`` as one MLflow run; returns the run id."""
+               run_name: str | None = None, params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
+    """Log a ``SearchResult`` as one MLflow run (``run_id``: the run :func:`start_run` opened before the work);
+    returns the run id. The run's description is the verdict line."""
     from boundfinder.reports.html import figure_png, search_html, search_plot
 
     metrics: list[tuple[str, float, int]] = [("n_configurations", result.n_configurations, 0)]
@@ -220,14 +269,23 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
                 **({"switch_points": list(result.switch_points), "epochs": result.epochs}
                    if result.switch_points else {}),
                 **({"tolerance": conf.tolerance, "confidence": conf.confidence, "method": conf.method}
-                   if conf is not None else {}), **(params or {})},
-        metrics=metrics,
-        tags={"boundfinder.kind": "search", "boundfinder.reason": result.reason,
+                   if conf is not None else {}), **_experiment_params(result), **(params or {})},
+        metrics=metrics, run_id=run_id,
+        tags={"mlflow.note.content": _search_verdict(result),
+              "boundfinder.kind": "search", "boundfinder.reason": result.reason,
               "boundfinder.status": "not confirmed" if conf is None else conf.status,
               "boundfinder.chosen": "" if result.chosen is None else result.chosen.describe()},
         artifacts=artifacts,
         children=_configuration_runs(result),
     )
+
+
+def _search_verdict(result) -> str:
+    if result.chosen is not None:
+        return f"chosen: {result.chosen.describe()} ({result.chosen.cost:.3f} {result.cost_label})"
+    if result.confirmation is None:
+        return f"{result.n_configurations} configurations measured, not certified"
+    return f"no configuration certified: {result.reason}"
 
 
 def _group_keys(groups) -> dict[str, str]:
@@ -273,8 +331,10 @@ def _configuration_runs(result) -> list[dict[str, Any]]:
 
 
 def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
-                    run_name: str | None = None, params: dict[str, Any] | None = None) -> str:
-    """Log a ``SensitivityResult`` as one MLflow run; returns the run id."""
+                    run_name: str | None = None, params: dict[str, Any] | None = None,
+                    run_id: str | None = None) -> str:
+    """Log a ``SensitivityResult`` as one MLflow run (``run_id``: the run :func:`start_run` opened before the
+    work); returns the run id. The run's description lists the minimum safe bits of every cell."""
     from boundfinder.reports.html import sensitivity_html, sensitivity_png
 
     layers = _group_keys(dict.fromkeys(c.layer for c in result.cells))
@@ -292,11 +352,17 @@ def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str 
         params={"kind": "sensitivity", "family": result.family, "bits": list(result.bits), "level": result.level,
                 "seeds": list(result.seeds), "confidence": result.confidence, "simultaneous": result.simultaneous,
                 "per_bound_confidence": result.per_bound_confidence, "tolerance": result.tolerance,
-                "cells": len(result.cells), **(params or {})},
-        metrics=metrics,
-        tags={"boundfinder.kind": "sensitivity",
+                "cells": len(result.cells), **_experiment_params(result), **(params or {})},
+        metrics=metrics, run_id=run_id,
+        tags={"mlflow.note.content": _sensitivity_verdict(result), "boundfinder.kind": "sensitivity",
               "boundfinder.status": ",".join(sorted({c.bound.status for c in result.cells}))},
         artifacts={"summary.json": json.dumps(result.summary(), indent=2),
                    "min_safe_bits.png": sensitivity_png(result),
                    "report.html": sensitivity_html(result, title=title)},
     )
+
+
+def _sensitivity_verdict(result) -> str:
+    cells = ", ".join(f"{c.layer}/{c.role} {'-' if c.bound.bits is None else c.bound.bits}" for c in result.cells)
+    together = "together" if result.simultaneous else "each"
+    return f"minimum safe bits ({result.confidence:.0%} {together}): {cells}"

@@ -2,14 +2,15 @@
 
 A configuration gives each layer group a format. Two ways to measure it:
 
-- :class:`Rounded` (post-training precision): the full-precision model of each seed runs under the formats;
+- :class:`Rounded` (post-training precision): the full-precision model of each seed (or the one trained model
+  given) runs under the formats;
 - :class:`Switched` (low -> high precision training, the 2017 study's switching hypothesis): a model per seed is
   trained under the formats from epoch 0 until the configuration's switch epoch and at full precision from
   then on, then measured at full precision. Switch epoch 0 is full-precision training throughout: exactly the
   baseline models, which are reused, not trained again.
 
 Both return ``correct[s, i]``: item ``i`` right with seed ``s``, next to ``baseline[s, i]`` of the full-precision
-model of the same seed.
+model of the same seed. What "right" means is the experiment's score.
 """
 
 from __future__ import annotations
@@ -21,25 +22,31 @@ import numpy as np
 import torch
 
 from boundfinder.errors import BoundfinderError
+from boundfinder.experiment import Experiment
 from boundfinder.policy import PrecisionPolicy
-from boundfinder.search.sweep import _full_precision_diverged, _predict, _predict_under, _seeded_model, _train
+from boundfinder.search.sweep import _full_precision_diverged, _measure, _measure_under, _train
 
 __all__ = ["Rounded", "Switched", "trained"]
 
 
-def trained(build_model: Callable[[], torch.nn.Module], datamodule, seeds: Sequence[int], epochs: int,
-            callbacks: Callable[[int], list] | None = None,
+def trained(exp: Experiment, seeds: Sequence[int], epochs: int, callbacks: Callable[[int], list] | None = None,
             diverged: list[dict[str, Any]] | None = None) -> list[torch.nn.Module]:
-    """One model per seed, each built and trained from its seed alone (``callbacks(seed)`` attached).
+    """One model per seed, each built and trained from its seed alone (``callbacks(seed)`` attached); for an
+    experiment whose model is trained already, that model (``seeds`` is then empty).
 
     A training loss that becomes NaN or infinite stops that model's fit; the model is kept as it is and
     ``{"seed", "epoch", "batch", "step", "loss"}`` is appended to ``diverged``. Without ``callbacks`` the models
     are full precision: there a divergence is the user's model or learning rate, a :class:`BoundfinderError`.
     """
+    if exp.trained:
+        if callbacks is not None:
+            raise BoundfinderError(exp.needs_training("training under a precision"))
+        return [exp.model]
     models = []
     for seed in seeds:
-        model = _seeded_model(build_model, seed)
-        failed = _train(model, datamodule, epochs=epochs, seed=seed, callbacks=callbacks(seed) if callbacks else ())
+        model = exp.build(seed)
+        failed = _train(model, exp.data, epochs=epochs, seed=seed, callbacks=callbacks(seed) if callbacks else (),
+                        trainer=dict(exp.trainer))
         if failed is not None:
             if callbacks is None:
                 raise _full_precision_diverged(seed, failed)
@@ -51,27 +58,22 @@ def trained(build_model: Callable[[], torch.nn.Module], datamodule, seeds: Seque
     return models
 
 
-def _correct(model: torch.nn.Module, loader) -> np.ndarray:
-    pred, target = _predict(model, loader)
-    return (pred == target).numpy()
-
-
 class Rounded:
-    """The full-precision model of each seed evaluated under a configuration's formats."""
+    """The full-precision model of each seed evaluated under a configuration's formats, on ``split``."""
 
-    def __init__(self, models, loader_fn, level: str, rounding: str, roles: tuple[str, ...]) -> None:
-        self.models, self.loader_fn, self.level, self.rounding, self.roles = models, loader_fn, level, rounding, roles
-        self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
+    def __init__(self, exp: Experiment, models, split: str, level: str, rounding: str,
+                 roles: tuple[str, ...]) -> None:
+        self.exp, self.models, self.split = exp, models, split
+        self.level, self.rounding, self.roles = level, rounding, roles
+        self.device = exp.device
+        self.baseline = np.stack([_measure(m, exp, self.device, split) for m in models])
         self.diverged: list[dict[str, Any]] = []  # rounding trained models cannot diverge
 
     def __call__(self, formats: dict[str, Any], switch: int | None = None) -> np.ndarray:
         """``formats``: ``{pattern: format}`` (the ``roles`` given here) or ``{pattern: {role: format}}``."""
         policy = PrecisionPolicy.from_spec(formats, rounding=self.rounding, roles=self.roles)
-        rows = []
-        for model in self.models:
-            pred, target = _predict_under(model, policy, self.level, self.loader_fn())
-            rows.append((pred == target).numpy())
-        return np.stack(rows)
+        return np.stack([_measure_under(m, policy, self.level, self.exp, self.device, self.split)
+                         for m in self.models])
 
 
 class Switched:
@@ -81,11 +83,12 @@ class Switched:
     draws from a generator seeded with the model's seed, so a measurement is reproducible.
     """
 
-    def __init__(self, build_model, datamodule, seeds: Sequence[int], epochs: int, models, loader_fn, level: str,
+    def __init__(self, exp: Experiment, seeds: Sequence[int], epochs: int, models, split: str, level: str,
                  rounding: str, roles: tuple[str, ...]) -> None:
-        self.build_model, self.datamodule, self.seeds, self.epochs = build_model, datamodule, tuple(seeds), epochs
-        self.loader_fn, self.level, self.rounding, self.roles = loader_fn, level, rounding, roles
-        self.baseline = np.stack([_correct(m, loader_fn()) for m in models])
+        self.exp, self.seeds, self.epochs, self.split = exp, tuple(seeds), epochs, split
+        self.level, self.rounding, self.roles = level, rounding, roles
+        self.device = exp.device
+        self.baseline = np.stack([_measure(m, exp, self.device, split) for m in models])
         #: the models of the last measurement whose training loss became non-finite (see :func:`trained`)
         self.diverged: list[dict[str, Any]] = []
 
@@ -103,5 +106,5 @@ class Switched:
             return [PrecisionSchedule({0: policy, switch: None}, unit="epoch", level=self.level,
                                       rounding=self.rounding, seed=seed)]
 
-        models = trained(self.build_model, self.datamodule, self.seeds, self.epochs, schedule, self.diverged)
-        return np.stack([_correct(m, self.loader_fn()) for m in models])
+        models = trained(self.exp, self.seeds, self.epochs, schedule, self.diverged)
+        return np.stack([_measure(m, self.exp, self.device, self.split) for m in models])

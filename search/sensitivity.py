@@ -25,11 +25,12 @@ from boundfinder.bounds import BoundEstimate
 from boundfinder.bounds.estimate import METHODS
 from boundfinder.emulation import LEVEL_ROLES
 from boundfinder.errors import BoundfinderError
+from boundfinder.experiment import Experiment, Score, as_experiment
 from boundfinder.formats import ROUNDING_MODES
 from boundfinder.policy import ROLES
 from boundfinder.search.measure import Rounded, trained
 from boundfinder.search.study import _groups_of
-from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, expand_family
+from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, _seeds_of, expand_family
 
 __all__ = ["Sensitivity", "SensitivityResult", "precision_sensitivity", "sensitivity_table"]
 
@@ -62,6 +63,9 @@ class SensitivityResult:
     tolerance: float
     baseline_accuracy: float
     cells: tuple[Sensitivity, ...]
+    #: the experiment measured (``Experiment.describe()``) and what the confidence statement covers
+    experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    claim: str = ""
 
     def cell(self, layer: str, role: str) -> Sensitivity:
         for c in self.cells:
@@ -74,7 +78,8 @@ class SensitivityResult:
         return {"family": self.family, "bits": list(self.bits), "level": self.level, "seeds": list(self.seeds),
                 "confidence": self.confidence, "simultaneous": self.simultaneous,
                 "per_bound_confidence": self.per_bound_confidence, "tolerance": self.tolerance,
-                "baseline_accuracy": self.baseline_accuracy, "cells": [c.summary() for c in self.cells]}
+                "baseline_accuracy": self.baseline_accuracy, "cells": [c.summary() for c in self.cells],
+                "experiment": dict(self.experiment), "claim": self.claim}
 
     def report(self) -> str:
         """A plain-text table: minimum safe bits per layer and role, with confidence intervals."""
@@ -83,8 +88,9 @@ class SensitivityResult:
                      f"{self.per_bound_confidence:.4g}, Bonferroni)" if self.simultaneous else
                      f"each bound at {_pct(self.confidence)} on its own (not simultaneous: with {k} bounds, some "
                      "may be wrong together)")
+        models = f"seeds {list(self.seeds)}" if self.seeds else "the given trained model"
         lines = [f"sensitivity of each layer and role to {self.family}, bits {list(self.bits)}, {self.level} level, "
-                 f"seeds {list(self.seeds)}; everything else at full precision (accuracy "
+                 f"{models}; everything else at full precision (accuracy "
                  f"{self.baseline_accuracy:.4f}); tolerance {self.tolerance:g}",
                  statement,
                  f"{'layer':<24} {'role':<12} {'min safe bits':>13}  {'CI':<10} {'status':<12} format"]
@@ -95,27 +101,35 @@ class SensitivityResult:
             ci = f"[{'-' if lo is None else lo}, {'above' if hi is None else hi}]"
             fmt = "" if b.bits is None else c.sweep.formats[c.sweep.bits.index(b.bits)]
             lines.append(f"{c.layer:<24} {c.role:<12} {bits:>13}  {ci:<10} {b.status:<12} {fmt}")
+        if self.claim:
+            lines.append(f"claim: {self.claim}")
         return "\n".join(lines)
 
 
 def precision_sensitivity(
-    build_model: Callable[[], torch.nn.Module],
-    datamodule,
-    family: str,
-    bits: Iterable[int],
+    model: Experiment | Callable[[], torch.nn.Module] | torch.nn.Module,
+    datamodule=None,
+    family: str = "e8m{b}",
+    bits: Iterable[int] = range(0, 11),
     *,
     layers: Sequence[str] | None = None,
     roles: Iterable[str] | None = None,
     level: str = "layer",
     rounding: str = "nearest",
-    seeds: Iterable[int] = (0,),
+    seeds: Iterable[int] | None = None,
     epochs: int = 20,
     tolerance: float = 0.01,
     confidence: float = 0.95,
     simultaneous: bool = True,
     method: str = "auto",
+    score: Score | str | Callable | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> SensitivityResult:
     """Minimum safe bits of ``family`` for each role of each layer group alone, measured on the test items.
+
+    ``model``, ``datamodule``, ``score``, ``trainer``: the experiment, as for
+    :func:`~boundfinder.search.sweep.precision_sweep` (a factory trained from each of ``seeds``, default ``(0,)``,
+    or a trained module measured as it is).
 
     ``layers``: one group per pattern (default: each layer owning parameters); ``roles``: the roles to take
     one at a time, among those that act when a trained model predicts (weights, biases, inputs, activations) and
@@ -150,19 +164,18 @@ def precision_sensitivity(
     if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
         raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
                                f"tolerance={tolerance!r}, confidence={confidence!r}.")
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise BoundfinderError("a sensitivity analysis needs at least one training seed, but got seeds=().")
-    if method not in METHODS or (method in ("score", "exact") and len(seeds) > 1) or (
-            method in ("t", "bootstrap") and len(seeds) < 2):
-        raise BoundfinderError(f"method {method!r} does not fit {len(seeds)} seed(s): 'score' and 'exact' take one "
+    exp = as_experiment(model, datamodule, score=score, trainer=trainer)
+    seeds = _seeds_of(exp, seeds, "a sensitivity analysis")
+    runs = max(len(seeds), 1)
+    if method not in METHODS or (method in ("score", "exact") and runs > 1) or (
+            method in ("t", "bootstrap") and runs < 2):
+        models = f"{runs} seed(s)" if seeds else "one trained model"
+        raise BoundfinderError(f"method {method!r} does not fit {models}: 'score' and 'exact' take one "
                                f"seed, 't' and 'bootstrap' two or more; the methods are {METHODS}.")
-    groups = list(_groups_of(build_model(), layers))
+    groups = list(_groups_of(exp.probe(), layers))
 
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    test = Rounded(trained(build_model, datamodule, seeds, epochs), datamodule.test_dataloader, level, rounding,
-                   roles)
+    exp.prepare(train=not exp.trained)
+    test = Rounded(exp, trained(exp, seeds, epochs), "test", level, rounding, roles)
     sweeps = []
     for group in groups:
         for role in roles:
@@ -171,8 +184,9 @@ def precision_sensitivity(
             sweeps.append((group, role, SweepResult(family=family, bits=tuple(bits), formats=tuple(names),
                                                     level=level, roles=(role,), seeds=seeds, correct=correct,
                                                     baseline=test.baseline)))
-    return sensitivity_table(sweeps, tolerance=tolerance, confidence=confidence, simultaneous=simultaneous,
-                             method=method)
+    table = sensitivity_table(sweeps, tolerance=tolerance, confidence=confidence, simultaneous=simultaneous,
+                              method=method)
+    return dataclasses.replace(table, experiment=exp.describe(), claim=exp.claim(seeds))
 
 
 def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, tolerance: float = 0.01,

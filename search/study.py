@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -39,11 +38,12 @@ import torch
 
 from boundfinder.bounds import BoundEstimate, estimate_bound
 from boundfinder.errors import BoundfinderError
+from boundfinder.experiment import Experiment, Score, as_experiment, has_loader, qualified_name, weights_digest
 from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy, Rule, layer_modules
 from boundfinder.search.measure import Rounded, Switched, trained
 from boundfinder.search.storage import mask_url, open_storage
-from boundfinder.search.sweep import INFERENCE_ROLES, _json_safe, expand_family
+from boundfinder.search.sweep import INFERENCE_ROLES, _json_safe, _seeds_of, expand_family
 
 __all__ = ["Candidate", "SearchResult", "certify", "precision_search"]
 
@@ -139,6 +139,10 @@ class SearchResult:
     #: switching search: per candidate, the confirm seeds whose training loss became NaN or infinite in the
     #: certification (those models were measured as they stopped)
     confirm_diverged: tuple[tuple[int, ...], ...] = ()
+    #: the experiment searched (``Experiment.describe()``: model, data, checkpoint, score, trainer settings)
+    experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: what the certification's confidence statement covers (``Experiment.claim``)
+    claim: str = ""
 
     @property
     def cost_label(self) -> str:
@@ -166,6 +170,7 @@ class SearchResult:
             "epochs": self.epochs, "cost_label": self.cost_label,
             "confirmation": None if self.confirmation is None else self.confirmation.summary(),
             "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
+            "experiment": dict(self.experiment), "claim": self.claim,
         }
 
     def report(self) -> str:
@@ -178,8 +183,10 @@ class SearchResult:
             lines.append(f"training: {self.epochs} epochs, each configuration's formats before its switch epoch "
                          f"(one of {list(self.switch_points)}), fp32 from it on; cost: {self.cost_label}")
         if conf is not None:
-            lines.append(f"candidates: the validation Pareto front, tested on {conf.n_items} test items x "
-                         f"{conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} {list(self.confirm_seeds)} "
+            tested = (f"{conf.n_items} test items x {conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} "
+                      f"{list(self.confirm_seeds)}" if self.confirm_seeds else
+                      f"{conf.n_items} test items of the given trained model")
+            lines.append(f"candidates: the validation Pareto front, tested on {tested} "
                          "from the most expensive down "
                          f"({conf.method}, "
                          f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
@@ -196,6 +203,8 @@ class SearchResult:
             lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}"
                          + (f", {ratio:.2f}x fewer bits than float32)" if ratio > 1 else ")"))
         lines.append(f"reason: {self.reason}")
+        if self.claim and conf is not None:
+            lines.append(f"claim: {self.claim}")
         return "\n".join(lines)
 
 
@@ -248,10 +257,6 @@ def _storage_label(storage: Any) -> str:
     if storage is None or isinstance(storage, str):
         return mask_url(storage)
     return type(storage).__name__
-
-
-def _items_digest(items) -> str:
-    return hashlib.sha1(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -332,8 +337,8 @@ def _switch_points(switch: Iterable[int] | None, epochs: int) -> tuple[int, ...]
 
 
 def precision_search(
-    build_model: Callable[[], torch.nn.Module],
-    datamodule,
+    model: Experiment | Callable[[], torch.nn.Module] | torch.nn.Module,
+    datamodule=None,
     family: str = "e8m{b}",
     bits: Iterable[int] = range(0, 11),
     *,
@@ -342,7 +347,7 @@ def precision_search(
     level: str = "layer",
     rounding: str = "nearest",
     switch: Iterable[int] | None = None,
-    seeds: Iterable[int] = (0,),
+    seeds: Iterable[int] | None = None,
     epochs: int = 20,
     tolerance: float = 0.01,
     confidence: float = 0.95,
@@ -356,11 +361,18 @@ def precision_search(
     model_name: str | None = None,
     confirm: bool = True,
     confirm_seeds: Iterable[int] | None = None,
+    score: Score | str | Callable | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Search per-layer bit widths of ``family`` with Optuna, then certify the result on the test items.
 
-    ``build_model()`` returns a fresh LightningModule; ``datamodule`` gives train/val/test loaders (validation
-    items guide the search, test items certify it). ``layers``: one search group per pattern (default: one per
+    ``model``: an :class:`~boundfinder.experiment.Experiment`, or a factory returning a fresh LightningModule
+    (trained from each of ``seeds``, default ``(0,)``), or a trained module, searched as it is (the certification
+    is then about that one model; ``seeds``, ``confirm_seeds`` and ``switch`` need training and are refused).
+    ``datamodule``: any LightningDataModule with validation and test loaders (validation items guide the search,
+    test items certify it; an item is its position in the unshuffled loader). ``score``: which items are right,
+    ``score(model, batch) -> tensor[batch]`` (default top-1 of class logits); ``trainer``: ``accelerator`` /
+    ``devices`` / ``precision`` for ``lightning.Trainer``. ``layers``: one search group per pattern (default: one per
     layer owning parameters). ``n_trials``: distinct configurations the *study* should have measured, counting
     those of every worker sharing ``storage`` (a proposal measured before is reused and not counted).
     ``storage``: a URL or journal path (see :mod:`boundfinder.search.storage`), an Optuna storage object, or
@@ -384,6 +396,7 @@ def precision_search(
     """
     import optuna
 
+    exp = as_experiment(model, datamodule, score=score, trainer=trainer, model_name=model_name)
     bits = sorted({int(b) for b in bits})
     if len(bits) < 2:
         raise BoundfinderError(f"a search needs at least 2 distinct bit widths, but got bits={bits}.")
@@ -392,6 +405,8 @@ def precision_search(
         raise BoundfinderError(f"`epochs >= 1` must hold (an int), but got epochs={epochs!r}.")
     epochs = int(epochs)
     switch_points = _switch_points(switch, epochs)
+    if switch_points and exp.trained:
+        raise BoundfinderError(exp.needs_training("a switching search (switch=, --switch)"))
     roles = tuple(roles) if roles is not None else (ROLES if switch_points else INFERENCE_ROLES)
     for r in roles:
         if r not in ROLES:
@@ -401,17 +416,26 @@ def precision_search(
                                f"tolerance={tolerance!r}, confidence={confidence!r}.")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
         raise BoundfinderError(f"`n_trials >= 0` must hold (an int), but got n_trials={n_trials!r}.")
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise BoundfinderError("a search needs at least one training seed, but got seeds=().")
-    confirm_seeds = (tuple(max(seeds) + 1 + i for i in range(len(seeds))) if confirm_seeds is None
-                     else tuple(int(s) for s in confirm_seeds))
-    if confirm and (not confirm_seeds or set(confirm_seeds) & set(seeds)):
+    seeds = _seeds_of(exp, seeds, "a search")
+    if exp.trained:
+        if confirm_seeds is not None:
+            raise BoundfinderError(exp.needs_training(f"confirm_seeds={list(confirm_seeds)}"))
+        confirm_seeds = ()
+    else:
+        confirm_seeds = (tuple(max(seeds) + 1 + i for i in range(len(seeds))) if confirm_seeds is None
+                         else tuple(int(s) for s in confirm_seeds))
+    if not has_loader(exp.data, "val"):
+        raise BoundfinderError(
+            f"a search needs validation items: it chooses configurations on them and certifies the choice on test "
+            f"items it never saw (choosing and certifying on the same items would overstate the confidence), but "
+            f"{exp.data_name} has no val_dataloader(). Add one (a held-out part of the training data), or measure "
+            "on the test items alone with `boundfinder sweep` or `boundfinder sensitivity`.")
+    if confirm and not exp.trained and (not confirm_seeds or set(confirm_seeds) & set(seeds)):
         raise BoundfinderError(f"the certification needs seeds of its own, disjoint from the search's, but got "
                                f"seeds={seeds}, confirm_seeds={confirm_seeds}.")
 
     # Everything a bad argument can reject is checked before the minutes of training.
-    probe = build_model()
+    probe = exp.probe()
     groups = _groups_of(probe, layers)
     PrecisionPolicy.from_spec(dict.fromkeys(groups, names[bits[-1]]), rounding=rounding, roles=roles).resolve(probe)
     if level == "op":
@@ -430,13 +454,19 @@ def precision_search(
                    parameters=parameters, outside=total - sum(parameters.values()),
                    widths={b: _width(parse_format(n)) for b, n in names.items()})
 
-    datamodule.setup("fit")
-    datamodule.setup("test")
+    loaders = exp.prepare(train=not exp.trained, splits=("val", "test"))
+    described = exp.describe()
+    # what a worker must share to join: the model (class, how it was built, its weights when trained), the data
+    # (what its loaders yield), the score, and the search settings
     config = {
-        "version": 1, "model": model_name or type(probe).__name__, "parameters": parameters, "family": family,
-        "bits": bits, "roles": list(roles), "level": level, "rounding": rounding, "seeds": list(seeds),
-        "epochs": epochs, "tolerance": tolerance, "data": type(datamodule).__name__,
-        "val_items": _items_digest(datamodule.val_items), "test_items": _items_digest(datamodule.test_items),
+        "version": 2, "model": exp.model_name, "model_class": qualified_name(type(probe)),
+        "source": json.loads(json.dumps(dict(exp.source), default=str)),
+        "checkpoint": weights_digest(exp.model) if exp.trained else None, "parameters": parameters,
+        "family": family, "bits": bits, "roles": list(roles), "level": level, "rounding": rounding,
+        "seeds": list(seeds), "epochs": None if exp.trained else epochs, "tolerance": tolerance,
+        "data": described["data_class"], "score": exp.score.name,
+        "val_items": f"{loaders['val'].n_items}:{loaders['val'].digest}",
+        "test_items": f"{loaders['test'].n_items}:{loaders['test'].digest}",
     }
     if switch_points:
         config["switch"] = list(switch_points)  # absent in a rounding search: its studies keep their settings
@@ -470,9 +500,8 @@ def precision_search(
                             for t in study.get_trials(deepcopy=False, states=live)):
         study.enqueue_trial(space.params(*space.widest))  # the top of the certification chain: measured first
 
-    models = trained(build_model, datamodule, seeds, epochs)
-    val = _measurer(space, models, build_model, datamodule, seeds, datamodule.val_dataloader, level, rounding,
-                    roles)
+    models = trained(exp, seeds, epochs)
+    val = _measurer(space, exp, models, seeds, "val", level, rounding, roles)
     packed = [_pack(b) for b in val.baseline]
     if study.user_attrs.get(BASELINE_KEY) is None:
         study.set_user_attr(BASELINE_KEY, packed)
@@ -537,10 +566,9 @@ def precision_search(
     measured = _measured(study, space)
     if not confirm:
         return _result(study, study_name, storage, family, space, measured, [], None, None,
-                       "not certified (confirm=False)", confirm_seeds)
-    confirm_models = trained(build_model, datamodule, confirm_seeds, epochs)
-    test = _measurer(space, confirm_models, build_model, datamodule, confirm_seeds, datamodule.test_dataloader,
-                     level, rounding, roles)
+                       "not certified (confirm=False)", confirm_seeds, exp)
+    confirm_models = trained(exp, confirm_seeds, epochs)
+    test = _measurer(space, exp, confirm_models, confirm_seeds, "test", level, rounding, roles)
     front = _front(measured, tolerance)
     choice, point = space.widest
     if not front or space.key(front[-1].bits, front[-1].switch) != space.key(choice, point):
@@ -554,15 +582,15 @@ def precision_search(
                         "models were measured as they were", c.describe(), list(failed[-1]))
     est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence)
     result = _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
-                     confirm_seeds)
+                     confirm_seeds, exp)
     return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else ())
 
 
-def _measurer(space: _Space, models, build_model, datamodule, seeds, loader_fn, level, rounding, roles):
+def _measurer(space: _Space, exp: Experiment, models, seeds, split: str, level, rounding, roles):
     """How a configuration is measured on one split: rounding the trained models, or training with a switch."""
     if space.switch:
-        return Switched(build_model, datamodule, seeds, space.epochs, models, loader_fn, level, rounding, roles)
-    return Rounded(models, loader_fn, level, rounding, roles)
+        return Switched(exp, seeds, space.epochs, models, split, level, rounding, roles)
+    return Rounded(exp, models, split, level, rounding, roles)
 
 
 def _measured(study, space: _Space) -> dict[tuple, Candidate]:
@@ -594,7 +622,7 @@ def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate
 
 
 def _result(study, study_name, storage, family, space: _Space, measured, candidates, confirmation, chosen, reason,
-            confirm_seeds) -> SearchResult:
+            confirm_seeds, exp: Experiment) -> SearchResult:
     import optuna
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -604,7 +632,8 @@ def _result(study, study_name, storage, family, space: _Space, measured, candida
                         n_configurations=len(measured), candidates=tuple(candidates),
                         confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds),
                         switch_points=space.switch, epochs=space.epochs if space.switch else None,
-                        configurations=tuple(sorted(measured.values(), key=lambda c: (c.cost, c.val_drop))))
+                        configurations=tuple(sorted(measured.values(), key=lambda c: (c.cost, c.val_drop))),
+                        experiment=exp.describe(), claim=exp.claim(confirm_seeds))
 
 
 def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.ndarray, *, tolerance: float,

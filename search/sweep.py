@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,7 @@ import torch
 from boundfinder.bounds import BoundEstimate, estimate_bound
 from boundfinder.emulation import emulate
 from boundfinder.errors import BoundfinderError
+from boundfinder.experiment import Experiment, Score, as_experiment, evaluate
 from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy
 
@@ -74,6 +76,10 @@ class SweepResult:
     #: models trained under a precision whose training loss became NaN or infinite (the fit stopped there and the
     #: model was measured as it was): ``{"format", "seed", "epoch", "batch", "step", "loss"}`` each
     diverged: tuple[dict[str, Any], ...] = ()
+    #: the experiment measured (``Experiment.describe()``: model, data, checkpoint, score, trainer settings)
+    experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: what the confidence statement covers (``Experiment.claim``)
+    claim: str = ""
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -97,18 +103,7 @@ class SweepResult:
         return {"family": self.family, "bits": list(self.bits), "formats": list(self.formats), "level": self.level,
                 "roles": list(self.roles), "seeds": list(self.seeds), "items": int(self.correct.shape[2]),
                 "accuracy": [float(a) for a in self.accuracy], "baseline_accuracy": self.baseline_accuracy,
-                "diverged": _json_safe(self.diverged)}
-
-
-def _predict(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    preds, targets = [], []
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for x, y in loader:
-            preds.append(model(x.to(device)).argmax(dim=1).cpu())
-            targets.append(y)
-    return torch.cat(preds), torch.cat(targets)
+                "diverged": _json_safe(self.diverged), "experiment": dict(self.experiment), "claim": self.claim}
 
 
 def _seeded_model(build_model: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
@@ -120,8 +115,10 @@ def _seeded_model(build_model: Callable[[], torch.nn.Module], seed: int) -> torc
     return build_model()
 
 
-def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = ()) -> dict[str, Any] | None:
-    """Fit ``model`` for ``epochs`` epochs, deterministically, quietly, on the CPU.
+def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (),
+           trainer: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Fit ``model`` for ``epochs`` epochs, deterministically, quietly, where ``trainer`` (``accelerator``,
+    ``devices``, ``precision``, ...; default ``accelerator="auto"``, one device) puts it.
 
     Returns None, or where the training loss first became NaN or infinite (``DivergenceGuard.diverged``): the
     fit stops at that batch instead of training NaN weights to the end.
@@ -152,14 +149,18 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
             # a divergence is returned to the caller, which reports it with the configuration and seed
             warnings.filterwarnings("ignore", message=r"DivergenceGuard: ")
-            trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                                 enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, callbacks=[*callbacks, guard], deterministic=True)
+            settings = {"accelerator": "auto", "devices": 1, **(trainer or {})}
+            if settings["accelerator"] != "cpu" and torch.cuda.is_available():
+                # deterministic cuBLAS (Trainer(deterministic=True) refuses CUDA matmuls without it)
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            fit = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[*callbacks, guard],
+                             deterministic=True, **settings)
             main_thread = threading.current_thread() is threading.main_thread()
             # None: a handler installed outside Python; Python's own is the best that can be put back
             handler = (signal.getsignal(signal.SIGINT) or signal.default_int_handler) if main_thread else None
             try:
-                trainer.fit(model, datamodule=datamodule)
+                fit.fit(model, datamodule=datamodule)
             except SystemExit as exc:
                 if isinstance(exc.__context__, KeyboardInterrupt):
                     raise KeyboardInterrupt from None
@@ -188,27 +189,34 @@ def _full_precision_diverged(seed: int, diverged: dict[str, Any]) -> Boundfinder
 
 
 def precision_sweep(
-    build_model: Callable[[], torch.nn.Module],
-    datamodule,
-    family: str,
-    bits: Iterable[int],
+    model: Experiment | Callable[[], torch.nn.Module] | torch.nn.Module,
+    datamodule=None,
+    family: str = "e8m{b}",
+    bits: Iterable[int] = range(0, 11),
     *,
     level: str = "layer",
     rounding: str = "nearest",
     roles: Iterable[str] = INFERENCE_ROLES,
     layers: str | None = None,
-    seeds: Iterable[int] = (0,),
+    seeds: Iterable[int] | None = None,
     epochs: int = 20,
     train_under_emulation: bool = False,
+    score: Score | str | Callable | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> SweepResult:
-    """Measure, per test item, which items each bit width of ``family`` classifies correctly.
+    """Measure, per test item, which items each bit width of ``family`` gets right.
 
-    ``build_model()`` returns a fresh LightningModule; ``datamodule`` gives train/val/test loaders with a fixed
-    test order. ``layers`` restricts the precision to modules matching a name pattern (e.g. ``"features.*"``);
-    ``roles`` picks the tensor roles (weights, activations, ...). With ``train_under_emulation`` each model is
-    trained under the precision (the Lightning ``PrecisionEmulation`` callback), otherwise the full-precision
-    model of each seed is evaluated under it.
+    ``model``: an :class:`~boundfinder.experiment.Experiment`, or a factory returning a fresh LightningModule
+    (trained from each of ``seeds``, default ``(0,)``), or a trained module, evaluated as it is (one model: the
+    claim is about it alone; ``seeds`` and ``train_under_emulation`` need training and are refused).
+    ``datamodule``: any LightningDataModule; the test items are the positions in its (unshuffled) test loader.
+    ``score``: which items are right, ``score(model, batch) -> tensor[batch]`` (default top-1 of class logits).
+    ``trainer``: ``accelerator`` / ``devices`` / ``precision`` for ``lightning.Trainer``. ``layers`` restricts the
+    precision to modules matching a name pattern (e.g. ``"features.*"``); ``roles`` picks the tensor roles. With
+    ``train_under_emulation`` each model is trained under the precision (the Lightning ``PrecisionEmulation``
+    callback), otherwise the full-precision model of each seed is evaluated under it.
     """
+    exp = as_experiment(model, datamodule, score=score, trainer=trainer)
     bits = [int(b) for b in bits]
     if len(set(bits)) != len(bits) or len(bits) < 2:
         raise BoundfinderError(f"a sweep needs at least 2 distinct bit widths, but got bits={bits}.")
@@ -216,45 +224,72 @@ def precision_sweep(
     for r in roles:
         if r not in ROLES:
             raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
-    seeds = tuple(int(s) for s in seeds)
+    seeds = _seeds_of(exp, seeds, "a sweep")
+    if exp.trained and train_under_emulation:
+        raise BoundfinderError(exp.needs_training("training under the precision (train_under_emulation, --train)"))
     names = expand_family(family, bits)
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    correct = np.zeros((len(bits), len(seeds), len(datamodule.test_items)), dtype=bool)
-    baseline = np.zeros((len(seeds), correct.shape[2]), dtype=bool)
+    n = exp.prepare(train=not exp.trained)["test"].n_items
+    runs = max(len(seeds), 1)
+    correct = np.zeros((len(bits), runs, n), dtype=bool)
+    baseline = np.zeros((runs, n), dtype=bool)
     diverged = []
-    for s, seed in enumerate(seeds):
-        model = _seeded_model(build_model, seed)
-        if (failed := _train(model, datamodule, epochs=epochs, seed=seed)) is not None:
-            raise _full_precision_diverged(seed, failed)
-        pred, target = _predict(model, datamodule.test_dataloader())
-        baseline[s] = (pred == target).numpy()
+    device = exp.device
+    for s in range(runs):
+        if exp.trained:
+            model = exp.model
+        else:
+            seed = seeds[s]
+            model = exp.build(seed)
+            if (failed := _train(model, exp.data, epochs=epochs, seed=seed, trainer=dict(exp.trainer))) is not None:
+                raise _full_precision_diverged(seed, failed)
+        baseline[s] = _measure(model, exp, device)
         for level_idx, name in enumerate(names):
             spec = name if layers is None else {layers: name}
             policy = PrecisionPolicy.from_spec(spec, rounding=rounding, roles=roles)
             if train_under_emulation:
                 from boundfinder.callbacks import PrecisionEmulation
 
-                trained = _seeded_model(build_model, seed)
-                failed = _train(trained, datamodule, epochs=epochs, seed=seed,
+                trained = exp.build(seed)
+                failed = _train(trained, exp.data, epochs=epochs, seed=seed, trainer=dict(exp.trainer),
                                 callbacks=[PrecisionEmulation(policy, level=level, rounding=rounding)])
                 if failed is not None:
                     diverged.append({"format": name, "seed": seed, **failed})
             else:
                 trained = model
-            pred, target = _predict_under(trained, policy, level, datamodule.test_dataloader())
-            correct[level_idx, s] = (pred == target).numpy()
+            correct[level_idx, s] = _measure_under(trained, policy, level, exp, device)
     return SweepResult(family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=roles,
-                       seeds=seeds, correct=correct, baseline=baseline, diverged=tuple(diverged))
+                       seeds=seeds, correct=correct, baseline=baseline, diverged=tuple(diverged),
+                       experiment=exp.describe(), claim=exp.claim(seeds))
 
 
-def _predict_under(model: torch.nn.Module, policy: PrecisionPolicy, level: str, loader):
+def _seeds_of(exp: Experiment, seeds: Iterable[int] | None, what: str) -> tuple[int, ...]:
+    """The training seeds: ``()`` for a trained model (given seeds are refused: it has no training randomness)."""
+    if exp.trained:
+        if seeds is not None:
+            raise BoundfinderError(exp.needs_training(f"seeds={list(seeds)} (training randomness)"))
+        return ()
+    seeds = (0,) if seeds is None else tuple(int(s) for s in seeds)
+    if not seeds:
+        raise BoundfinderError(f"{what} needs at least one training seed, but got seeds=().")
+    return seeds
+
+
+def _measure(model: torch.nn.Module, exp: Experiment, device: torch.device, split: str = "test") -> np.ndarray:
+    from boundfinder.experiment import eval_loader
+
+    return evaluate(model, eval_loader(exp.data, split), exp.score, device)
+
+
+def _measure_under(model: torch.nn.Module, policy: PrecisionPolicy, level: str, exp: Experiment,
+                   device: torch.device, split: str = "test") -> np.ndarray:
+    """Per-item results of ``model`` on the ``split`` items with ``policy`` emulated at ``level``."""
+    model.to(device)
     if level == "batch":
         # parameter-server precision: the parameters themselves are rounded, on a copy of the model
         model = copy.deepcopy(model)
         emulation = emulate(model, policy, level="batch")
         emulation.round_parameters_now()
         emulation.remove()
-        return _predict(model, loader)
+        return _measure(model, exp, device, split)
     with emulate(model, policy, level=level):
-        return _predict(model, loader)
+        return _measure(model, exp, device, split)

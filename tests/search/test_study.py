@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from boundfinder.cli import main
 from boundfinder.data import DigitsDataModule
 from boundfinder.errors import BoundfinderError, PolicyError
+from boundfinder.experiment import TOP1, Experiment
 from boundfinder.policy import PrecisionPolicy
 from boundfinder.search import study as study_mod
 from boundfinder.search.storage import mask_url, open_storage
 from boundfinder.search.study import BASELINE_KEY, CONFIG_KEY, Candidate, precision_search
-from boundfinder.search.sweep import INFERENCE_ROLES, _predict, _predict_under, _seeded_model, _train
+from boundfinder.search.sweep import INFERENCE_ROLES, _measure, _measure_under, _seeded_model, _train
 from tests.search import workers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,12 +85,12 @@ def test_confirmation_measures_each_candidate_with_a_fresh_model_on_the_test_ite
     dm = DigitsDataModule(batch_size=128, seed=0)
     model = _seeded_model(workers.build, 1)
     _train(model, dm, epochs=2, seed=1)
-    pred, target = _predict(model, dm.test_dataloader())
-    base = (pred == target).numpy().mean()
+    exp = Experiment(model=model, data=dm, score=TOP1)
+    cpu = torch.device("cpu")
+    base = _measure(model, exp, cpu).mean()
     for cand, lv in zip(r.candidates, r.confirmation.levels, strict=True):
         policy = PrecisionPolicy.from_spec(cand.formats, roles=INFERENCE_ROLES)
-        pred, target = _predict_under(model, policy, "layer", dm.test_dataloader())
-        assert lv.drop == pytest.approx(base - (pred == target).numpy().mean(), abs=1e-12)
+        assert lv.drop == pytest.approx(base - _measure_under(model, policy, "layer", exp, cpu).mean(), abs=1e-12)
 
 
 def test_trials_keep_their_per_item_measurements_in_the_storage(searched):

@@ -12,10 +12,11 @@ from boundfinder.callbacks import PrecisionSchedule
 from boundfinder.cli import main
 from boundfinder.data import DigitsDataModule
 from boundfinder.errors import BoundfinderError
+from boundfinder.experiment import TOP1, Experiment, evaluate
 from boundfinder.policy import ROLES, PrecisionPolicy
 from boundfinder.search.measure import Switched, trained
 from boundfinder.search.study import SWITCH_PARAM, precision_search
-from boundfinder.search.sweep import _predict, _seeded_model, _train
+from boundfinder.search.sweep import _seeded_model, _train
 from tests.search import workers
 
 FC1, CLS = 1040, 170  # parameters of MLP(hidden=(16,)): fc1 64 * 16 + 16, classifier 16 * 10 + 10
@@ -68,8 +69,7 @@ def test_each_candidate_is_a_fresh_model_trained_with_its_switch_and_measured_in
     dm = DigitsDataModule(batch_size=128, seed=0)
     base = _seeded_model(workers.build, 1)
     _train(base, dm, epochs=EPOCHS, seed=1)
-    pred, target = _predict(base, dm.test_dataloader())
-    base_acc = (pred == target).numpy().mean()
+    base_acc = evaluate(base, dm.test_dataloader(), TOP1).mean()
     assert r.confirm_seeds == (1,)
     for cand, lv in zip(r.candidates, r.confirmation.levels, strict=True):
         model = _seeded_model(workers.build, 1)
@@ -79,15 +79,15 @@ def test_each_candidate_is_a_fresh_model_trained_with_its_switch_and_measured_in
                    callbacks=[PrecisionSchedule({0: policy, cand.switch: None}, unit="epoch", seed=1)])
         else:
             _train(model, dm, epochs=EPOCHS, seed=1)
-        pred, target = _predict(model, dm.test_dataloader())
-        assert lv.drop == pytest.approx(base_acc - (pred == target).numpy().mean(), abs=1e-12)
+        assert lv.drop == pytest.approx(base_acc - evaluate(model, dm.test_dataloader(), TOP1).mean(), abs=1e-12)
 
 
 def test_the_low_phase_is_applied_until_the_switch_and_only_until_then():
     dm = DigitsDataModule(batch_size=128, seed=0)
     dm.setup("fit")
-    models = trained(workers.build, dm, (0,), EPOCHS)
-    measure = Switched(workers.build, dm, (0,), EPOCHS, models, dm.val_dataloader, "layer", "nearest", ROLES)
+    exp = Experiment(model=workers.build, data=dm)
+    models = trained(exp, (0,), EPOCHS)
+    measure = Switched(exp, (0,), EPOCHS, models, "val", "layer", "nearest", ROLES)
     coarse = {"features.fc1": "e8m0", "classifier": "e8m0"}
     assert np.array_equal(measure(coarse, 0), measure.baseline)  # switch 0: fp32 throughout, the baseline
     whole, half = measure(coarse, EPOCHS), measure(coarse, EPOCHS // 2)
