@@ -595,6 +595,11 @@ class LayerEmulator:
         """Swap the parameters in (those of the module, or of its child ``child``) and round the data inputs."""
         swapped = self._swapped
         guard = torch._C._DisableTorchDispatch if self._outside_dispatch else contextlib.nullcontext
+        if inputs is not None:
+            apply = inputs.apply
+
+            def round_arg(a: Any) -> Any:
+                return apply(a) if isinstance(a, torch.Tensor) else tree_map(apply, a)
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
             if module.__dict__.get("_is_replica"):
@@ -615,11 +620,6 @@ class LayerEmulator:
                             owner._parameters[pname] = fn(p)
                     swapped[id(owner)] = [owner, originals, 1]
             if inputs is not None:
-                apply = inputs.apply
-
-                def round_arg(a: Any) -> Any:
-                    return apply(a) if isinstance(a, torch.Tensor) else tree_map(apply, a)
-
                 return selector.apply(round_arg, args, kwargs)
             return None
 

@@ -153,6 +153,44 @@ def test_a_failure_while_installing_leaves_the_model_exactly_as_before(level, mo
     monkeypatch.setattr(layer.LayerEmulator, "_install", original)
 
 
+@pytest.mark.parametrize("level", ["layer", "op", "batch"])
+def test_a_failure_at_any_hook_registration_leaves_the_model_exactly_as_before(level, monkeypatch):
+    # finer than per layer: the k-th registration of any hook fails (a layer half installed: its pre-hook on,
+    # its forward hook refused), for every k that an installation makes
+    model = _model()
+    x = torch.randn(2, 1, 8, 8)
+    before, plain = _fingerprint(model), model(x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    targets = [(nn.Module, "register_forward_pre_hook"), (nn.Module, "register_forward_hook"),
+               (torch.Tensor, "register_post_accumulate_grad_hook"),
+               (torch.optim.Optimizer, "register_step_post_hook")]
+    originals = {(cls, name): getattr(cls, name) for cls, name in targets}
+    # per-tensor weight_grad (int8): post-accumulate hooks on the parameters as well
+    spec = {"*": {"weight": "e8m3", "input": "e5m2", "activation": "e5m2", "weight_grad": "int8"}}
+    kwargs = {"optimizer": opt} if level == "batch" else {}
+    policy = PrecisionPolicy.from_spec(spec if level == "layer" else "e8m3")
+    count = itertools.count()
+    for cls, name in targets:
+        monkeypatch.setattr(cls, name, lambda *a, _o=originals[(cls, name)], **k: (next(count), _o(*a, **k))[1])
+    emulate(model, policy, level=level, **kwargs).remove()
+    total = next(count)
+    assert total > 0
+    for k in range(total):
+        calls = itertools.count()
+        for cls, name in targets:
+            def failing(*a, _o=originals[(cls, name)], k=k, calls=calls, **kw):
+                if next(calls) == k:
+                    raise RuntimeError("injected")
+                return _o(*a, **kw)
+
+            monkeypatch.setattr(cls, name, failing)
+        with pytest.raises(RuntimeError, match="injected"):
+            emulate(model, policy, level=level, **kwargs)
+        assert _same(_fingerprint(model), before), f"left altered after a failure at registration {k}"
+        assert not opt._optimizer_step_post_hooks
+        assert torch.equal(model(x), plain)
+
+
 def test_op_level_keyword_inputs_bound_the_backward():
     # m(input=g(z)): g is upstream of the emulated model, its backward must not be rounded (as with m(g(z)))
     torch.manual_seed(0)
