@@ -375,7 +375,8 @@ def check_loader(datamodule: Any, split: str) -> LoaderData:
 def evaluate(model: nn.Module, loader, score: Score, device: torch.device | None = None) -> np.ndarray:
     """Per-item results of ``model`` on ``loader`` (in loader order), in evaluation mode without gradients."""
     device = device if device is not None else _device_of(model)
-    model.to(device)
+    if _device_of(model) != device:
+        model.to(device)
     model.eval()
     rows = []
     with torch.no_grad():

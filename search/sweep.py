@@ -283,7 +283,8 @@ def _measure(model: torch.nn.Module, exp: Experiment, device: torch.device, spli
 def _measure_under(model: torch.nn.Module, policy: PrecisionPolicy, level: str, exp: Experiment,
                    device: torch.device, split: str = "test") -> np.ndarray:
     """Per-item results of ``model`` on the ``split`` items with ``policy`` emulated at ``level``."""
-    model.to(device)
+    if next(model.parameters(), torch.empty(0)).device != device:
+        model.to(device)  # emulation runs where the model is
     if level == "batch":
         # parameter-server precision: the parameters themselves are rounded, on a copy of the model
         model = copy.deepcopy(model)
