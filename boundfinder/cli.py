@@ -132,6 +132,7 @@ def _experiment(args: argparse.Namespace):
 
     exp = load_experiment(model=args.model, data=args.data, model_args=_json_object(args.model_args, "--model-args"),
                           data_args=_json_object(args.data_args, "--data-args"), config=args.config, ckpt=args.ckpt,
+                          model_argv=args.model_argv, data_argv=args.data_argv,
                           score=args.score, trainer={"accelerator": args.accelerator,
                                                      "devices": _devices(args.devices), "precision": args.precision})
     if args.epochs is None:
@@ -378,10 +379,12 @@ def _model_args(p: argparse.ArgumentParser, *, bits_help: str) -> None:
                    "mlp) or your own: package.module:Name or path/to/file.py:Name of a LightningModule class or a "
                    "function returning one")
     g.add_argument("--model-args", default=None, metavar="JSON", help="the model's keyword arguments as a JSON "
-                   "object, e.g. '{\"d_model\": 32}' (override the config's)")
+                   "object, e.g. '{\"d_model\": 32}' (override the config's); or LightningCLI's dotted form, "
+                   "--model.d_model 32 (applied last)")
     g.add_argument("--data", default=None, metavar="NAME", help="built-in data (digits, the default) or your "
                    "LightningDataModule: package.module:Name or path/to/file.py:Name (class or function)")
-    g.add_argument("--data-args", default=None, metavar="JSON", help="the DataModule's keyword arguments as JSON")
+    g.add_argument("--data-args", default=None, metavar="JSON", help="the DataModule's keyword arguments as JSON, "
+                   "or --data.NAME VALUE")
     g.add_argument("--config", default=None, metavar="FILE.yaml", help="a LightningCLI config: its model: and "
                    "data: sections (class_path + init_args) and trainer: settings (accelerator, devices, "
                    "precision; max_epochs when --epochs is not given)")
@@ -480,8 +483,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _dotted(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> argparse.Namespace:
+    """LightningCLI's dotted arguments (``--model.d_model 64``, ``--data.batch_size=32``) of the training commands
+    go to ``args.model_argv`` / ``args.data_argv`` (jsonargparse checks them against the class); anything else
+    unrecognised is argparse's usual error."""
+    args.model_argv, args.data_argv = [], []
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        key = token.split(".", 1)[0] if token.startswith(("--model.", "--data.")) else None
+        if key is None or args.command not in ("sweep", "sensitivity", "search"):
+            parser.error(f"unrecognized arguments: {' '.join(extra[i:])}")
+        target = args.model_argv if key == "--model" else args.data_argv
+        if "=" in token or i + 1 == len(extra):
+            target.append(token)
+            i += 1
+        else:
+            target += [token, extra[i + 1]]
+            i += 2
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    args = _dotted(parser, args, extra)
     try:
         return args.func(args)
     except BoundfinderError as exc:

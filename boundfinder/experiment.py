@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -576,7 +576,9 @@ class _Builder:
     """Calls ``target`` (a class or a factory function) with ``args`` checked and converted by jsonargparse
     against its signature (as LightningCLI does: nested ``class_path`` / ``init_args`` are instantiated too)."""
 
-    def __init__(self, target: Any, args: Mapping[str, Any], what: str) -> None:
+    def __init__(self, target: Any, args: Mapping[str, Any], what: str, argv: Sequence[str] = ()) -> None:
+        """``argv``: LightningCLI's dotted form, ``["--model.width", "64", "--model.lr=0.1"]``, applied over
+        ``args``."""
         from jsonargparse import ArgumentParser
 
         if not callable(target):
@@ -589,10 +591,19 @@ class _Builder:
             else:
                 self.parser.add_function_arguments(target, "obj", fail_untyped=False)
             self.cfg = self.parser.parse_object({"obj": self.args})
+            if argv:
+                prefix = f"--{what}."
+                bad = [a for a in argv if a.startswith("--") and not a.startswith(prefix)]
+                if bad:
+                    raise ValueError(f"expected {prefix}NAME VALUE, got {bad}")
+                self.cfg = self.parser.parse_args([a.replace(prefix, "--obj.", 1) if a.startswith(prefix) else a
+                                                   for a in argv], namespace=self.cfg)
         except Exception as exc:  # jsonargparse's ArgumentError / ValueError / TypeError: one message each
             params = [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
-            raise BoundfinderError(f"the {what} arguments {self.args} do not fit {qualified_name(target)}: "
-                                   f"{' '.join(str(exc).split())} (its arguments: {params}).") from exc
+            given = {**self.args, **({"command line": " ".join(argv)} if argv else {})}
+            message = " ".join(str(exc).split()).replace("--obj.", f"--{what}.").replace("obj.", f"{what}.")
+            raise BoundfinderError(f"the {what} arguments {given} do not fit {qualified_name(target)}: "
+                                   f"{message} (its arguments: {params}).") from exc
 
     def __call__(self) -> Any:
         instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
@@ -687,7 +698,8 @@ def _load_checkpoint(path: str, target: Any, build: _Builder, explicit: bool) ->
 def load_experiment(*, model: str | None = None, data: str | None = None,
                     model_args: Mapping[str, Any] | None = None, data_args: Mapping[str, Any] | None = None,
                     config: str | os.PathLike | Mapping[str, Any] | None = None, ckpt: str | None = None,
-                    score: Any = None, trainer: Mapping[str, Any] | None = None) -> Experiment:
+                    score: Any = None, trainer: Mapping[str, Any] | None = None, model_argv: Sequence[str] = (),
+                    data_argv: Sequence[str] = ()) -> Experiment:
     """An :class:`Experiment` from names, as the command line gives them.
 
     ``model`` / ``data``: a built-in name (:data:`BUILTIN_MODELS`, :data:`BUILTIN_DATA`; defaults ``mlp`` on
@@ -697,7 +709,8 @@ def load_experiment(*, model: str | None = None, data: str | None = None,
     (or its parsed sections): ``model:`` / ``data:`` as ``class_path`` + ``init_args`` (or the arguments of
     ``model`` / ``data``), ``trainer:`` for the Trainer settings of :data:`TRAINER_KEYS`; arguments given here
     override the file's. ``ckpt``: a trained model's checkpoint, evaluated as it is (no training). ``trainer``:
-    Trainer settings, overriding the config's. Import paths are resolved from the current folder too, as
+    Trainer settings, overriding the config's. ``model_argv`` / ``data_argv``: LightningCLI's dotted form
+    (``["--model.d_model", "64"]``), applied last. Import paths are resolved from the current folder too, as
     ``python -m`` would.
     """
     if os.getcwd() not in sys.path:
@@ -707,8 +720,8 @@ def load_experiment(*, model: str | None = None, data: str | None = None,
                                                            BUILTIN_MODELS, "model", "mlp")
     d_target, d_args, d_name, _ = _target_and_args(data, data_args, sections.get("data"), BUILTIN_DATA, "data",
                                                    "digits")
-    build_model = _Builder(m_target, m_args, "model")
-    datamodule = _Builder(d_target, d_args, "data")()
+    build_model = _Builder(m_target, m_args, "model", model_argv)
+    datamodule = _Builder(d_target, d_args, "data", data_argv)()
     config_trainer = dict(sections.get("trainer") or {})
     settings = {k: v for k, v in config_trainer.items() if k in TRAINER_KEYS and v is not None}
     unused = sorted(k for k, v in config_trainer.items() if k not in (*TRAINER_KEYS, "max_epochs") and v is not None)
@@ -718,9 +731,10 @@ def load_experiment(*, model: str | None = None, data: str | None = None,
     settings |= {k: v for k, v in (trainer or {}).items() if v is not None}
     if m_builtin and "accelerator" not in settings:
         settings |= BUILTIN_TRAINER
-    explicit = bool(model_args) or bool(sections.get("model"))
+    explicit = bool(model_args) or bool(sections.get("model")) or bool(model_argv)
     source = {"model": qualified_name(m_target), "model_args": m_args, "data": qualified_name(d_target),
-              "data_args": d_args}
+              "data_args": d_args, **({"model_argv": list(model_argv)} if model_argv else {}),
+              **({"data_argv": list(data_argv)} if data_argv else {})}
     if ckpt is not None:
         trained = _load_checkpoint(str(ckpt), m_target, build_model, explicit)
         return Experiment(model=trained, data=datamodule, score=score if score is not None else TOP1,

@@ -168,6 +168,13 @@ def test_load_experiment_builds_built_ins_and_user_classes_with_checked_argument
         load_experiment(model="tests.user_project.models:RowClassifier", model_args={"width": "wide"})
     with pytest.raises(BoundfinderError, match=r"unknown model 'resnet'; the built-in ones are \('mlp'"):
         load_experiment(model="resnet")
+    # LightningCLI's dotted form, applied over the JSON arguments
+    exp = load_experiment(model="tests.user_project.models:RowClassifier", model_args={"width": 4, "lr": 0.5},
+                          model_argv=["--model.width", "5", "--model.lr=0.2"], data_argv=["--data.batch_size", "32"])
+    assert exp.build(0).rows.out_features == 5 and exp.build(0).lr == 0.2 and exp.data.batch_size == 32
+    with pytest.raises(BoundfinderError, match=r"unrecognized arguments: --model.widht 5 \(its arguments: \['width', "
+                                               r"'lr'\]\)"):
+        load_experiment(model="tests.user_project.models:RowClassifier", model_argv=["--model.widht", "5"])
 
 
 def test_a_lightningcli_config_gives_model_data_and_trainer(tmp_path):

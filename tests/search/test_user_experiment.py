@@ -183,6 +183,16 @@ def test_cli_refusals(tmp_path, capsys, no_training):
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--model", MODEL, "--modle.width", "3"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --modle.width 3" in capsys.readouterr().err
+
+
+def test_cli_takes_lightningcli_dotted_arguments(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["sweep", "--model", MODEL, "--model.width", "3", "--data", DATA, "--data.n_test=100", "--bits",
+                 "0,23", "--seeds", "0", "--epochs", "1", "--json", str(out)]) == 0
+    assert "(100 test items, seeds [0])" in capsys.readouterr().out
 
 
 def test_cli_with_a_checkpoint_and_a_lightningcli_config(checkpoint, tmp_path, capsys, no_training):
