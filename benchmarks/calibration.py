@@ -16,6 +16,18 @@ items (`adaptive_study`).
 ``pooled`` is the item-only score bound on the S x N pairs pooled as if from one seed: what ignoring
 between-seed variance gives. ``bootstrap`` and ``curve`` are slower and run with ``--slow-reps``
 repetitions at ``--slow-ns`` only.
+
+``--continuous``: continuous per-item scores (`boundfinder.bounds.simulate.ContinuousScenario`, a loss, lower
+is better, exp2 drop curve, true bound 10 bits, the level below it a quarter of a standard error above the
+tolerance) with heavy-tailed per-item differences (log-normal, Student t 3 df), N in {200, 10000}, one seed
+or S in {3, 5, 10} seeds whose drops differ by a log-normal factor (sigma 0.6), plus the binary `Scenario` with
+the same seed spread at S in {3, 5, 10} (``--reps``; repetition r of setting k uses
+``numpy.random.default_rng([seed, 200 + k, r])``). Extra columns: *drop cover* is the fraction of (run, level)
+pairs whose one-sided upper bound is >= the true drop (target >= 0.95), *edge cover* the same at the level just
+below the true bound, the one that decides the unsafe rate.
+``--per-level``: the per-level comparison that chose the continuous method: one-sided 95% upper bounds on a
+mean from N i.i.d. per-item differences, t / percentile bootstrap / studentized (`paired.studentized_bounds`),
+coverage over ``--reps`` samples (sample r of distribution k at N uses ``default_rng([seed, 300 + k, N, r])``).
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from boundfinder.bounds import estimate_bound, suggest_next_bits
-from boundfinder.bounds.simulate import CURVE_FAMILIES, Scenario
+from boundfinder.bounds.paired import bootstrap_bounds, mean_t_bounds, studentized_bounds
+from boundfinder.bounds.simulate import CURVE_FAMILIES, ContinuousScenario, Scenario
 
 SEED_SD = 0.5  # sd of the log multiplier of a seed's drop: seeds ~1.6x apart at one sd
 
@@ -193,6 +206,125 @@ def adaptive_study(reps, seed, confidence, n_items=2000, out=sys.stdout):
         )
 
 
+SKEWED_SEED_SD = 0.6  # the issue's few-seeds setting: seeds' drops differ by a log-normal factor, sigma 0.6
+
+
+def continuous_settings(ns=(200, 10000), seeds=(3, 5, 10)):
+    """(label, scenario) pairs of the continuous study; binary settings with the same seed spread last."""
+    for n in ns:
+        for noise in ("lognormal", "t3"):
+            yield "continuous", ContinuousScenario(n_items=n, noise=noise)
+        yield "continuous", ContinuousScenario(n_items=n, n_seeds=3, noise="lognormal")
+        for s in seeds:
+            yield "continuous", ContinuousScenario(n_items=n, n_seeds=s, seed_sd=SKEWED_SEED_SD, noise="lognormal")
+    for n in (2000, 10000):
+        for s in seeds:
+            yield "binary", Scenario(family="exp2", n_items=n, n_seeds=s, seed_sd=SKEWED_SEED_SD)
+
+
+def continuous_study(reps, seed, confidence, n_boot=1000, ns=(200, 10000), seeds=(3, 5, 10), out=sys.stdout):
+    """Unsafe rate, +1 bit, CI cover and per-level drop cover of the default method on continuous scores."""
+    print(
+        "| scores | per-item noise | N | S | seed spread | true | method | runs | unsafe | +1 | cover | "
+        "drop cover | edge cover | undet | mean bits | s/run |\n"
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        file=out,
+        flush=True,
+    )
+    rows = []
+    for k, (kind, sc) in enumerate(continuous_settings(ns, seeds)):
+        truth = sc.true_bound()
+        true_drop = sc.true_drop()
+        edge = int(np.flatnonzero(np.array(sc.bits) == truth - 1)[0])
+        unsafe = within = cover = undet = 0
+        drop_cover = edge_cover = 0.0
+        got = []
+        t0 = time.perf_counter()
+        for r in range(reps):
+            bits, scores, base = sc.sample(np.random.default_rng([seed, 200 + k, r]))
+            if kind == "continuous":
+                kw = {"tolerance": sc.tolerance, "higher_is_better": False, "n_boot": n_boot}
+            else:
+                kw = {"tolerance": sc.tolerance, "fit_curve": False}
+            est = estimate_bound(bits, scores, base, confidence=confidence, **kw)
+            upper = np.array([lv.upper for lv in est.levels])
+            drop_cover += float(np.mean(upper >= true_drop))
+            edge_cover += float(upper[edge] >= true_drop[edge])
+            undet += est.status == "undetermined"
+            if est.bits is not None:
+                got.append(est.bits)
+                unsafe += est.bits < truth
+                within += truth <= est.bits <= truth + 1
+            lo, hi = est.ci
+            cover += (lo is not None and lo <= truth) and (hi is None or truth <= hi)
+        row = {
+            "scores": kind,
+            "noise": getattr(sc, "noise", "binary"),
+            "N": sc.n_items,
+            "S": sc.n_seeds,
+            "seed_sd": sc.seed_sd,
+            "true": truth,
+            "method": est.method,
+            "runs": reps,
+            "unsafe": unsafe / reps,
+            "within1": within / reps,
+            "cover": cover / reps,
+            "drop_cover": drop_cover / reps,
+            "edge_cover": edge_cover / reps,
+            "undet": undet / reps,
+            "mean_bits": float(np.mean(got)) if got else float("nan"),
+            "seconds": (time.perf_counter() - t0) / reps,
+        }
+        rows.append(row)
+        spread = f"log-normal {sc.seed_sd:g}" if sc.seed_sd > 0 else "none"
+        print(
+            f"| {kind} | {row['noise']} | {sc.n_items} | {sc.n_seeds} | {spread} | {truth} | {row['method']} | "
+            f"{reps} | {row['unsafe']:.3f} | {row['within1']:.3f} | {row['cover']:.3f} | "
+            f"{row['drop_cover']:.3f} | {row['edge_cover']:.3f} | {row['undet']:.3f} | {row['mean_bits']:.2f} | "
+            f"{row['seconds']:.2f} |",
+            file=out,
+            flush=True,
+        )
+    return rows
+
+
+PER_LEVEL = {
+    # name: mean-0 sampler; skewness / tails in the name
+    "log-normal sd 1 (skew 6.2)": lambda rng, n: np.exp(rng.standard_normal(n)) - np.exp(0.5),
+    "Student t 3 df": lambda rng, n: rng.standard_t(3, n),
+    "sparse: 5% of items Exp(5), rest N(0, 0.1)": lambda rng, n: (
+        0.1 * rng.standard_normal(n) + (rng.random(n) < 0.05) * rng.exponential(5.0, n) - 0.25
+    ),
+    "log-normal sd 1.5 (skew 33)": lambda rng, n: np.exp(1.5 * rng.standard_normal(n)) - np.exp(1.125),
+    "Lomax 2.5 (infinite 3rd moment)": lambda rng, n: rng.pareto(2.5, n) - 1.0 / 1.5,
+}
+
+
+def per_level_study(reps, seed, confidence, ns=(200, 1000), n_boot=999, out=sys.stdout):
+    """Coverage of one-sided upper bounds on a mean (true mean 0) by t, percentile bootstrap, studentized."""
+    alpha = 1.0 - confidence
+    print(
+        "| per-item differences | N | runs | t | percentile bootstrap | studentized (max of bootstrap-t and t) |\n"
+        "|---|---:|---:|---:|---:|---:|",
+        file=out,
+        flush=True,
+    )
+    for n in ns:
+        for k, (name, draw) in enumerate(PER_LEVEL.items()):
+            hits = {"t": 0, "pct": 0, "stud": 0}
+            for r in range(reps):
+                x = draw(np.random.default_rng([seed, 300 + k, n, r]), n)[None, None, :]
+                hits["t"] += mean_t_bounds(x, alpha)[1][0] >= 0
+                hits["pct"] += bootstrap_bounds(x, alpha, n_boot=n_boot, random_state=r)[1][0] >= 0
+                hits["stud"] += studentized_bounds(x, (alpha,), n_boot=n_boot, random_state=r)[0][1][0] >= 0
+            print(
+                f"| {name} | {n} | {reps} | {hits['t'] / reps:.3f} | {hits['pct'] / reps:.3f} | "
+                f"{hits['stud'] / reps:.3f} |",
+                file=out,
+                flush=True,
+            )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=400, help="repetitions per setting (fast methods)")
@@ -212,6 +344,9 @@ def main(argv=None):
     ap.add_argument(
         "--adaptive", action="store_true", help="levels fixed in advance vs chosen by suggest_next_bits"
     )
+    ap.add_argument("--continuous", action="store_true", help="continuous scores and few skewed seeds")
+    ap.add_argument("--per-level", action="store_true", help="per-level bound coverage: t, bootstrap, studentized")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates in --continuous")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.slow_reps = 40, 20
@@ -229,6 +364,17 @@ def main(argv=None):
         flush=True,
     )
     t0 = time.perf_counter()
+    if args.continuous or args.per_level:
+        ns = tuple(int(x) for x in args.ns.split(",") if x.strip())
+        if args.per_level:
+            per_level_study(args.reps, args.seed, args.confidence, ns=ns or (200, 1000))
+        else:
+            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip() and int(x) > 1)
+            continuous_study(
+                args.reps, args.seed, args.confidence, n_boot=args.n_boot, ns=ns or (200, 10000), seeds=seeds
+            )
+        print(f"\n# total {time.perf_counter() - t0:.0f} s", flush=True)
+        return
     if args.adaptive:
         for n in tuple(int(x) for x in args.ns.split(",") if x.strip()) or (2000,):
             adaptive_study(args.reps, args.seed, args.confidence, n_items=n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -12,12 +13,23 @@ from boundfinder.bounds import paired
 from boundfinder.bounds.curves import CurveFit, fit_curves
 from boundfinder.errors import StatisticsError
 
-__all__ = ["METHODS", "STATUSES", "BoundEstimate", "LevelBound", "estimate_bound"]
+__all__ = ["METHODS", "SEEDS_FOR_SKEWED_SPREAD", "STATUSES", "BoundEstimate", "LevelBound", "estimate_bound"]
 
-METHODS = ("auto", "score", "exact", "t", "bootstrap", "curve")
+_log = logging.getLogger(__name__)
+_CURVE_NOTED = False  # the log line about continuous scores having no curve is said once per process
+
+METHODS = ("auto", "score", "exact", "t", "bootstrap", "curve", "studentized")
 STATUSES = ("ok", "below_range", "above_range", "undetermined")
 _ONE_SEED = ("score", "exact")
 _MANY_SEEDS = ("t",)
+_BINARY_ONLY = ("score", "exact", "curve")
+_CONTINUOUS_METHODS = ("auto", "studentized", "t", "bootstrap")
+
+#: Fewest seeds from which the multi-seed guarantee held in the calibration study when the seeds' drops differ
+#: by a right-skewed (log-normal, sigma 0.6) factor, for binary and continuous scores (docs/bounds.md,
+#: "Few seeds"). A bound certified on 2 <= S < this many seeds says in its reason that the guarantee is
+#: approximate there.
+SEEDS_FOR_SKEWED_SPREAD = 10
 
 
 def _f(v):
@@ -31,6 +43,9 @@ def _f(v):
 @dataclass(frozen=True, kw_only=True)
 class LevelBound:
     """One tested level: observed accuracy and drop, one-sided confidence bounds on the true drop.
+
+    ``accuracy`` is the mean score at this level over seeds and items: the accuracy for boolean scores, the
+    metric's mean (in its own units) for continuous ones (`BoundEstimate.metric` names it).
 
     ``lower``/``upper`` are one-sided bounds at the estimate's confidence (each alone holds with that
     confidence). ``noise_floor`` is the upper bound this level would get if its observed drop were zero with
@@ -92,7 +107,12 @@ class BoundEstimate:
       even a level with zero observed drop could have been certified: ``min_detectable_drop`` >
       ``tolerance``; more items or seeds are needed, not more levels).
     * ``min_detectable_drop``: the smallest noise floor over the levels (see `LevelBound`).
-    * ``curve``: the fitted accuracy-vs-bits curve (`CurveFit`), None when fitting was skipped or failed.
+    * ``curve``: the fitted accuracy-vs-bits curve (`CurveFit`), None when fitting was skipped or failed, and
+      always None for continuous scores (the curve families are binomial).
+    * ``metric``, ``higher_is_better``, ``continuous``: what was measured. Boolean scores are ``"accuracy"``,
+      higher is better. For continuous scores the drop is the paired mean difference in the metric's direction
+      (for a loss, ``higher_is_better=False``, the drop is the increase), ``baseline_accuracy`` and
+      ``LevelBound.accuracy`` are the metric's means, and ``tolerance`` is in the metric's units (or relative).
     """
 
     bits: int | None
@@ -109,6 +129,9 @@ class BoundEstimate:
     min_detectable_drop: float
     levels: tuple = field(default=())
     curve: CurveFit | None = None
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    continuous: bool = False
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -122,6 +145,26 @@ class BoundEstimate:
             )
         if len(self.ci) != 2:
             raise StatisticsError(f"ci must be a (low, high) pair, got {self.ci!r}")
+        if not (isinstance(self.metric, str) and self.metric):
+            raise StatisticsError(f"metric must be a non-empty name, got {self.metric!r}")
+
+    @property
+    def direction(self) -> str:
+        """``"higher is better"`` or ``"lower is better"``: how the metric is read."""
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+    @property
+    def drop_name(self) -> str:
+        """What the drop is called in reasons and reports: ``"drop"`` for accuracy, e.g. ``"nll increase"``."""
+        if not self.continuous:
+            return "drop"
+        return f"{self.metric} {'drop' if self.higher_is_better else 'increase'}"
+
+    @property
+    def seeds_approximate(self) -> bool:
+        """True when a bound was certified on 2 <= S < `SEEDS_FOR_SKEWED_SPREAD` seeds: the multi-seed
+        guarantee is approximate there if the seeds' drops differ by a right-skewed factor."""
+        return self.bits is not None and 2 <= self.n_seeds < SEEDS_FOR_SKEWED_SPREAD
 
     @property
     def drop_units(self) -> str:
@@ -144,6 +187,10 @@ class BoundEstimate:
             "min_detectable_drop": _f(self.min_detectable_drop),
             "levels": [lv.summary() for lv in self.levels],
             "curve": None if self.curve is None else self.curve.summary(),
+            "metric": self.metric,
+            "higher_is_better": bool(self.higher_is_better),
+            "continuous": bool(self.continuous),
+            "seeds_approximate": bool(self.seeds_approximate),
         }
 
     def report(self) -> str:
@@ -151,19 +198,25 @@ class BoundEstimate:
         unit = "relative" if self.relative else "absolute"
         lo, hi = self.ci
         ci_txt = f"[{'-' if lo is None else lo}, {'above range' if hi is None else hi}]"
+        name = self.drop_name
+        base = f"{self.baseline_accuracy:.4f}" if not self.continuous else f"{self.baseline_accuracy:.6g}"
         lines = [
             f"minimum safe bits: {self.bits}  ({self.status}; {self.confidence:.0%} CI {ci_txt})",
             f"reason: {self.reason}",
-            f"method: {self.method}; tolerance {self.tolerance:g} ({unit} drop); "
+            f"method: {self.method}; tolerance {self.tolerance:g} ({unit} {name}); "
             f"N={self.n_items} items x S={self.n_seeds} seeds; "
-            f"baseline accuracy {self.baseline_accuracy:.4f}; "
-            f"smallest certifiable drop {self.min_detectable_drop:.4g}",
-            f"{'bits':>5} {'accuracy':>9} {'drop':>9} {'lower':>9} {'upper':>9} {'floor':>9}  safe",
+            f"baseline {self.metric} {base}; "
+            f"smallest certifiable {name} {self.min_detectable_drop:.4g}",
         ]
+        if self.continuous:
+            lines.insert(2, f"metric: {self.metric} ({self.direction})")
+        fmt = ".4f" if not self.continuous else ".4g"
+        head = self.metric[:9]
+        lines.append(f"{'bits':>5} {head:>9} {'drop':>9} {'lower':>9} {'upper':>9} {'floor':>9}  safe")
         for lv in self.levels:
             lines.append(
-                f"{lv.bits:>5} {lv.accuracy:>9.4f} {lv.drop:>9.4f} {lv.lower:>9.4f} {lv.upper:>9.4f} "
-                f"{lv.noise_floor:>9.4f}  {'yes' if lv.declared_safe else 'no'}"
+                f"{lv.bits:>5} {lv.accuracy:>9{fmt}} {lv.drop:>9{fmt}} {lv.lower:>9{fmt}} {lv.upper:>9{fmt}} "
+                f"{lv.noise_floor:>9{fmt}}  {'yes' if lv.declared_safe else 'no'}"
             )
         if self.curve is not None:
             params = ", ".join(
@@ -174,8 +227,9 @@ class BoundEstimate:
         return "\n".join(lines)
 
     def plot(self, ax):
-        """Draw accuracy vs bits on a matplotlib ``ax``: measured points with the per-level confidence bars,
-        the fitted curve and its confidence band, the tolerance line and the bound marker. Returns ``ax``."""
+        """Draw the metric (accuracy for boolean scores) vs bits on a matplotlib ``ax``: measured points with the
+        per-level confidence bars, the fitted curve and its confidence band, the tolerance line and the bound
+        marker. Returns ``ax``."""
         from boundfinder.bounds.plot import plot_estimate
 
         return plot_estimate(self, ax)
@@ -186,12 +240,25 @@ def _as_bool(name, value):
     if arr.dtype != np.bool_:
         raise StatisticsError(
             f"{name} must be a boolean array (True = item answered correctly), got dtype {arr.dtype}; "
-            f"convert 0/1 data with .astype(bool)"
+            f"convert 0/1 data with .astype(bool), or pass continuous scores as floats for both arrays"
         )
     return arr
 
 
-def _validate(bits, correct, baseline, tolerance, relative, confidence, method):
+def _is_numeric(arr):
+    return arr.dtype != np.bool_ and (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    )
+
+
+def _scores_kind(correct, baseline):
+    """``"binary"`` when both arrays are boolean, ``"continuous"`` when both are numeric and not boolean;
+    anything else goes down the binary path, whose check names the array that is not boolean."""
+    c, b = np.asarray(correct), np.asarray(baseline)
+    return "continuous" if _is_numeric(c) and _is_numeric(b) else "binary"
+
+
+def _validate_bits(bits):
     bits_arr = np.asarray(bits)
     if bits_arr.ndim != 1:
         raise StatisticsError(f"bits must be a 1-D sequence of ints, got shape {bits_arr.shape}")
@@ -212,15 +279,19 @@ def _validate(bits, correct, baseline, tolerance, relative, confidence, method):
     if np.unique(bits_arr).size != bits_arr.size:
         dup = sorted({int(b) for b in bits_arr if (bits_arr == b).sum() > 1})
         raise StatisticsError(f"bit levels must be distinct, got duplicates {dup} in {bits_arr.tolist()}")
-    correct = _as_bool("correct", correct)
-    baseline = _as_bool("baseline", baseline)
+    return bits_arr
+
+
+def _shapes(bits_arr, correct, baseline, names):
+    """(L, S, N) scores and (S, N) baseline, checked against each other and the levels."""
+    cn, bn = names
     if correct.ndim not in (2, 3):
         raise StatisticsError(
-            f"correct must have shape (L, N) or (L, S, N) (levels x [seeds x] items), got {correct.shape}"
+            f"{cn} must have shape (L, N) or (L, S, N) (levels x [seeds x] items), got {correct.shape}"
         )
     if correct.shape[0] != bits_arr.size:
         raise StatisticsError(
-            f"correct has {correct.shape[0]} levels on axis 0 but bits has {bits_arr.size}; they must agree"
+            f"{cn} has {correct.shape[0]} levels on axis 0 but bits has {bits_arr.size}; they must agree"
         )
     if correct.ndim == 2:
         correct = correct[:, None, :]
@@ -230,24 +301,42 @@ def _validate(bits, correct, baseline, tolerance, relative, confidence, method):
     if baseline.ndim == 1:
         if baseline.shape[0] != n:
             raise StatisticsError(
-                f"baseline has {baseline.shape[0]} items but correct has N={n}; they must agree"
+                f"{bn} has {baseline.shape[0]} items but {cn} has N={n}; they must agree"
             )
         baseline = np.broadcast_to(baseline, (s, n))
     elif baseline.ndim == 2:
         if baseline.shape != (s, n):
             raise StatisticsError(
-                f"baseline shape {baseline.shape} must be (S, N) = {(s, n)} to match correct {correct.shape}"
+                f"{bn} shape {baseline.shape} must be (S, N) = {(s, n)} to match {cn} {correct.shape}"
             )
     else:
-        raise StatisticsError(f"baseline must have shape (N,) or (S, N), got {baseline.shape}")
-    if not (isinstance(tolerance, numbers.Real) and math.isfinite(tolerance) and 0.0 < tolerance < 1.0):
-        raise StatisticsError(f"tolerance must satisfy 0 < tolerance < 1, got {tolerance!r}")
+        raise StatisticsError(f"{bn} must have shape (N,) or (S, N), got {baseline.shape}")
+    return correct, baseline
+
+
+def _check_confidence_relative(confidence, relative):
     if not (isinstance(confidence, numbers.Real) and 0.5 <= confidence < 1.0):
         raise StatisticsError(f"confidence must satisfy 0.5 <= confidence < 1, got {confidence!r}")
     if not isinstance(relative, bool | np.bool_):
         raise StatisticsError(f"relative must be a bool, got {relative!r}")
+
+
+def _validate(bits, correct, baseline, tolerance, relative, confidence, method):
+    bits_arr = _validate_bits(bits)
+    correct = _as_bool("correct", correct)
+    baseline = _as_bool("baseline", baseline)
+    correct, baseline = _shapes(bits_arr, correct, baseline, ("correct", "baseline"))
+    s = correct.shape[1]
+    if not (isinstance(tolerance, numbers.Real) and math.isfinite(tolerance) and 0.0 < tolerance < 1.0):
+        raise StatisticsError(f"tolerance must satisfy 0 < tolerance < 1, got {tolerance!r}")
+    _check_confidence_relative(confidence, relative)
     if method not in METHODS:
         raise StatisticsError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "studentized":
+        raise StatisticsError(
+            "method='studentized' is for continuous (float) scores; boolean scores use "
+            f"{tuple(m for m in METHODS if m != 'studentized')}"
+        )
     if method in _ONE_SEED and s > 1:
         raise StatisticsError(
             f"method={method!r} treats items as the only source of noise and needs one seed, got S={s}; "
@@ -263,6 +352,55 @@ def _validate(bits, correct, baseline, tolerance, relative, confidence, method):
             "relative=True needs a baseline accuracy > 0, got a baseline with no correct item"
         )
     return bits_arr, correct, np.asarray(baseline)
+
+
+def _first_nonfinite(arr, name, bits_arr=None):
+    """Raise naming the first NaN / inf of ``arr`` by its level (bits), seed and item."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return
+    pos = tuple(int(i) for i in np.argwhere(bad)[0])
+    value = float(arr[pos])
+    if bits_arr is not None:
+        j, si, i = pos if arr.ndim == 3 else (pos[0], 0, pos[1])
+        where = f"{name}[{', '.join(map(str, pos))}] (level {j} = {bits_arr[j]} bits, seed {si}, item {i})"
+    else:
+        si, i = pos if arr.ndim == 2 else (0, pos[0])
+        where = f"{name}[{', '.join(map(str, pos))}] (seed {si}, item {i})"
+    raise StatisticsError(
+        f"per-item scores must be finite, but {where} is {value!r} ({int(bad.sum())} non-finite value(s) in "
+        f"{name}); a NaN or inf loss usually means the model diverged or overflowed at that precision: "
+        "record it as a finite worst score, or leave that level out"
+    )
+
+
+def _validate_continuous(bits, scores, baseline, tolerance, relative, confidence, method, higher_is_better):
+    bits_arr = _validate_bits(bits)
+    scores = np.asarray(scores, dtype=float)
+    baseline = np.asarray(baseline, dtype=float)
+    raw_scores = scores
+    scores, baseline = _shapes(bits_arr, scores, baseline, ("scores", "baseline_scores"))
+    _first_nonfinite(raw_scores, "scores", bits_arr)
+    _first_nonfinite(np.asarray(baseline), "baseline_scores")
+    if not (isinstance(tolerance, numbers.Real) and math.isfinite(tolerance) and tolerance > 0.0):
+        raise StatisticsError(
+            f"tolerance must be a finite number > 0 in the metric's units (or a fraction with relative=True), "
+            f"got {tolerance!r}"
+        )
+    _check_confidence_relative(confidence, relative)
+    if not isinstance(higher_is_better, bool | np.bool_):
+        raise StatisticsError(f"higher_is_better must be a bool, got {higher_is_better!r}")
+    if method not in _CONTINUOUS_METHODS:
+        raise StatisticsError(
+            f"method must be one of {_CONTINUOUS_METHODS} for continuous scores, got {method!r}"
+            + (" (a method for boolean scores)" if method in _BINARY_ONLY else "")
+        )
+    if relative and not float(np.mean(baseline)) > 0.0:
+        raise StatisticsError(
+            "relative=True needs a baseline mean > 0 (a drop relative to a non-positive mean has no meaning), "
+            f"got baseline mean {float(np.mean(baseline)):.6g}; use an absolute tolerance in the metric's units"
+        )
+    return bits_arr, scores, np.asarray(baseline)
 
 
 def _abs_bounds(method, diff, alpha, n_boot, random_state):
@@ -307,6 +445,45 @@ def _level_bounds(method, diff, baseline, alpha, relative, n_boot, random_state)
     return lower, upper, floor / a_lo
 
 
+def _mean_bounds(method, values, alphas, n_boot, random_state):
+    """[(lower, upper)] per alpha on the grand mean of float ``values`` (L, S, N) by ``method``."""
+    if method == "studentized":
+        return paired.studentized_bounds(values, alphas, n_boot=n_boot, random_state=random_state)
+    if method == "t":
+        return [paired.mean_t_bounds(values, a)[:2] for a in alphas]
+    return [paired.bootstrap_bounds(values, a, n_boot=n_boot, random_state=random_state) for a in alphas]
+
+
+def _continuous_bounds(method, diff, baseline, alphas, relative, n_boot, random_state):
+    """[(lower, upper, floor)] per alpha for continuous scores, in the requested units.
+
+    ``diff`` (L, S, N) is the per-item drop in the metric's direction, ``baseline`` (S, N) the baseline scores.
+    Relative bounds divide the absolute ones, each at alpha/2, by the alpha/2 bound on the baseline mean
+    (union bound): ``drop / a0 <= U / a0_low`` when U >= 0, ``<= U / a0_up`` when U < 0 (and the lower bound
+    mirrors it); a baseline lower bound <= 0 leaves the relative drop unbounded (inf).
+    """
+    if not relative:
+        est = diff.mean(axis=(1, 2))
+        return [(lo, up, up - est) for lo, up in _mean_bounds(method, diff, alphas, n_boot, random_state)]
+    half = [a / 2.0 for a in alphas]
+    drops = _mean_bounds(method, diff, half, n_boot, random_state)
+    bases = _mean_bounds(method, np.asarray(baseline, dtype=float)[None], half, n_boot, random_state)
+    est = diff.mean(axis=(1, 2))
+    out = []
+    for (lo, up), (b_lo, b_up) in zip(drops, bases, strict=True):
+        a_lo, a_up = float(b_lo[0]), float(b_up[0])
+        inv_lo = 1.0 / a_lo if a_lo > 0 else np.inf
+        inv_up = 1.0 / a_up  # a_up >= mean > 0
+        with np.errstate(invalid="ignore"):
+            upper = np.where(up >= 0, up * inv_lo, up * inv_up)
+            lower = np.where(lo >= 0, lo * inv_up, lo * inv_lo)
+            floor = (up - est) * inv_lo
+        upper = np.nan_to_num(upper, nan=np.inf)  # 0 * inf: a zero bound over an unbounded baseline
+        lower = np.nan_to_num(lower, nan=-np.inf)
+        out.append((lower, upper, np.nan_to_num(floor, nan=np.inf)))
+    return out
+
+
 def _curve_bounds(curve, bits, alpha, est):
     if curve is None or not curve.converged:
         inf = np.full(bits.shape, np.inf)
@@ -337,37 +514,60 @@ def _step_up(lower, tolerance):
 
 def estimate_bound(
     bits,
-    correct,
-    baseline,
+    scores=None,
+    baseline_scores=None,
     *,
-    tolerance=0.01,
+    tolerance=None,
     relative=False,
+    higher_is_better=True,
+    metric=None,
     confidence=0.95,
     method="auto",
     fit_curve=True,
     n_boot=2000,
     random_state=0,
+    correct=None,
+    baseline=None,
 ):
     """Estimate the minimum safe bits from paired measurements, with a confidence statement.
 
     Args:
         bits: L distinct integer bit levels (any order).
-        correct: boolean array (L, N) or (L, S, N): item answered correctly at each level (and seed).
-        baseline: boolean array (N,) or (S, N): the full-precision model on the same items (same seed).
-        tolerance: largest acceptable drop, 0 < tolerance < 1 (accuracy points, e.g. 0.01 = one point).
-        relative: measure the drop relative to the baseline accuracy instead of in absolute points.
+        scores: per-item scores at each level (and seed), shape (L, N) or (L, S, N). Boolean: item answered
+            correctly (the binary methods below). Float (or int, not bool): a continuous per-item metric such
+            as a loss or an error (0/1 floats are continuous too: convert with ``.astype(bool)`` to get the
+            binary methods).
+        baseline_scores: the full-precision model on the same items (same seed), (N,) or (S, N), of the same
+            kind as ``scores``.
+        tolerance: largest acceptable drop. Boolean scores: 0 < tolerance < 1 accuracy points (default 0.01 =
+            one point). Continuous scores: required, > 0, in the metric's units (or a fraction with
+            ``relative``).
+        relative: measure the drop relative to the baseline mean (accuracy, or the metric's mean, which must
+            be > 0) instead of in absolute units.
+        higher_is_better: the metric's direction (continuous scores). The drop at a level is the paired mean
+            of ``baseline - score`` when higher is better, of ``score - baseline`` when lower is better (a
+            loss: the drop is the increase). Boolean scores are correctness: higher is better.
+        metric: the metric's name for reasons, reports and plots (default ``"accuracy"`` for boolean scores,
+            ``"score"`` for continuous ones), e.g. ``"nll"``.
         confidence: the probability that every declared-safe level is truly safe (0.5 <= confidence < 1).
-        method: per-level bound; ``"auto"`` picks ``"score"`` for one seed and ``"t"`` for several.
+        method: per-level bound; ``"auto"`` picks ``"score"`` for one seed and ``"t"`` for several with
+            boolean scores, ``"studentized"`` for continuous scores.
             ``"score"`` (one seed; Tango's paired score interval), ``"exact"`` (one seed; McNemar's
             conditional binomial with Clopper–Pearson, conservative, exact), ``"t"`` (S >= 2; t over seeds
-            plus the shared-item variance), ``"bootstrap"`` (hierarchical seeds-then-items percentile),
-            ``"curve"`` (delta-method band of the ML accuracy-vs-bits curve; relies on the curve family being
-            right).
+            plus the shared-item variance; for continuous scores any S, S = 1 being the paired t over items),
+            ``"bootstrap"`` (hierarchical seeds-then-items percentile), ``"curve"`` (delta-method band of the
+            ML accuracy-vs-bits curve; relies on the curve family being right; boolean only),
+            ``"studentized"`` (continuous only: the wider of a bootstrap-t bound over items and the crossed t
+            bound, `paired.studentized_bounds`).
         fit_curve: also fit the accuracy-vs-bits curve for the summary and plot (always on for "curve").
-        n_boot, random_state: replicates and seed for ``method="bootstrap"``.
+            Boolean scores only: for continuous scores no curve is fitted (``curve`` is None, said once in a
+            log line).
+        n_boot, random_state: replicates and seed for ``method="bootstrap"`` and ``"studentized"``.
+        correct, baseline: the former names of ``scores`` and ``baseline_scores``, still accepted as keywords.
 
-    Returns a `BoundEstimate`. Raises `StatisticsError` for malformed input; data that simply do not
-    support a bound (all levels unsafe, all safe, noise) give a status and reason, never an exception.
+    Returns a `BoundEstimate`. Raises `StatisticsError` for malformed input (including a NaN or infinite
+    per-item score, named by level, seed and item); data that simply do not support a bound (all levels
+    unsafe, all safe, noise) give a status and reason, never an exception.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -379,14 +579,43 @@ def estimate_bound(
     >>> est = estimate_bound(list(range(6, 17)), correct, base, fit_curve=False)
     >>> est.status, est.bits
     ('ok', 10)
+
+    A loss (lower is better) whose per-item increase is skewed: a few items get much worse.
+
+    >>> base_loss = rng.gamma(2.0, 0.5, 500)
+    >>> hurt = rng.lognormal(0.0, 1.0, 500) * np.exp(-0.5)  # mean 1, right-skewed
+    >>> loss = np.stack([base_loss + 0.3 * 2.0 ** -(b - 6) * hurt for b in range(6, 13)])
+    >>> est = estimate_bound(list(range(6, 13)), loss, base_loss, tolerance=0.025, higher_is_better=False,
+    ...                      metric="nll")
+    >>> est.status, est.bits, est.method  # true increase 0.0375 at 9 bits, 0.019 at 10
+    ('ok', 10, 'studentized')
+    >>> est.reason.split(";")[0]
+    '10 bits is the lowest level from which every tested level is safe at 95% confidence'
     """
+    scores, baseline_scores = _legacy_names(scores, baseline_scores, correct, baseline)
+    if _scores_kind(scores, baseline_scores) == "continuous":
+        return _estimate_continuous(
+            bits, scores, baseline_scores, tolerance=tolerance, relative=relative,
+            higher_is_better=higher_is_better, metric=metric, confidence=confidence, method=method,
+            n_boot=n_boot, random_state=random_state, fit_curve=fit_curve,
+        )  # fmt: skip
+    if tolerance is None:
+        tolerance = 0.01
+    if higher_is_better is not True:
+        raise StatisticsError(
+            f"boolean scores mean 'item answered correctly' (higher is better), got {higher_is_better=}; "
+            "pass ~errors as boolean correctness, or float scores with higher_is_better=False"
+        )
+    if metric is not None and not (isinstance(metric, str) and metric):
+        raise StatisticsError(f"metric must be a non-empty name, got {metric!r}")
+    correct, baseline = scores, baseline_scores
     bits_arr, correct3, baseline2 = _validate(
         bits, correct, baseline, tolerance, relative, confidence, method
     )
     order = np.argsort(bits_arr)
     bits_arr = bits_arr[order]
     correct3 = correct3[order]
-    n_levels, s, n = correct3.shape
+    _n_levels, s, n = correct3.shape
     resolved = method if method != "auto" else ("score" if s == 1 else "t")
     alpha = 1.0 - confidence
     diff = baseline2[None].astype(np.int8) - correct3.astype(np.int8)  # (L, S, N) in {-1, 0, 1}
@@ -416,6 +645,22 @@ def estimate_bound(
             resolved, diff, baseline2, alpha / 2.0, relative, n_boot, random_state
         )
 
+    reason_extra = ""
+    if resolved == "curve" and (curve is None or not curve.converged):
+        reason_extra = "; the curve fit did not converge, so the curve method certifies nothing"
+    return _decide(
+        bits_arr, acc, drop, lower, upper, floor, lower2, upper2, s, n, tolerance, relative, confidence,
+        resolved, base_acc, curve, unit="relative drop" if relative else "drop", reason_extra=reason_extra,
+        extra={"metric": "accuracy" if metric is None else metric},
+    )  # fmt: skip
+
+
+def _decide(
+    bits_arr, acc, drop, lower, upper, floor, lower2, upper2, s, n, tolerance, relative, confidence, resolved,
+    base_acc, curve, *, unit, extra, reason_extra="",
+):  # fmt: skip
+    """The fixed-sequence decision, CI, status and reason from per-level bounds (sorted by bits)."""
+    n_levels = bits_arr.size
     safe = _step_down(upper, tolerance)
     ci_high_mask = _step_down(upper2, tolerance)
     unsafe_ci = _step_up(lower2, tolerance)
@@ -424,7 +669,6 @@ def estimate_bound(
     min_detectable = float(np.min(floor))
 
     top = n_levels - 1
-    unit = "relative drop" if relative else "drop"
     if safe.all():
         out_bits, status = int(bits_arr[0]), "below_range"
         reason = (
@@ -456,8 +700,7 @@ def estimate_bound(
             f"the highest tested level, {bits_arr[top]} bits, is {how}: "
             f"{unit} {drop[top]:.4g}, upper bound {upper[top]:.4g} > tolerance {tolerance:g}; test more bits"
         )
-    if resolved == "curve" and (curve is None or not curve.converged):
-        reason += "; the curve fit did not converge, so the curve method certifies nothing"
+    reason += reason_extra + _seeds_note(out_bits, s)
 
     levels = tuple(
         LevelBound(
@@ -486,4 +729,82 @@ def estimate_bound(
         min_detectable_drop=min_detectable,
         levels=levels,
         curve=curve,
+        **extra,
     )
+
+
+
+
+def _legacy_names(scores, baseline_scores, correct, baseline):
+    """``scores``/``baseline_scores``, or the former keyword names ``correct``/``baseline``, never both."""
+    if correct is not None:
+        if scores is not None:
+            raise StatisticsError("pass the per-item scores once: as scores (or positionally), or as correct")
+        scores = correct
+    if baseline is not None:
+        if baseline_scores is not None:
+            raise StatisticsError(
+                "pass the baseline once: as baseline_scores (or positionally), or as baseline"
+            )
+        baseline_scores = baseline
+    if scores is None or baseline_scores is None:
+        raise StatisticsError("estimate_bound needs bits, scores and baseline_scores; got None for one of them")
+    return scores, baseline_scores
+
+
+def _seeds_note(out_bits, s):
+    """The reason's rider for a bound certified on fewer seeds than the calibration supports."""
+    if out_bits is None or not 2 <= s < SEEDS_FOR_SKEWED_SPREAD:
+        return ""
+    return (
+        f"; with S={s} seeds the multi-seed guarantee is approximate: if the seeds' drops differ by a "
+        f"right-skewed factor (calibrated: log-normal, sigma 0.6) the bound can be unsafe more often than "
+        f"1 - confidence; S >= {SEEDS_FOR_SKEWED_SPREAD} seeds make it hold (docs/bounds.md, Few seeds)"
+    )
+
+
+def _estimate_continuous(
+    bits, scores, baseline, *, tolerance, relative, higher_is_better, metric, confidence, method, n_boot,
+    random_state, fit_curve,
+):  # fmt: skip
+    """`estimate_bound` for continuous per-item scores: same fixed sequence, statuses and CI."""
+    if tolerance is None:
+        raise StatisticsError(
+            "tolerance is required for continuous scores: the largest acceptable drop in the metric's units "
+            "(or a fraction of the baseline mean with relative=True), e.g. tolerance=0.02"
+        )
+    if metric is None:
+        metric = "score"
+    if not (isinstance(metric, str) and metric):
+        raise StatisticsError(f"metric must be a non-empty name, got {metric!r}")
+    bits_arr, scores3, baseline2 = _validate_continuous(
+        bits, scores, baseline, tolerance, relative, confidence, method, higher_is_better
+    )
+    order = np.argsort(bits_arr)
+    bits_arr = bits_arr[order]
+    scores3 = scores3[order]
+    _n_levels, s, n = scores3.shape
+    resolved = "studentized" if method == "auto" else method
+    alpha = 1.0 - confidence
+    sign = 1.0 if higher_is_better else -1.0
+    diff = sign * (baseline2[None] - scores3)  # (L, S, N): per-item drop in the metric's direction
+
+    base_mean = float(baseline2.mean())
+    level_mean = scores3.mean(axis=(1, 2))
+    drop = diff.mean(axis=(1, 2))
+    if relative:
+        drop = drop / base_mean
+    (lower, upper, floor), (lower2, upper2, _) = _continuous_bounds(
+        resolved, diff, baseline2, (alpha, alpha / 2.0), relative, n_boot, random_state
+    )
+    global _CURVE_NOTED
+    if fit_curve and not _CURVE_NOTED:
+        _CURVE_NOTED = True
+        _log.info("continuous scores: no accuracy-vs-bits curve is fitted (curve=None; its families are binomial)")
+    name = f"{metric} {'drop' if higher_is_better else 'increase'}"
+    return _decide(
+        bits_arr, level_mean, drop, lower, upper, floor, lower2, upper2, s, n, tolerance, relative,
+        confidence, resolved, base_mean, None,
+        unit=("relative " if relative else "") + name,
+        extra={"metric": metric, "higher_is_better": bool(higher_is_better), "continuous": True},
+    )  # fmt: skip

@@ -20,6 +20,11 @@ Methods:
 * ``bootstrap`` (any seeds): hierarchical percentile bootstrap, seeds resampled first, then items.
 
 `accuracy_bounds` bounds the baseline accuracy for relative drops with the same crossed variance.
+
+Continuous per-item scores (loss, error, a per-item metric): the drop of one item is any real number, in the
+metric's direction. `studentized_bounds` (``method="studentized"``, the default for them) takes the wider of
+a bootstrap-t bound over items (skewness- and tail-aware) and the crossed t bound of `mean_t_bounds`
+(between-seed variance); the study in ``benchmarks/calibration.py`` is why.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ __all__ = [
     "bootstrap_bounds",
     "clopper_pearson",
     "exact_bounds",
+    "mean_t_bounds",
     "score_bounds",
+    "studentized_bounds",
     "t_bounds",
 ]
 
@@ -259,3 +266,90 @@ def bootstrap_bounds(diff, alpha, n_boot=2000, random_state=0):
     lower = np.quantile(reps, alpha, axis=1)
     upper = np.quantile(reps, 1.0 - alpha, axis=1)
     return lower, upper
+
+
+# ------------------------------------------------------------------------------------------ continuous scores
+def mean_t_bounds(diff, alpha):
+    """(lower, upper) t bounds on the grand mean of float ``diff`` (L, S, N), any S >= 1; also returns df.
+
+    S = 1: the paired t bound over the N items (df N - 1). S >= 2: the crossed seeds x items variance of
+    `_crossed_mean` with Satterthwaite df (the ``t`` method without its binary pooled-score floor). Symmetric:
+    it ignores skewness, which `studentized_bounds` adds.
+    """
+    diff = np.asarray(diff, dtype=float)
+    _n_levels, s, n = diff.shape
+    if s == 1:
+        x = diff[:, 0]
+        grand, var, df = x.mean(axis=1), x.var(axis=1, ddof=1) / n, np.full(x.shape[0], n - 1.0)
+    else:
+        grand, var, df = _crossed_mean(diff)
+    half = stats.t.ppf(1.0 - alpha, df) * np.sqrt(var)
+    return grand - half, grand + half, df
+
+
+def _bootstrap_t(x, n_boot, random_state):
+    """Bootstrap replicates of the studentized mean of each row of ``x`` (L, N): ``(m* - m) / se*``, (L, B).
+
+    Items are resampled with replacement (multinomial counts built from integer draws, in chunks of about
+    2.5 million cells so memory stays bounded), the same resample for every row, so levels stay paired. A
+    replicate whose items are all equal has se* = 0: its statistic is 0 when m* = m and -inf / +inf otherwise
+    (`np.quantile` with ``method="lower"/"higher"`` never interpolates across an infinity).
+    """
+    n_rows, n = x.shape
+    rng = np.random.default_rng(random_state)
+    centred = x - x.mean(axis=1, keepdims=True)
+    sq = centred**2
+    out = np.empty((n_rows, n_boot))
+    chunk = max(1, 2_500_000 // n)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+        w = counts.T.astype(float)  # (N, b)
+        m = centred @ w / n  # (L, b): m* - m
+        var = np.maximum((sq @ w - n * m**2) / (n - 1), 0.0)
+        se = np.sqrt(var / n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = m / se
+        # Relative to the data's own scale, a replicate spread below 1e-12 is a constant resample.
+        scale = np.sqrt(sq.mean(axis=1, keepdims=True))
+        flat = se <= 1e-12 * np.maximum(scale, 1e-300)
+        t = np.where(flat, np.where(m > 0, np.inf, np.where(m < 0, -np.inf, 0.0)), t)
+        out[:, start : start + b] = t
+    return out
+
+
+def studentized_bounds(diff, alphas, n_boot=2000, random_state=0):
+    """One-sided (lower, upper) bounds on the grand mean of float ``diff`` (L, S, N) at each of ``alphas``.
+
+    Two bounds, the wider of them kept on each side (each level alone):
+
+    * the studentized (bootstrap-t) bound over items on the per-item means over seeds: the quantiles of
+      ``(m* - m) / se*`` over ``n_boot`` item resamples (shared by all levels) replace the t quantiles, which
+      corrects for skewed, heavy-tailed per-item differences (Hall 1988; Efron & Tibshirani 1993, ch. 12):
+      when a few items lose much, resamples that miss them have small mean *and* small spread, so the lower
+      tail of the statistic is long and the upper bound moves up. It sees item noise only.
+    * the t bound of `mean_t_bounds`: with S >= 2 the crossed seeds x items variance and Satterthwaite df,
+      which carries between-seed variance (symmetric; with few, skewed seeds no interval can be exact).
+
+    When items dominate the noise the bootstrap-t bound is the binding one, when seeds dominate the t bound
+    is: the maximum is valid whenever one of them is. Identical per-item differences give the exact mean as
+    both bounds (no noise in the data). Translation-equivariant, so ``upper - mean`` is the noise floor.
+    Returns a list of (lower, upper) pairs, one per alpha, from one set of replicates.
+    """
+    diff = np.asarray(diff, dtype=float)
+    item_means = diff.mean(axis=1)  # (L, N)
+    n = item_means.shape[1]
+    m = item_means.mean(axis=1)
+    se = item_means.std(axis=1, ddof=1) / np.sqrt(n)
+    t_star = _bootstrap_t(item_means, n_boot, random_state)
+    out = []
+    for alpha in alphas:
+        q_lo = np.quantile(t_star, alpha, axis=1, method="lower")
+        q_hi = np.quantile(t_star, 1.0 - alpha, axis=1, method="higher")
+        with np.errstate(invalid="ignore"):
+            up_b = np.where(se > 0, m - q_lo * se, m)
+            lo_b = np.where(se > 0, m - q_hi * se, m)
+        lo_t, up_t, _ = mean_t_bounds(diff, alpha)
+        out.append((np.minimum(lo_b, lo_t), np.maximum(up_b, up_t)))
+    return out

@@ -20,7 +20,7 @@ from scipy import special
 
 from boundfinder.errors import StatisticsError
 
-__all__ = ["CURVE_FAMILIES", "Scenario", "curve_drop"]
+__all__ = ["CURVE_FAMILIES", "NOISES", "ContinuousScenario", "Scenario", "curve_drop"]
 
 CURVE_FAMILIES = ("logistic", "exp2", "cliff")
 
@@ -121,3 +121,84 @@ class Scenario:
         wrong_fixed = u[None, :, :] < g[:, None, None]
         correct = np.where(base[None], right_kept, wrong_fixed)
         return np.array(self.bits), correct, base
+
+
+NOISES = ("lognormal", "t3", "normal")
+
+
+def _standard_noise(kind, rng, size):
+    """Mean 0, sd 1 draws: ``lognormal`` (log-sd 1: skewness 6.2, right tail), ``t3`` (Student t, 3 df:
+    symmetric, infinite kurtosis) or ``normal``."""
+    if kind == "lognormal":
+        return (np.exp(rng.standard_normal(size)) - math.exp(0.5)) / math.sqrt((math.e - 1.0) * math.e)
+    if kind == "t3":
+        return rng.standard_t(3, size) / math.sqrt(3.0)
+    return rng.standard_normal(size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContinuousScenario:
+    """Paired continuous per-item scores (a loss: lower is better) with a known true bound.
+
+    Per repetition: baseline losses ``l[s, i] ~ Gamma(2, 0.5)`` for S seeds and N items; at ``b`` bits the
+    loss of item ``i`` of seed ``s`` rises by ``D[b, s, i] = m_s d(b) + sigma(b) e[s, i]`` with ``d`` the
+    ``family``'s drop curve (`curve_drop`, read as a loss increase in the metric's units), ``m_s`` the seed
+    factor (log-normal with log-sd ``seed_sd``, mean 1, right-skewed; 1 without seed spread) and ``e`` mean-0,
+    sd-1 ``noise`` (`NOISES`), shared by every level (an item hurt at b bits is hurt below b too) and correlated
+    across seeds through an item component (``item_rho``). The noise scale grows with the drop,
+    ``sigma(b) = item_sd sqrt(d(b) / tolerance)``, and ``item_sd`` defaults to ``boundary_se * tolerance *
+    sqrt(N)``: the standard error of one seed's mean at the level where the drop reaches the tolerance is
+    ``boundary_se`` tolerances, whatever N (0.3: the exp2 level below the bound, unsafe by 8% of the
+    tolerance, is a quarter of a standard error from it, so every interval is tested near its edge). The true
+    drop at ``b`` is ``d(b)``.
+    """
+
+    family: str = "exp2"
+    n_items: int
+    n_seeds: int = 1
+    seed_sd: float = 0.0
+    noise: str = "lognormal"
+    boundary_se: float = 0.3
+    item_rho: float = 0.5
+    bits: tuple = tuple(range(4, 17))
+    tolerance: float = 0.01
+
+    def __post_init__(self):
+        if self.family not in CURVE_FAMILIES:
+            raise StatisticsError(f"family must be one of {CURVE_FAMILIES}, got {self.family!r}")
+        if self.noise not in NOISES:
+            raise StatisticsError(f"noise must be one of {NOISES}, got {self.noise!r}")
+        if not (self.n_items >= 2 and self.n_seeds >= 1 and self.boundary_se > 0 and self.seed_sd >= 0):
+            raise StatisticsError(
+                f"n_items >= 2, n_seeds >= 1, boundary_se > 0 and seed_sd >= 0 must hold, got {self.n_items=}, "
+                f"{self.n_seeds=}, {self.boundary_se=}, {self.seed_sd=}"
+            )
+
+    @property
+    def item_sd(self):
+        return self.boundary_se * self.tolerance * math.sqrt(self.n_items)
+
+    def true_drop(self):
+        return curve_drop(self.family, self.bits)
+
+    def true_bound(self):
+        """Smallest tested level from which every tested level is truly safe; None if the top is unsafe."""
+        safe = self.true_drop() <= self.tolerance
+        if not safe[-1]:
+            return None
+        j = len(safe) - 1
+        while j > 0 and safe[j - 1]:
+            j -= 1
+        return int(self.bits[j])
+
+    def sample(self, rng):
+        """(bits, scores (L, S, N) float, baseline (S, N) float) for one repetition; lower is better."""
+        s, n = self.n_seeds, self.n_items
+        d = self.true_drop()
+        m = np.exp(self.seed_sd * rng.standard_normal(s) - self.seed_sd**2 / 2.0)
+        base = rng.gamma(2.0, 0.5, size=(s, n))
+        r, q = math.sqrt(self.item_rho), math.sqrt(1.0 - self.item_rho)
+        e = r * _standard_noise(self.noise, rng, n)[None, :] + q * _standard_noise(self.noise, rng, (s, n))
+        sigma = self.item_sd * np.sqrt(d / self.tolerance)
+        rise = m[None, :, None] * d[:, None, None] + sigma[:, None, None] * e[None]
+        return np.array(self.bits), base[None] + rise, base

@@ -11,7 +11,19 @@ __all__ = ["suggest_next_bits"]
 
 
 def suggest_next_bits(
-    bits, correct, baseline, *, low, high, tolerance=0.01, relative=False, confidence=0.95, method="auto"
+    bits,
+    correct,
+    baseline,
+    *,
+    low,
+    high,
+    tolerance=None,
+    relative=False,
+    confidence=0.95,
+    method="auto",
+    higher_is_better=True,
+    n_boot=2000,
+    random_state=0,
 ):
     """The next bit level to evaluate to pin the minimum safe bits with the fewest evaluations, or None.
 
@@ -20,7 +32,9 @@ def suggest_next_bits(
     confidence bound crosses the tolerance), restricted to ``low <= b <= high``. With fewer than two levels
     measured it asks for ``high`` then ``low``. It returns None when the bracket is closed (adjacent levels),
     the range is exhausted, or the estimate is ``undetermined`` (more levels cannot help; more items or seeds
-    can). ``bits``/``correct``/``baseline`` are as in `estimate_bound` (``correct`` may have 0 or 1 level).
+    can). ``bits``/``correct``/``baseline`` are as in `estimate_bound` (``correct`` may have 0 or 1 level):
+    boolean correctness (``tolerance`` defaults to 0.01) or continuous scores (``tolerance`` required, in the
+    metric's units, with ``higher_is_better``), the same meaning for both.
 
     The levels are chosen from the same items the final `estimate_bound` is computed on, so its
     fixed-sequence guarantee (probability <= ``1 - confidence`` that a declared-safe level is unsafe) holds
@@ -76,6 +90,9 @@ def suggest_next_bits(
         confidence=confidence,
         method=method,
         fit_curve=False,
+        higher_is_better=higher_is_better,
+        n_boot=n_boot,
+        random_state=random_state,
     )
     if est.status == "undetermined":
         return None
