@@ -275,8 +275,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, Mapping):
-        return type(batch)({k: to_device(v, device) for k, v in batch.items()}) if type(batch) is dict else \
-            {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
         return type(batch)(*(to_device(v, device) for v in batch))
     if isinstance(batch, (tuple, list)):
@@ -292,11 +291,9 @@ def has_loader(datamodule: Any, split: str) -> bool:
     method = _SPLIT_METHODS[split]
     if not callable(getattr(datamodule, method, None)):
         return False
-    try:
-        import lightning.pytorch as pl
-        from lightning.pytorch.utilities.model_helpers import is_overridden
-    except ImportError:
-        return True
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
     return not isinstance(datamodule, pl.LightningDataModule) or is_overridden(method, datamodule)
 
 
@@ -666,11 +663,9 @@ def _load_checkpoint(path: str, target: Any, build: _Builder, explicit: bool) ->
     when no arguments were given, else the model built from the arguments with the checkpoint's weights."""
     if not os.path.isfile(path):
         raise BoundfinderError(f"no checkpoint file {path!r} (looked at {os.path.abspath(path)}).")
-    try:
-        import lightning.pytorch as pl
-    except ImportError:  # pragma: no cover - lightning is a dependency
-        pl = None
-    if pl is not None and inspect.isclass(target) and issubclass(target, pl.LightningModule) and not explicit:
+    import lightning.pytorch as pl
+
+    if inspect.isclass(target) and issubclass(target, pl.LightningModule) and not explicit:
         try:
             return target.load_from_checkpoint(path, map_location="cpu")
         except (TypeError, KeyError, RuntimeError) as exc:
