@@ -7,6 +7,8 @@
     boundfinder sensitivity                # minimum safe bits of each layer and role alone, simultaneous CIs
     boundfinder search --trials 40         # per-layer bit widths with Optuna, certified on held-out items
     boundfinder search --switch 0-15       # ... and the epoch of a low -> high precision switch in training
+    boundfinder search --config config.yaml                      # your LightningCLI model and DataModule
+    boundfinder sensitivity --config config.yaml --ckpt last.ckpt   # a trained model, as it is
 """
 
 from __future__ import annotations
@@ -426,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("values", nargs="+", type=float)
     p.add_argument("--rounding", default="nearest", choices=ROUNDING_MODES)
     p.set_defaults(func=_cmd_quantize)
-    p = sub.add_parser("sweep", help="train a model on the embedded digits data, sweep a format family's bit "
-                       "width, and estimate the minimum safe bits with a confidence interval")
+    p = sub.add_parser("sweep", help="train models from seeds (the built-in mlp on the embedded digits data, or "
+                       "your own; or measure a trained --ckpt), sweep a format family's bit width, and estimate the "
+                       "minimum safe bits with a confidence interval")
     _model_args(p, bits_help="bit widths, e.g. 0-10 or 2,4,8 (default 0-10)")
     p.add_argument("--roles", default="weight,bias,input,activation", help="tensor roles to round")
     p.add_argument("--layers", default=None, help="module-name pattern to restrict the precision to")
@@ -452,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the summary to this JSON file")
     _report_args(p)
     p.set_defaults(func=_cmd_sensitivity)
-    p = sub.add_parser("search", help="search per-layer bit widths with Optuna on the embedded digits data, then "
+    p = sub.add_parser("search", help="search per-layer bit widths with Optuna on validation items (the built-in "
+                       "mlp on digits, or your model and DataModule), then "
                        "certify the cheapest safe configuration on held-out test items; workers sharing --storage "
                        "and --study split the trials")
     _model_args(p, bits_help="bit widths each layer may take (default 0-10)")
