@@ -233,3 +233,15 @@ def test_cli_search_from_a_config_trains_with_its_settings(tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert summary["experiment"]["trainer"] == {"accelerator": "cpu"}
     assert summary["confirmation"]["n_items"] == 200 and summary["confirm_seeds"] == [1]
+
+
+def test_cli_worker_with_another_model_configuration_is_refused(tmp_path, capsys):
+    common = ["search", "--model", MODEL, "--data", DATA, "--data-args", '{"n_test": 200}', "--bits", "2,8",
+              "--trials", "2", "--seeds", "0", "--epochs", "1", "--storage", f"sqlite:///{tmp_path}/w.db",
+              "--study", "rows", "--no-confirm"]
+    assert main([*common, "--model-args", '{"width": 4}']) == 0
+    assert "2 configurations measured" in capsys.readouterr().out
+    assert main([*common, "--model-args", '{"width": 4}', "--trials", "3"]) == 0  # the same: it joins
+    assert main([*common, "--model.width", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "was created with other settings" in err and "'width': 4" in err and "model_argv" in err
