@@ -8,6 +8,9 @@
   the cheapest safe configuration certified on test items; many workers can share one storage
   (:func:`~boundfinder.search.storage.open_storage`).
 
+Each takes the user's experiment (:class:`boundfinder.experiment.Experiment`: a model factory or a trained model,
+any LightningDataModule, a per-item score, Trainer settings), or a model and a DataModule directly.
+
 The Optuna-based modules import Optuna when used (the ``search`` extra); the sweep and the sensitivity analysis do not
 need it.
 """
