@@ -336,7 +336,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 switch=None if args.switch is None else _int_list(args.switch), seeds=_seeds(args),
                 epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence, n_trials=args.trials,
                 timeout=args.timeout, storage=args.storage or None, study_name=args.study, sampler_seed=args.seed,
-                heartbeat_interval=args.heartbeat, confirm=not args.no_confirm)
+                heartbeat_interval=args.heartbeat, confirm=not args.no_confirm, procedure=args.procedure)
     except KeyboardInterrupt:
         where = args.storage or "memory (lost)"
         print(f"boundfinder: interrupted; every finished trial is in {where}: run the same command to go on.",
@@ -481,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     _bound_args(p)
     p.add_argument("--no-confirm", action="store_true", help="only add trials to the study (a worker); do not "
                    "certify on the test items")
+    from boundfinder.search.certify import PROCEDURES
+
+    p.add_argument("--procedure", default="fixed_cost", choices=PROCEDURES, help="how the candidates are "
+                   "certified on the test items, each keeping the family-wise error <= 1 - confidence: fixed_cost "
+                   "(default: the fixed sequence from the most expensive down), fallback_widest (more power when a "
+                   "marginal candidate sits among cheaper safe ones; docs/search.md), fixed_validation, fallback, "
+                   "holm, holm_top")
     p.add_argument("--json", help="write the result summary to this JSON file")
     _report_args(p)
     p.set_defaults(func=_cmd_search)

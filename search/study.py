@@ -143,6 +143,8 @@ class SearchResult:
     experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: what the certification's confidence statement covers (``Experiment.claim``)
     claim: str = ""
+    #: the multiple-testing procedure of the certification (``search/certify.py``)
+    procedure: str = "fixed_cost"
 
     @property
     def cost_label(self) -> str:
@@ -170,7 +172,7 @@ class SearchResult:
             "epochs": self.epochs, "cost_label": self.cost_label,
             "confirmation": None if self.confirmation is None else self.confirmation.summary(),
             "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
-            "experiment": dict(self.experiment), "claim": self.claim,
+            "experiment": dict(self.experiment), "claim": self.claim, "procedure": self.procedure,
         }
 
     def report(self) -> str:
@@ -186,8 +188,9 @@ class SearchResult:
             tested = (f"{conf.n_items} test items x {conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} "
                       f"{list(self.confirm_seeds)}" if self.confirm_seeds else
                       f"{conf.n_items} test items of the given trained model")
-            lines.append(f"candidates: the validation Pareto front, tested on {tested} "
-                         "from the most expensive down "
+            how = ("from the most expensive down" if self.procedure == "fixed_cost"
+                   else f"by the {self.procedure} procedure")
+            lines.append(f"candidates: the validation Pareto front, tested on {tested} {how} "
                          f"({conf.method}, "
                          f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
             lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "
@@ -363,6 +366,7 @@ def precision_search(
     confirm_seeds: Iterable[int] | None = None,
     score: Score | str | Callable | None = None,
     trainer: dict[str, Any] | None = None,
+    procedure: str = "fixed_cost",
 ) -> SearchResult:
     """Search per-layer bit widths of ``family`` with Optuna, then certify the result on the test items.
 
@@ -388,6 +392,8 @@ def precision_search(
     Its cost is the mean bits per parameter averaged over the epochs. Each trial trains a model per seed.
 
     ``confirm``: certify the result on the test items (a worker that only adds trials passes False).
+    ``procedure``: how the candidates are certified (:func:`certify`; ``"fixed_cost"``, the fixed sequence, by
+    default; ``"fallback_widest"`` has more power where a marginal candidate sits among cheaper safe ones).
     ``confirm_seeds``: the seeds of the models trained afresh for the certification (default: as many as
     ``seeds``, numbered after the largest). Models that took part in choosing the candidates would carry
     their own robustness to the chosen configurations into the test measurement; fresh ones do not.
@@ -396,6 +402,10 @@ def precision_search(
     """
     import optuna
 
+    from boundfinder.search.certify import PROCEDURES
+
+    if procedure not in PROCEDURES:
+        raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     exp = as_experiment(model, datamodule, score=score, trainer=trainer, model_name=model_name)
     bits = sorted({int(b) for b in bits})
     if len(bits) < 2:
@@ -580,10 +590,11 @@ def precision_search(
         if test.diverged:
             log.warning("certifying %s: the training loss became NaN or infinite for confirm seed(s) %s; those "
                         "models were measured as they were", c.describe(), list(failed[-1]))
-    est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence)
+    est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence,
+                          procedure=procedure)
     result = _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
                      confirm_seeds, exp)
-    return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else ())
+    return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else (), procedure=procedure)
 
 
 def _measurer(space: _Space, exp: Experiment, models, seeds, split: str, level, rounding, roles):
@@ -637,31 +648,52 @@ def _result(study, study_name, storage, family, space: _Space, measured, candida
 
 
 def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.ndarray, *, tolerance: float,
-            confidence: float) -> tuple[BoundEstimate, Candidate | None]:
-    """The fixed sequence over ``candidates`` (cheapest first) from the most expensive down.
+            confidence: float, procedure: str = "fixed_cost") -> tuple[BoundEstimate, Candidate | None]:
+    """Certify ``candidates`` (cheapest first) on test items with a multiple-testing ``procedure``.
 
     ``correct[k]``: per-item results of ``candidates[k]`` on items (and models) the candidates were *not* chosen
-    with, shape (S, N) or (N,); ``baseline``: the full-precision models on the same items. Returns the estimate
-    (its levels are the candidates' ranks, its reason speaks of candidates) and the cheapest candidate declared
-    safe, or None.
+    with, shape (S, N) or (N,); ``baseline``: the full-precision models on the same items. ``procedure``: one of
+    :data:`boundfinder.search.certify.PROCEDURES`; ``"fixed_cost"`` is the fixed sequence from the most expensive
+    down (the default), the others test each candidate at its share of the level (see
+    ``search/certify.py``); every one keeps the family-wise error <= 1 - confidence. Returns the estimate (its
+    levels are the candidates' ranks with their test drops and bounds, ``declared_safe`` as the procedure decided;
+    its reason speaks of candidates) and the cheapest candidate declared safe, or None.
     """
+    from boundfinder.search.certify import PROCEDURES, declared_safe, drop_p_values
+
+    if procedure not in PROCEDURES:
+        raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     correct = np.asarray(correct)
     ranks = np.arange(len(candidates))
+    measured = correct
     if len(candidates) == 1:
         # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two
         # levels, and the same measurement twice leaves its bound and decision unchanged (level 0 is kept).
         correct, ranks = np.concatenate([correct, correct]), np.arange(2)
     est = estimate_bound(ranks, correct, baseline, tolerance=tolerance, confidence=confidence, fit_curve=False)
+    levels = est.levels[:len(candidates)]
+    what = "and so is every more expensive candidate"
+    if procedure != "fixed_cost":
+        p = drop_p_values(measured, baseline, tolerance)
+        val = [c.val_drop if c.val_drop == c.val_drop else -np.inf for c in candidates]  # NaN: never measured
+        safe = declared_safe(procedure, p, [c.cost for c in candidates], val, 1.0 - confidence)
+        levels = tuple(dataclasses.replace(lv, declared_safe=bool(ok)) for lv, ok in zip(levels, safe, strict=True))
+        first = int(np.argmax(safe)) if safe.any() else None
+        est = dataclasses.replace(est, bits=first)
+        what = f"by the {procedure} procedure (test p-value {p[first]:.3g})" if first is not None else ""
     chosen = candidates[est.bits] if est.bits is not None else None
     if chosen is not None:
         reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test drop "
-                  f"{est.levels[est.bits].drop:.4g}, upper bound {est.levels[est.bits].upper:.4g} <= tolerance "
-                  f"{tolerance:g} at {confidence:.0%} confidence, and so is every more expensive candidate")
+                  f"{levels[est.bits].drop:.4g}, upper bound {levels[est.bits].upper:.4g} <= tolerance "
+                  f"{tolerance:g} at {confidence:.0%} confidence, {what}")
     else:
-        top = est.levels[len(candidates) - 1]
+        top = levels[len(candidates) - 1]
         reason = (f"not even the most expensive candidate ({candidates[-1].describe()}) is certified on the test "
                   f"items: drop {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
                   + ("more test items or seeds are needed" if est.status == "undetermined"
                      else "search wider bit widths"))
+        if procedure != "fixed_cost":
+            reason = (f"no candidate is certified by the {procedure} procedure at {confidence:.0%} confidence; "
+                      "more test items or seeds are needed, or search wider bit widths")
     # the estimate's own reason speaks of bit levels; here its levels are candidate ranks
-    return dataclasses.replace(est, levels=est.levels[:len(candidates)], reason=reason), chosen
+    return dataclasses.replace(est, levels=levels, reason=reason), chosen

@@ -70,3 +70,39 @@ def test_bad_input_is_refused_with_the_valid_choices():
     with pytest.raises(BoundfinderError, match="on the same items"):
         drop_p_values(np.ones((2, 10), bool), np.ones(9, bool), 0.01)
     assert set(PROCEDURES) >= {"fixed_cost", "fallback_widest"}
+
+
+def test_the_search_certification_takes_a_procedure():
+    # certify() as the search calls it: a marginal second candidate stops the fixed sequence; the fallback from
+    # the widest passes it by and certifies the cheaper one, with the family-wise guarantee
+    from boundfinder.search.study import Candidate, certify
+
+    rng = np.random.default_rng(SEED)
+    n = 3000
+    base = rng.random(n) < 0.95
+    u = rng.random((3, n))
+
+    def with_drop(d):
+        lose = (d + 0.05 * 0.1) / 0.95
+        return np.where(base, u[0] >= lose, u[0] < 0.1)
+
+    # cheapest first: clearly safe, marginal (true drop 0.012), widest (no drop)
+    correct = np.stack([with_drop(0.0), with_drop(0.012), base.copy()])
+    cands = [Candidate(bits={"g": k}, formats={"g": f"c{k}"}, cost=float(k + 1), val_drop=0.0, trial=k)
+             for k in range(3)]
+    est_fixed, chosen_fixed = certify(cands, correct, base, tolerance=0.01, confidence=0.95)
+    est_fb, chosen_fb = certify(cands, correct, base, tolerance=0.01, confidence=0.95, procedure="fallback_widest")
+    assert [lv.declared_safe for lv in est_fixed.levels] == [False, False, True] and chosen_fixed is cands[2]
+    assert [lv.declared_safe for lv in est_fb.levels] == [True, False, True] and chosen_fb is cands[0]
+    assert "fallback_widest" in est_fb.reason
+    with pytest.raises(BoundfinderError, match="procedure must be one of"):
+        certify(cands, correct, base, tolerance=0.01, confidence=0.95, procedure="sequential")
+
+
+def test_the_cli_offers_the_procedures():
+    from boundfinder.cli import build_parser
+
+    args = build_parser().parse_args(["search", "--procedure", "fallback_widest"])
+    assert args.procedure == "fallback_widest"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--procedure", "bonferroni"])
