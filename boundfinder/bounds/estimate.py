@@ -479,9 +479,10 @@ def _continuous_bounds(method, diff, baseline, alphas, relative, n_boot, random_
             upper = np.where(up >= 0, up * inv_lo, up * inv_up)
             lower = np.where(lo >= 0, lo * inv_up, lo * inv_lo)
             floor = (up - est) * inv_lo
-        upper = np.nan_to_num(upper, nan=np.inf)  # 0 * inf: a zero bound over an unbounded baseline
-        lower = np.nan_to_num(lower, nan=-np.inf)
-        out.append((lower, upper, np.nan_to_num(floor, nan=np.inf)))
+        # 0 * inf (a zero bound over an unbounded baseline) is unbounded; infinities stay infinite.
+        upper = np.nan_to_num(upper, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+        lower = np.nan_to_num(lower, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+        out.append((lower, upper, np.nan_to_num(floor, nan=np.inf, posinf=np.inf, neginf=-np.inf)))
     return out
 
 
