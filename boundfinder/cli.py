@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -189,6 +190,13 @@ def _check_mlflow(args: argparse.Namespace) -> None:
     if getattr(args, "no_confirm", False) and (args.mlflow is not None or args.html):
         raise BoundfinderError("--no-confirm only adds trials; --mlflow and --html report a certified search. "
                                "Use them on the run that confirms.")
+    for option in ("json", "html"):
+        # an output that cannot be written would fail only after the work (and leave an MLflow run open)
+        path = getattr(args, option, None)
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise BoundfinderError(f"--{option} {path!r} cannot be written: the folder {folder} does not exist or is "
+                                   "not writable. Give a path in an existing, writable folder.")
     if args.mlflow is None:
         return
     import importlib.util

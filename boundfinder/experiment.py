@@ -374,11 +374,15 @@ def evaluate(model: nn.Module, loader, score: Score, device: torch.device | None
     device = device if device is not None else _device_of(model)
     if _device_of(model) != device:
         model.to(device)
+    was_training = model.training
     model.eval()
     rows = []
-    with torch.no_grad():
-        for batch in loader:
-            rows.append(score(model, to_device(batch, device)))
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                rows.append(score(model, to_device(batch, device)))
+    finally:
+        model.train(was_training)  # a user's model is left in the mode it came in
     return np.concatenate(rows) if rows else np.zeros(0, dtype=bool)
 
 
@@ -394,6 +398,29 @@ def weights_digest(model: nn.Module) -> str:
         h.update(name.encode())
         _hash_batch(h, t)
     return h.hexdigest()[:16]
+
+
+def _check_trainer(settings: Mapping[str, Any]) -> None:
+    """Refuse Trainer settings the measurements cannot honour: several processes (each would run the whole command
+    and report it) and parameters stored in a format other than float32 (the emulation's reference)."""
+    devices = settings.get("devices", 1)
+    one = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1) or (
+        isinstance(devices, str) and devices.rstrip(",").isdigit() and devices.endswith(","))
+    if not one:
+        raise BoundfinderError(f"devices={devices!r}: boundfinder trains and measures each model in this one "
+                               "process; several devices would start a process per device, each running the whole "
+                               "command. Give devices=1 (or one device index, e.g. [1]).")
+    if settings.get("num_nodes", 1) not in (1, "1"):
+        raise BoundfinderError(f"num_nodes={settings['num_nodes']!r}: boundfinder runs in one process; give 1.")
+    strategy = str(settings.get("strategy", "auto")).lower()
+    if any(k in strategy for k in ("ddp", "fsdp", "deepspeed")):
+        raise BoundfinderError(f"strategy={settings['strategy']!r} starts several processes; boundfinder trains and "
+                               "measures in one. Leave the strategy out (auto) or give 'single_device'.")
+    precision = str(settings.get("precision", "32-true")).lower()
+    if precision in ("64", "64-true", "16-true", "bf16-true") or precision.startswith("transformer-engine"):
+        raise BoundfinderError(f"precision={settings['precision']!r} stores the parameters in another format than "
+                               "float32, but the measurements and the emulation take float32 models as the "
+                               "reference. Valid: 32-true (default), 16-mixed or bf16-mixed (float32 parameters).")
 
 
 # -- the experiment --------------------------------------------------------------------------------------------
@@ -430,6 +457,7 @@ class Experiment:
         if bad:
             raise BoundfinderError(f"trainer settings {bad} are not taken; valid keys are {TRAINER_KEYS} (epochs, "
                                    "logging and checkpoints belong to the command).")
+        _check_trainer(self.trainer)
         object.__setattr__(self, "trainer", types.MappingProxyType(dict(self.trainer)))
         if self.checkpoint is not None and not self.trained:
             raise BoundfinderError(f"checkpoint={self.checkpoint!r} names a trained model: give the model instance "
@@ -510,14 +538,33 @@ class Experiment:
             self.data.prepare_data()
         setup = getattr(self.data, "setup", None)
         if callable(setup):
-            if train:
+            if train or "val" in splits:
+                # (Lightning's own DataModule pattern builds the validation split under stage "fit" only)
                 setup("fit")
-            elif "val" in splits:
-                setup("validate")
             setup("test")
         checked = {split: check_loader(self.data, split) for split in splits}
         self.check_score(self.probe(), next(iter(eval_loader(self.data, "test"))))
+        object.__setattr__(self, "_checked", checked)
         return checked
+
+    def verify_items(self, after: str) -> None:
+        """The evaluation loaders still yield the items :meth:`prepare` checked (``after``: what ran since, for the
+        message). A DataModule that splits its data anew in ``setup()`` (an unseeded ``random_split``) gives each
+        training run other test items: the per-item pairing across seeds, and between workers, would be void."""
+        for split, before in getattr(self, "_checked", {}).items():
+            loader = eval_loader(self.data, split)
+            h = hashlib.sha1()
+            for batch in loader:
+                b = hashlib.sha1()
+                _hash_batch(b, batch)
+                h.update(b.digest())
+            if h.hexdigest()[:16] != before.digest:
+                raise BoundfinderError(
+                    f"{self.data_name}.{_SPLIT_METHODS[split]}() yields other data after {after} than before it: "
+                    "the data module builds its splits anew in setup() (Trainer.fit calls it again), so the "
+                    f"{split} items differ between models and cannot be paired. Make the split reproducible, e.g. "
+                    "random_split(..., generator=torch.Generator().manual_seed(0)), or split once in "
+                    "prepare_data()/__init__.")
 
     def check_score(self, model: nn.Module, batch: Any) -> None:
         """The score works on one test batch (a model output it cannot read is refused before any training)."""
@@ -678,6 +725,16 @@ def _load_checkpoint(path: str, target: Any, build: _Builder, explicit: bool) ->
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file, as Lightning does
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike
         raise BoundfinderError(f"cannot read the checkpoint {path!r}: {exc}") from exc
+    saved = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    if isinstance(saved, Mapping) and hasattr(model, "hparams"):
+        # arguments that change no tensor's shape (heads, an activation) would load silently into the wrong model
+        built = dict(getattr(model, "hparams", {}) or {})
+        differ = {k: (saved[k], built[k]) for k in saved if k in built and _json_safe_eq(saved[k], built[k]) is False}
+        if differ:
+            listed = ", ".join(f"{k}: checkpoint {a!r}, given {b!r}" for k, (a, b) in sorted(differ.items()))
+            raise BoundfinderError(f"the checkpoint {path!r} was trained with other model arguments than those given "
+                                   f"({listed}); give the arguments it was trained with, or leave them out to use "
+                                   "the checkpoint's own.")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise BoundfinderError(f"the checkpoint {path!r} holds no state_dict (a Lightning checkpoint or a "
@@ -688,6 +745,17 @@ def _load_checkpoint(path: str, target: Any, build: _Builder, explicit: bool) ->
         raise BoundfinderError(f"the checkpoint {path!r} does not fit {type(model).__name__}: "
                                f"{' '.join(str(exc).split())[:400]}") from exc
     return model
+
+
+def _json_safe_eq(a: Any, b: Any) -> bool | None:
+    """Whether two saved / given hyperparameters are equal (tuples and lists alike); None where not comparable."""
+    def norm(v: Any) -> Any:
+        return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    try:
+        return bool(norm(a) == norm(b))
+    except Exception:  # noqa: BLE001 - objects whose comparison fails (tensors, modules): not compared
+        return None
 
 
 def load_experiment(*, model: str | None = None, data: str | None = None,

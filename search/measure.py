@@ -47,6 +47,7 @@ def trained(exp: Experiment, seeds: Sequence[int], epochs: int, callbacks: Calla
         model = exp.build(seed)
         failed = _train(model, exp.data, epochs=epochs, seed=seed, callbacks=callbacks(seed) if callbacks else (),
                         trainer=dict(exp.trainer))
+        exp.verify_items(f"training the model of seed {seed}")
         if failed is not None:
             if callbacks is None:
                 raise _full_precision_diverged(seed, failed)

@@ -232,7 +232,8 @@ def test_a_checkpoint_is_loaded_as_it_was_trained(checkpoint):
     exp = load_experiment(model="tests.user_project.models:make_classifier", model_args={"width": 8}, ckpt=path,
                           data="tests.user_project.data:DictDigits")
     assert torch.equal(exp.model.head.weight, fitted.head.weight.cpu())
-    with pytest.raises(BoundfinderError, match="does not fit RowClassifier"):
+    # other arguments than the checkpoint's saved hyperparameters: refused by name, before any weight is loaded
+    with pytest.raises(BoundfinderError, match="width: checkpoint 8, given 3"):
         load_experiment(model="tests.user_project.models:make_classifier", model_args={"width": 3}, ckpt=path,
                         data="tests.user_project.data:DictDigits")
     with pytest.raises(BoundfinderError, match=r"no checkpoint file 'nope.ckpt'"):

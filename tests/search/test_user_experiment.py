@@ -245,3 +245,44 @@ def test_cli_worker_with_another_model_configuration_is_refused(tmp_path, capsys
     assert main([*common, "--model.width", "5"]) == 2
     err = capsys.readouterr().err
     assert "was created with other settings" in err and "'width': 4" in err and "model_argv" in err
+
+
+def test_a_data_module_that_splits_anew_in_setup_is_refused_after_training():
+    # prepare() checked one set of test items; Trainer.fit calls setup() again and the items change
+    from tests.user_project.data import ResplitDigits
+
+    with pytest.raises(BoundfinderError, match=r"builds its splits anew in setup\(\).*random_split"):
+        precision_sweep(RowClassifier, ResplitDigits(), "e8m{b}", [0, 23], seeds=[0], epochs=1)
+
+
+def test_trainer_settings_that_cannot_be_honoured_are_refused(no_training):
+    for settings, match in (({"devices": 2}, "devices=2"), ({"strategy": "ddp"}, "strategy='ddp'"),
+                            ({"precision": "bf16-true"}, "bf16-true"), ({"num_nodes": 2}, "num_nodes=2")):
+        with pytest.raises(BoundfinderError, match=match):
+            Experiment(model=RowClassifier, data=DictDigits(), trainer=settings)
+    Experiment(model=RowClassifier, data=DictDigits(), trainer={"devices": 1, "precision": "bf16-mixed"})
+
+
+def test_a_trained_model_keeps_its_mode_and_a_fit_stage_only_validation_split_is_set_up(checkpoint):
+    from tests.user_project.data import FitStageOnly
+
+    model = RowClassifier.load_from_checkpoint(checkpoint)
+    model.train()
+    precision_sweep(model, DictDigits(), "e8m{b}", [0, 23])
+    assert model.training
+    exp = Experiment(model=model, data=FitStageOnly())
+    assert set(exp.prepare(train=False, splits=("val", "test"))) == {"val", "test"}
+
+
+def test_a_checkpoint_loaded_with_other_arguments_than_it_was_trained_with_is_refused(checkpoint):
+    # width 8 was saved; a config giving width 4 must not load silently (shapes differ here, but any argument
+    # that changes no shape would)
+    with pytest.raises(BoundfinderError, match="width: checkpoint 8, given 4"):
+        load_experiment(model=MODEL, data=DATA, model_args={"width": 4}, ckpt=checkpoint)
+    load_experiment(model=MODEL, data=DATA, model_args={"width": 8}, ckpt=checkpoint)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(capsys, no_training, tmp_path):
+    assert main(["sweep", "--model", "logreg", "--bits", "0,23", "--seeds", "0", "--epochs", "1",
+                 "--json", str(tmp_path / "missing" / "x.json")]) == 2
+    assert "cannot be written" in capsys.readouterr().err

@@ -68,3 +68,26 @@ class NoValDigits(DictDigits):
     """No validation loader: a sweep or a sensitivity table measures on test items; a search cannot run."""
 
     val_dataloader = pl.LightningDataModule.val_dataloader
+
+
+class ResplitDigits(DictDigits):
+    """Splits anew on every setup() with the global generator (an unseeded random_split, a common pattern): each
+    Trainer.fit sees other test items than the ones checked before it."""
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        order = torch.randperm(len(self.test.y))
+        self.test = _Dicts(self.test.x[order], self.test.y[order])
+
+
+class FitStageOnly(DictDigits):
+    """Lightning's documented pattern: the validation split is built under stage 'fit' only."""
+
+    def setup(self, stage: str | None = None) -> None:
+        val = getattr(self, "val", None)
+        super().setup(stage)
+        if stage != "fit":  # no validation split unless a "fit" setup built one
+            if val is None:
+                del self.val
+            else:
+                self.val = val
