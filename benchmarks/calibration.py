@@ -139,7 +139,7 @@ def study(reps, slow_reps, methods, quick, seed, confidence, slow_ns=(2000,), ou
     return rows
 
 
-def _adaptive_estimate(table, base, low, high, confidence):
+def adaptive_estimate(table, base, low, high, confidence):
     """Bisection with `suggest_next_bits` on precomputed per-level results; the estimate on the visited levels."""
     measured = []
     kw = {"low": low, "high": high, "confidence": confidence}
@@ -189,7 +189,7 @@ def adaptive_study(reps, seed, confidence, n_items=2000, out=sys.stdout):
                 p01 = np.where(bits < truth, 0.005, 0.0)[:, None]
                 correct = np.where(base, u >= p10 / 0.9, u < p01 / 0.1)
             full = estimate_bound(bits, correct, base, confidence=confidence, fit_curve=False)
-            est, m = _adaptive_estimate(
+            est, m = adaptive_estimate(
                 {int(b): correct[j] for j, b in enumerate(bits)}, base, 4, 16, confidence
             )
             n_measured.append(m)

@@ -339,23 +339,24 @@ def _hash_batch(h, batch: Any) -> None:
             h.update(repr(leaf).encode())
 
 
+def _loader_digest(datamodule: Any, split: str) -> tuple[str, list[bytes], int]:
+    """One pass over the ``split`` loader: (digest of everything it yields, per-batch digests, item count)."""
+    h, batches, n = hashlib.sha1(), [], 0
+    for batch in eval_loader(datamodule, split):
+        b = hashlib.sha1()
+        _hash_batch(b, batch)
+        batches.append(b.digest())
+        h.update(batches[-1])
+        n += _batch_size(batch) or 0
+    return h.hexdigest()[:16], batches, n
+
+
 def check_loader(datamodule: Any, split: str) -> LoaderData:
     """Two passes over the ``split`` loader must yield the same data in the same order (items are positions).
 
     Returns the item count and a digest of everything the loader yields (what a study compares between workers).
     """
-    passes = []
-    for _ in range(2):
-        loader = eval_loader(datamodule, split)
-        h, batches, n = hashlib.sha1(), [], 0
-        for batch in loader:
-            b = hashlib.sha1()
-            _hash_batch(b, batch)
-            batches.append(b.digest())
-            h.update(batches[-1])
-            n += _batch_size(batch) or 0
-        passes.append((h.hexdigest()[:16], batches, n))
-    (digest, first, n), (_, second, _) = passes
+    (digest, first, n), (_, second, _) = _loader_digest(datamodule, split), _loader_digest(datamodule, split)
     if first != second:
         at = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), min(len(first),
                                                                                                 len(second)))
@@ -404,7 +405,8 @@ def _check_trainer(settings: Mapping[str, Any]) -> None:
     """Refuse Trainer settings the measurements cannot honour: several processes (each would run the whole command
     and report it) and parameters stored in a format other than float32 (the emulation's reference)."""
     devices = settings.get("devices", 1)
-    one = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1) or (
+    # ("auto", as LightningCLI configs often say, is one device here: the Trainer gets devices=1)
+    one = devices in (1, "1", "auto") or (isinstance(devices, (list, tuple)) and len(devices) == 1) or (
         isinstance(devices, str) and devices.rstrip(",").isdigit() and devices.endswith(","))
     if not one:
         raise BoundfinderError(f"devices={devices!r}: boundfinder trains and measures each model in this one "
@@ -552,13 +554,7 @@ class Experiment:
         message). A DataModule that splits its data anew in ``setup()`` (an unseeded ``random_split``) gives each
         training run other test items: the per-item pairing across seeds, and between workers, would be void."""
         for split, before in getattr(self, "_checked", {}).items():
-            loader = eval_loader(self.data, split)
-            h = hashlib.sha1()
-            for batch in loader:
-                b = hashlib.sha1()
-                _hash_batch(b, batch)
-                h.update(b.digest())
-            if h.hexdigest()[:16] != before.digest:
+            if _loader_digest(self.data, split)[0] != before.digest:
                 raise BoundfinderError(
                     f"{self.data_name}.{_SPLIT_METHODS[split]}() yields other data after {after} than before it: "
                     "the data module builds its splits anew in setup() (Trainer.fit calls it again), so the "
@@ -729,7 +725,7 @@ def _load_checkpoint(path: str, target: Any, build: _Builder, explicit: bool) ->
     if isinstance(saved, Mapping) and hasattr(model, "hparams"):
         # arguments that change no tensor's shape (heads, an activation) would load silently into the wrong model
         built = dict(getattr(model, "hparams", {}) or {})
-        differ = {k: (saved[k], built[k]) for k in saved if k in built and _json_safe_eq(saved[k], built[k]) is False}
+        differ = {k: (saved[k], built[k]) for k in saved if k in built and _same_argument(saved[k], built[k]) is False}
         if differ:
             listed = ", ".join(f"{k}: checkpoint {a!r}, given {b!r}" for k, (a, b) in sorted(differ.items()))
             raise BoundfinderError(f"the checkpoint {path!r} was trained with other model arguments than those given "
@@ -747,7 +743,7 @@ def _load_checkpoint(path: str, target: Any, build: _Builder, explicit: bool) ->
     return model
 
 
-def _json_safe_eq(a: Any, b: Any) -> bool | None:
+def _same_argument(a: Any, b: Any) -> bool | None:
     """Whether two saved / given hyperparameters are equal (tuples and lists alike); None where not comparable."""
     def norm(v: Any) -> Any:
         return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v

@@ -679,7 +679,9 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
         safe = declared_safe(procedure, p, [c.cost for c in candidates], val, 1.0 - confidence)
         levels = tuple(dataclasses.replace(lv, declared_safe=bool(ok)) for lv, ok in zip(levels, safe, strict=True))
         first = int(np.argmax(safe)) if safe.any() else None
-        est = dataclasses.replace(est, bits=first)
+        # the fixed sequence's status would contradict this procedure's decision where the two differ
+        status = "ok" if first is not None else ("undetermined" if est.status == "undetermined" else "above_range")
+        est = dataclasses.replace(est, bits=first, status=status)
         what = f"by the {procedure} procedure (test p-value {p[first]:.3g})" if first is not None else ""
     chosen = candidates[est.bits] if est.bits is not None else None
     if chosen is not None:

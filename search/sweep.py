@@ -150,6 +150,8 @@ def _train(model, datamodule, *, epochs: int, seed: int, callbacks: Sequence = (
             # a divergence is returned to the caller, which reports it with the configuration and seed
             warnings.filterwarnings("ignore", message=r"DivergenceGuard: ")
             settings = {"accelerator": "auto", "devices": 1, **(trainer or {})}
+            if settings["devices"] == "auto":  # one process, one device (Experiment refuses several)
+                settings["devices"] = 1
             if settings["accelerator"] != "cpu" and torch.cuda.is_available():
                 # deterministic cuBLAS (Trainer(deterministic=True) refuses CUDA matmuls without it)
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -392,7 +392,7 @@ class LayerEmulator:
         Raises PolicyError when the layers give a tied parameter different ``weight_grad`` formats."""
         uses: dict[int, list[tuple[str, str, Format | None, Format | None]]] = {}
         for name, formats in plan.items():
-            for pname, param in _direct_parameters(modules[name]):
+            for pname, param in modules[name].named_parameters(recurse=False):
                 uses.setdefault(id(param), []).append(
                     (name, pname, formats.get(parameter_role(pname)), formats.get("weight_grad")))
         hooked = set()
@@ -466,7 +466,7 @@ class LayerEmulator:
         ``weight_grad`` rounding of those that a group's backward does not round."""
         params: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
         layer_grad_fmt = formats.get("weight_grad")
-        for pname, param in _direct_parameters(module):
+        for pname, param in module.named_parameters(recurse=False):
             fmt = formats.get(parameter_role(pname))
             rounder = self._rounder(fmt)
             # a tied parameter used with different formats: its total gradient is rounded after accumulation
@@ -820,10 +820,6 @@ def _parameter_host(name: str, module: nn.Module, modules: dict[str, nn.Module])
         if attr in _PARAMETER_CHILDREN.get(cls, ()):
             return parent, attr
     return None
-
-
-def _direct_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return list(module.named_parameters(recurse=False))
 
 
 def _refuse_replica(module: nn.Module, args: Any) -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.calibration import adaptive_estimate
 from boundfinder.bounds import estimate_bound, suggest_next_bits
 from boundfinder.bounds.simulate import Scenario
 from boundfinder.errors import StatisticsError
@@ -75,19 +76,6 @@ CONFIDENCE = 0.8
 REPS = 60
 
 
-def adaptive_estimate(table, base, low, high, confidence):
-    """Run the bisection on precomputed per-level results; the final estimate on the visited levels."""
-    measured = []
-    kw = {"low": low, "high": high, "confidence": confidence}
-    nxt = suggest_next_bits([], np.zeros((0, base.size), bool), base, **kw)
-    while nxt is not None:
-        measured.append(nxt)
-        b = sorted(measured)
-        nxt = suggest_next_bits(b, np.stack([table[k] for k in b]), base, **kw)
-    b = sorted(measured)
-    return estimate_bound(b, np.stack([table[k] for k in b]), base, confidence=confidence, fit_curve=False)
-
-
 def slack(p, reps):
     return 3.0 * math.sqrt(p * (1.0 - p) / reps)
 
@@ -103,7 +91,7 @@ def test_adaptive_levels_keep_the_guarantee_when_upper_bounds_are_monotone():
         table = {int(b): correct[j, 0] for j, b in enumerate(bits)}
         # Every level, fixed in advance: the reference the adaptive result is compared with.
         full = estimate_bound(bits, correct[:, 0], base[0], confidence=CONFIDENCE, fit_curve=False)
-        est = adaptive_estimate(table, base[0], 4, 16, CONFIDENCE)
+        est, _ = adaptive_estimate(table, base[0], 4, 16, CONFIDENCE)
         unsafe = est.bits is not None and est.bits < truth
         adaptive_unsafe += unsafe
         upper = np.array([lv.upper for lv in full.levels])
@@ -132,7 +120,7 @@ def test_adaptive_levels_can_exceed_the_false_safe_rate_when_bounds_are_not_mono
         p01 = np.where(bits < truth, 0.005, 0.0)[:, None]  # wrong -> right
         correct = np.where(base, u >= p10 / 0.9, u < p01 / 0.1)
         full = estimate_bound(bits, correct, base, confidence=CONFIDENCE, fit_curve=False)
-        est = adaptive_estimate({int(b): correct[j] for j, b in enumerate(bits)}, base, 4, 16, CONFIDENCE)
+        est, _ = adaptive_estimate({int(b): correct[j] for j, b in enumerate(bits)}, base, 4, 16, CONFIDENCE)
         fixed_unsafe += full.bits is not None and full.bits < truth
         adaptive_unsafe += est.bits is not None and est.bits < truth
     assert fixed_unsafe / REPS <= alpha + slack(alpha, REPS)

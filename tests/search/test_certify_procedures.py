@@ -94,7 +94,7 @@ def test_the_search_certification_takes_a_procedure():
     est_fb, chosen_fb = certify(cands, correct, base, tolerance=0.01, confidence=0.95, procedure="fallback_widest")
     assert [lv.declared_safe for lv in est_fixed.levels] == [False, False, True] and chosen_fixed is cands[2]
     assert [lv.declared_safe for lv in est_fb.levels] == [True, False, True] and chosen_fb is cands[0]
-    assert "fallback_widest" in est_fb.reason
+    assert "fallback_widest" in est_fb.reason and est_fb.status == "ok" and est_fb.bits == 0
     with pytest.raises(BoundfinderError, match="procedure must be one of"):
         certify(cands, correct, base, tolerance=0.01, confidence=0.95, procedure="sequential")
 

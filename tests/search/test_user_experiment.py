@@ -261,6 +261,7 @@ def test_trainer_settings_that_cannot_be_honoured_are_refused(no_training):
         with pytest.raises(BoundfinderError, match=match):
             Experiment(model=RowClassifier, data=DictDigits(), trainer=settings)
     Experiment(model=RowClassifier, data=DictDigits(), trainer={"devices": 1, "precision": "bf16-mixed"})
+    Experiment(model=RowClassifier, data=DictDigits(), trainer={"devices": "auto"})  # LightningCLI's usual value
 
 
 def test_a_trained_model_keeps_its_mode_and_a_fit_stage_only_validation_split_is_set_up(checkpoint):
