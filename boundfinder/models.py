@@ -21,6 +21,7 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -32,11 +33,15 @@ from torch import nn
 
 from boundfinder.errors import BoundfinderError
 
-__all__ = ["MLP", "OPTIMIZERS", "LeNet", "LogisticRegression"]
+__all__ = ["MLP", "MLP_INITS", "OPTIMIZERS", "LeNet", "LogisticRegression"]
 
 #: Optimizers a built-in model can be asked for by name.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 _ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "tanh": nn.Tanh}
+#: Weight initialisations of an MLP's hidden layers (see :class:`MLP`).
+MLP_INITS = ("auto", "torch", "kaiming")
+#: ``torch.nn.init.calculate_gain``'s name for each activation: hardtanh is the identity around 0, so linear's 1
+_GAIN_OF = {"relu": "relu", "tanh": "tanh", "hardtanh": "linear"}
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -128,12 +133,24 @@ class MLP(_Classifier):
 
     BinaryNet wants ``activation="hardtanh"`` and ``batch_norm=True`` (a sign of ReLU outputs is constant).
 
+    ``init``: the hidden layers' weights. ``"torch"`` keeps ``nn.Linear``'s own (uniform, variance
+    ``1 / (3 fan_in)``): after a ReLU each layer passes on about ``1 / sqrt(6)`` of the spread between items, so
+    six hidden layers start with logits that hardly depend on the input and 15 epochs of SGD reach 20-42% on
+    digits. ``"kaiming"`` draws them from He et al.'s normal, standard deviation ``gain / sqrt(fan_in)`` (gain
+    ``sqrt(2)`` for ReLU, 5/3 for tanh, 1 for hardtanh), with zero biases: the spread is kept through any depth
+    (six hidden layers: 94-95% after 15 epochs).
+    ``"auto"`` (default): ``"torch"`` for one hidden layer (the built-in ``mlp`` model, whose published results
+    stay as they were), ``"kaiming"`` for two or more. The output layer keeps ``nn.Linear``'s own in each case.
+
     >>> MLP(num_features=64, hidden=(32,), num_classes=10).features
     Sequential(
       (flatten): Flatten(start_dim=1, end_dim=-1)
       (fc1): Linear(in_features=64, out_features=32, bias=True)
       (act1): ReLU()
     )
+    >>> deep = MLP(hidden=(64,) * 6)
+    >>> deep.init, float(deep.features.fc6.bias.abs().max())
+    ('kaiming', 0.0)
     """
 
     def __init__(
@@ -144,11 +161,14 @@ class MLP(_Classifier):
         num_classes: int = 10,
         batch_norm: bool = False,
         activation: str = "relu",
+        init: str = "auto",
         **optim: Any,
     ) -> None:
         super().__init__(**optim)
         _check_positive_int("num_features", num_features)
         _check_positive_int("num_classes", num_classes)
+        if init not in MLP_INITS:
+            raise BoundfinderError(f"`init` must be one of {MLP_INITS}, but got init={init!r}.")
         hidden = tuple(hidden)
         for width in hidden:
             _check_positive_int("hidden[i]", width)
@@ -167,6 +187,15 @@ class MLP(_Classifier):
             width_in = width
         self.features = nn.Sequential(OrderedDict(layers))
         self.classifier = nn.Linear(width_in, num_classes)
+        #: the initialisation used (``"auto"`` resolved)
+        self.init = init if init != "auto" else ("torch" if len(hidden) <= 1 else "kaiming")
+        if self.init == "kaiming":
+            # drawn after nn.Linear's own draws, so "torch" consumes the generator exactly as before
+            gain = nn.init.calculate_gain(_GAIN_OF[activation])
+            for i in range(1, len(hidden) + 1):
+                fc = self.features.get_submodule(f"fc{i}")
+                nn.init.normal_(fc.weight, std=gain / math.sqrt(fc.in_features))
+                nn.init.zeros_(fc.bias)
 
 
 class LeNet(_Classifier):
