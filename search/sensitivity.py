@@ -28,6 +28,7 @@ from boundfinder.errors import BoundfinderError
 from boundfinder.experiment import Experiment, Score, as_experiment
 from boundfinder.formats import ROUNDING_MODES
 from boundfinder.policy import ROLES
+from boundfinder.search.baseline import baseline_warning
 from boundfinder.search.measure import Rounded, trained
 from boundfinder.search.study import _groups_of
 from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, _seeds_of, expand_family
@@ -66,6 +67,9 @@ class SensitivityResult:
     #: the experiment measured (``Experiment.describe()``) and what the confidence statement covers
     experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
     claim: str = ""
+    #: a paragraph starting "WARNING:" when the full-precision model is near chance on the test items, else None
+    #: (:func:`boundfinder.search.baseline.baseline_warning`)
+    baseline_warning: str | None = None
 
     def cell(self, layer: str, role: str) -> Sensitivity:
         for c in self.cells:
@@ -79,7 +83,7 @@ class SensitivityResult:
                 "confidence": self.confidence, "simultaneous": self.simultaneous,
                 "per_bound_confidence": self.per_bound_confidence, "tolerance": self.tolerance,
                 "baseline_accuracy": self.baseline_accuracy, "cells": [c.summary() for c in self.cells],
-                "experiment": dict(self.experiment), "claim": self.claim}
+                "experiment": dict(self.experiment), "claim": self.claim, "baseline_warning": self.baseline_warning}
 
     def report(self) -> str:
         """A plain-text table: minimum safe bits per layer and role, with confidence intervals."""
@@ -89,11 +93,12 @@ class SensitivityResult:
                      f"each bound at {_pct(self.confidence)} on its own (not simultaneous: with {k} bounds, some "
                      "may be wrong together)")
         models = f"seeds {list(self.seeds)}" if self.seeds else "the given trained model"
-        lines = [f"sensitivity of each layer and role to {self.family}, bits {list(self.bits)}, {self.level} level, "
-                 f"{models}; everything else at full precision (accuracy "
-                 f"{self.baseline_accuracy:.4f}); tolerance {self.tolerance:g}",
-                 statement,
-                 f"{'layer':<24} {'role':<12} {'min safe bits':>13}  {'CI':<10} {'status':<12} format"]
+        lines = [self.baseline_warning, ""] if self.baseline_warning else []
+        lines += [f"sensitivity of each layer and role to {self.family}, bits {list(self.bits)}, {self.level} "
+                  f"level, {models}; everything else at full precision (accuracy "
+                  f"{self.baseline_accuracy:.4f}); tolerance {self.tolerance:g}",
+                  statement,
+                  f"{'layer':<24} {'role':<12} {'min safe bits':>13}  {'CI':<10} {'status':<12} format"]
         for c in self.cells:
             b = c.bound
             bits = "-" if b.bits is None else str(b.bits)
@@ -186,7 +191,8 @@ def precision_sensitivity(
                                                     baseline=test.baseline)))
     table = sensitivity_table(sweeps, tolerance=tolerance, confidence=confidence, simultaneous=simultaneous,
                               method=method)
-    return dataclasses.replace(table, experiment=exp.describe(), claim=exp.claim(seeds))
+    return dataclasses.replace(table, experiment=exp.describe(), claim=exp.claim(seeds),
+                               baseline_warning=baseline_warning(exp, "test", test.baseline, seeds=seeds))
 
 
 def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, tolerance: float = 0.01,

@@ -3,7 +3,8 @@
 A sweep trains one full-precision model per seed (or, with ``train_under_emulation=True``, one model per seed
 and bit width, trained under the precision), then records which test items each configuration classifies
 correctly next to which items the full-precision model of the same seed gets right: the paired measurements
-``boundfinder.bounds.estimate_bound`` turns into a minimum safe precision with a confidence statement.
+``boundfinder.bounds.estimate_bound`` turns into a minimum safe precision with a confidence statement. A
+full-precision model near chance is flagged first (``SweepResult.baseline_warning``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from boundfinder.errors import BoundfinderError
 from boundfinder.experiment import Experiment, Score, as_experiment, evaluate
 from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy
+from boundfinder.search.baseline import baseline_warning
 
 __all__ = ["SweepResult", "expand_family", "precision_sweep"]
 
@@ -80,6 +82,10 @@ class SweepResult:
     experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: what the confidence statement covers (``Experiment.claim``)
     claim: str = ""
+    #: a paragraph starting "WARNING:" when the full-precision model is near chance on the test items (a bound on
+    #: a model that did not learn says nothing about the architecture), else None; see
+    #: :func:`boundfinder.search.baseline.baseline_warning`
+    baseline_warning: str | None = None
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -103,7 +109,22 @@ class SweepResult:
         return {"family": self.family, "bits": list(self.bits), "formats": list(self.formats), "level": self.level,
                 "roles": list(self.roles), "seeds": list(self.seeds), "items": int(self.correct.shape[2]),
                 "accuracy": [float(a) for a in self.accuracy], "baseline_accuracy": self.baseline_accuracy,
-                "diverged": _json_safe(self.diverged), "experiment": dict(self.experiment), "claim": self.claim}
+                "diverged": _json_safe(self.diverged), "experiment": dict(self.experiment), "claim": self.claim,
+                "baseline_warning": self.baseline_warning}
+
+    def report(self) -> str:
+        """Plain text: the near-chance warning first (when there is one), then accuracy and drop per bit width."""
+        lines = [self.baseline_warning, ""] if self.baseline_warning else []
+        lines += [f"full precision accuracy: {self.baseline_accuracy:.4f}", "",
+                  f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}"]
+        lines += [f"{b:>4}  {name:<14} {acc:8.4f} {self.baseline_accuracy - acc:8.4f}"
+                  for b, name, acc in zip(self.bits, self.formats, self.accuracy, strict=True)]
+        lines += [f"training under {d['format']} diverged for seed {d['seed']}: loss {d['loss']} at epoch "
+                  f"{d['epoch']}, batch {d['batch']}; that fit stopped there and the model was measured as it was"
+                  for d in self.diverged]
+        if self.claim:
+            lines.append(f"claim: {self.claim}")
+        return "\n".join(lines)
 
 
 def _seeded_model(build_model: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
@@ -264,7 +285,8 @@ def precision_sweep(
             correct[level_idx, s] = _measure_under(trained, policy, level, exp, device)
     return SweepResult(family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=roles,
                        seeds=seeds, correct=correct, baseline=baseline, diverged=tuple(diverged),
-                       experiment=exp.describe(), claim=exp.claim(seeds))
+                       experiment=exp.describe(), claim=exp.claim(seeds),
+                       baseline_warning=baseline_warning(exp, "test", baseline, seeds=seeds))
 
 
 def _seeds_of(exp: Experiment, seeds: Iterable[int] | None, what: str) -> tuple[int, ...]:
