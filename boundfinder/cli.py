@@ -243,6 +243,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                                  layers=args.layers, seeds=_seeds(args), epochs=args.epochs,
                                  train_under_emulation=args.train)
         bound = result.bound(tolerance=args.tolerance, confidence=args.confidence)
+    if result.baseline_warning:
+        print(result.baseline_warning + "\n")
     print(f"{_models_line(exp, result.correct.shape[2], result.seeds)}, "
           f"level {args.level}, roles {','.join(result.roles)}, rounding {args.rounding}")
     print(f"full precision accuracy: {result.baseline_accuracy:.4f}\n")
@@ -344,7 +346,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 switch=None if args.switch is None else _int_list(args.switch), seeds=_seeds(args),
                 epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence, n_trials=args.trials,
                 timeout=args.timeout, storage=args.storage or None, study_name=args.study, sampler_seed=args.seed,
-                heartbeat_interval=args.heartbeat, confirm=not args.no_confirm, procedure=args.procedure)
+                heartbeat_interval=args.heartbeat, confirm=not args.no_confirm, procedure=args.procedure,
+                strategy=args.strategy, claim=args.claim, cost=args.cost, per_role=args.per_role)
     except KeyboardInterrupt:
         where = args.storage or "memory (lost)"
         print(f"boundfinder: interrupted; every finished trial is in {where}: run the same command to go on.",
@@ -475,8 +478,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--switch", default=None, metavar="EPOCHS", help="search low -> high precision training too: "
                    "switch epochs such as 0-15 or 0,5,10,15; each trial trains under its bit widths before its "
                    "switch epoch and in fp32 from it on, and the model is measured in fp32")
-    p.add_argument("--trials", type=int, default=40, help="distinct configurations the study should have measured, "
-                   "counting every worker's (default 40)")
+    p.add_argument("--trials", type=int, default=40, help="distinct configurations the study should have measured "
+                   "besides each layer group alone at each width (the sensitivity measurements of the default "
+                   "strategy), counting every worker's (default 40)")
+    from boundfinder.search.cost import COSTS
+    from boundfinder.search.study import CLAIMS, STRATEGIES
+
+    p.add_argument("--strategy", default=None, choices=STRATEGIES, help="how configurations are proposed: path+tpe "
+                   "(default: the uniform configurations, each group alone at each width, the greedy path lowering "
+                   "groups in order of cost saved per validation drop, then Optuna's TPE), path (without TPE), tpe "
+                   "(the uniform configurations, then TPE; the only one with --switch)")
+    p.add_argument("--claim", default=None, choices=CLAIMS, help="what the certification covers: model (default; "
+                   "the trained models themselves, each one, certified on test items with those models) or "
+                   "training (models trained afresh from seeds disjoint from --seeds: the recipe; the default with "
+                   "--switch)")
+    p.add_argument("--cost", default="bits", choices=COSTS, help="what a configuration costs: bits (mean bits per "
+                   "parameter, default), bops (weight bits x activation bits x multiply-accumulates per item), "
+                   "memory (weights and every layer's outputs, bytes per item)")
+    p.add_argument("--per-role", action="store_true", help="search each group's weights (weight, bias) and "
+                   "activations (input, activation) at separate widths")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--storage", default="sqlite:///boundfinder-search.db", help="Optuna storage: a database URL "
                    "(sqlite:///file.db, postgresql://user:pw@host/db) or a journal file (.log); '' keeps the study "
@@ -491,11 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "certify on the test items")
     from boundfinder.search.certify import PROCEDURES
 
-    p.add_argument("--procedure", default="fixed_cost", choices=PROCEDURES, help="how the candidates are "
-                   "certified on the test items, each keeping the family-wise error <= 1 - confidence: fixed_cost "
-                   "(default: the fixed sequence from the most expensive down), fallback_widest (more power when a "
-                   "marginal candidate sits among cheaper safe ones; docs/search.md), fixed_validation, fallback, "
-                   "holm, holm_top")
+    p.add_argument("--procedure", default=None, choices=PROCEDURES, help="how the candidates are "
+                   "certified on the test items, each keeping the family-wise error <= 1 - confidence: graph "
+                   "(default: the uniform configurations as the sweep's fixed sequence, the others as a second "
+                   "chain; docs/search.md), fixed_cost (one fixed sequence from the most expensive down; the "
+                   "default with --switch), "
+                   "fallback_widest, fixed_validation, fallback, holm, holm_top")
     p.add_argument("--json", help="write the result summary to this JSON file")
     _report_args(p)
     p.set_defaults(func=_cmd_search)

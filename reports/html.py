@@ -73,15 +73,17 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
 def _experiment_html(result) -> str:
     """What was measured and what the claim covers: model class, data, checkpoint, score."""
     exp = getattr(result, "experiment", None) or {}
+    warning = getattr(result, "baseline_warning", None)
+    warned = f'<p class="warning"><b>{html.escape(warning)}</b></p>' if warning else ""
     if not exp:
-        return ""
+        return warned
     ckpt = exp.get("checkpoint")
     parts = [f"model <b>{html.escape(str(exp.get('model')))}</b> ({html.escape(str(exp.get('model_class')))})",
              f"data {html.escape(str(exp.get('data')))}",
              f"checkpoint {html.escape(ckpt)}" if ckpt else "trained from seeds",
              f"score {html.escape(str(exp.get('score')))}"]
     claim = getattr(result, "claim", "")
-    return (f'<p class="experiment">{"; ".join(parts)}</p>'
+    return (warned + f'<p class="experiment">{"; ".join(parts)}</p>'
             + (f"<p>the confidence statement covers {html.escape(claim)}</p>" if claim else ""))
 
 
@@ -149,16 +151,25 @@ def search_html(result, *, title: str) -> str:
             + (f"; switch epochs {list(result.switch_points)} of {result.epochs}" if result.switch_points else "")
             + "</p>"]
     if conf is not None:
-        rows = [([_num(c.cost, ".3f"), _num(c.val_drop), _num(lv.drop), _num(lv.upper),
-                  "yes" if lv.declared_safe else "no", c.describe()], lv.declared_safe)
+        rows = [([_num(c.cost, ".3f" if result.cost_kind == "bits" else ".4g"), _num(c.val_drop), _num(lv.drop),
+                  _num(lv.upper), "yes" if lv.declared_safe else "no", c.origin, c.describe()], lv.declared_safe)
                 for c, lv in reversed(list(zip(result.candidates, conf.levels, strict=True)))]
+        if result.confirm_seeds:
+            models = f"{conf.n_seeds} fresh seeds"
+        elif result.experiment.get("trained"):
+            models = "the given trained model"
+        else:
+            models = f"the search's {conf.n_seeds} trained model{'s' if conf.n_seeds != 1 else ''}"
+        how = ("from the most expensive down" if result.procedure == "fixed_cost"
+               else f"by the {result.procedure} procedure")
         body += ["<h2>Candidates against cost</h2>", _img(figure_png(lambda ax: search_plot(result, ax)),
                                                           "test drop against cost"),
-                 f"<h2>Candidates</h2><p>tested on {conf.n_items} test items × "
-                 f"{f'{conf.n_seeds} fresh seeds' if result.confirm_seeds else 'the given trained model'}, from the "
-                 f"most expensive down ({html.escape(conf.method)}, {conf.confidence:.0%} confidence)</p>",
-                 _table(["bits/param", "val drop", "test drop", "upper bound", "declared safe", "configuration"],
-                        rows, text_columns=1)]
+                 f"<h2>Candidates</h2><p>the uniform configurations and the validation Pareto front (strategy "
+                 f"{html.escape(result.strategy)}), tested on {conf.n_items} test items × {html.escape(models)}, "
+                 f"{how} ({html.escape(conf.method)}, {conf.confidence:.0%} confidence); cost: "
+                 f"{html.escape(result.cost_label)}</p>",
+                 _table(["cost", "val drop", "test drop", "upper bound", "declared safe", "origin", "configuration"],
+                        rows, text_columns=2)]
     body += ["<h2>Text report</h2>", f"<pre>{html.escape(result.report())}</pre>"]
     return _page(title, body)
 

@@ -266,6 +266,8 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
         tracking_uri, experiment, run_name,
         params={"kind": "search", "study": result.study_name, "storage": result.storage, "family": result.family,
                 "groups": ",".join(result.groups), "confirm_seeds": list(result.confirm_seeds),
+                "strategy": result.strategy, "claim_kind": result.claim_kind, "procedure": result.procedure,
+                "cost": result.cost_kind, "per_role": result.per_role,
                 **({"switch_points": list(result.switch_points), "epochs": result.epochs}
                    if result.switch_points else {}),
                 **({"tolerance": conf.tolerance, "confidence": conf.confidence, "method": conf.method}

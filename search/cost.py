@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -73,11 +73,15 @@ def _macs(module: nn.Module, args: tuple, out: object, batch: int) -> int:
     return 0
 
 
-def layer_profile(model: nn.Module, example: object, *, batch_size: int | None = None) -> dict[str, LayerCost]:
+def layer_profile(model: nn.Module, example: object = None, *, batch_size: int | None = None,
+                  run: Callable[[nn.Module], object] | None = None) -> dict[str, LayerCost]:
     """Parameters, MACs and output elements of each layer (:func:`~boundfinder.policy.layer_modules`) for one
     item, from one forward pass of ``example`` (a batch: a tensor, or a tuple / dict of arguments) in eval mode
-    without gradients. ``batch_size``: items in ``example`` (default: the first dimension of its first tensor).
-    A layer called several times in a forward counts every call."""
+    without gradients; or ``run(model)``, any call that runs the model on one batch (e.g. a score function on a
+    loader's batch; ``batch_size`` is then required). ``batch_size``: items in the batch (default: the first
+    dimension of ``example``'s first tensor). A layer called several times in a forward counts every call."""
+    if run is not None and (example is not None or batch_size is None):
+        raise BoundfinderError("layer_profile takes either an example batch or run= with its batch_size.")
     leaves = [t for t in tree_flatten(example)[0] if isinstance(t, torch.Tensor)]
     if batch_size is None:
         if not leaves or leaves[0].dim() == 0:
@@ -104,7 +108,9 @@ def layer_profile(model: nn.Module, example: object, *, batch_size: int | None =
         model.eval()
         try:
             with torch.no_grad():
-                if isinstance(example, Mapping):
+                if run is not None:
+                    run(model)
+                elif isinstance(example, Mapping):
                     model(**example)
                 elif isinstance(example, tuple):
                     model(*example)

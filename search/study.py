@@ -30,6 +30,7 @@ import numbers
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ from boundfinder.errors import BoundfinderError
 from boundfinder.experiment import Experiment, Score, as_experiment, has_loader, qualified_name, weights_digest
 from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy, Rule, layer_modules
+from boundfinder.search.baseline import baseline_warning
+from boundfinder.search.candidates import search_path, sensitivity_path, uniform_configurations
 from boundfinder.search.measure import Rounded, Switched, trained
 from boundfinder.search.storage import mask_url, open_storage
 from boundfinder.search.sweep import INFERENCE_ROLES, _json_safe, _seeds_of, expand_family
@@ -56,6 +59,12 @@ BASELINE_KEY = "boundfinder.val_baseline"
 _FULL_WIDTH = 32  # float32: what a parameter outside the searched groups costs
 #: Trial parameter of a switching search: the epoch from which training goes on at full precision.
 SWITCH_PARAM = "switch_epoch"
+#: How a search proposes configurations: ``path+tpe`` (default), ``path``, ``tpe`` (see :func:`precision_search`).
+STRATEGIES = ("path+tpe", "path", "tpe")
+#: What a certification covers: the trained models themselves, or models trained afresh from seeds.
+CLAIMS = ("model", "training")
+#: per-role search: the roles each of a group's two widths covers
+ROLE_KINDS = {"weights": ("weight", "bias"), "activations": ("input", "activation")}
 
 
 def _param_name(group: str) -> str:
@@ -92,9 +101,18 @@ class Candidate:
     #: switching search: seeds whose model's training loss became NaN or infinite in the validation measurement
     #: (the fit stopped there; the model was measured as it was)
     diverged_seeds: tuple[int, ...] = ()
+    #: how the configuration entered the study: ``widest``, ``uniform``, ``sensitivity`` (a group alone),
+    #: ``path`` (the sensitivity-ordered path), ``sampler`` (proposed by TPE)
+    origin: str = "sampler"
+
+    @property
+    def uniform(self) -> bool:
+        """Every group (and role) at the same width: a configuration the uniform sweep measures."""
+        return len(set(self.bits.values())) <= 1
 
     def describe(self) -> str:
-        layers = " ".join(f"{g}={f}" for g, f in self.formats.items())
+        layers = " ".join(f"{g}={f}" if isinstance(f, str) else
+                          f"{g}=" + "/".join(f"{r[0]}:{v}" for r, v in f.items()) for g, f in self.formats.items())
         if self.switch is None:
             return layers
         if self.switch == 0:
@@ -106,7 +124,7 @@ class Candidate:
     def summary(self) -> dict[str, Any]:
         return {"bits": dict(self.bits), "formats": dict(self.formats), "switch": self.switch, "cost": self.cost,
                 "val_drop": self.val_drop if math.isfinite(self.val_drop) else None, "trial": self.trial,
-                "diverged_seeds": list(self.diverged_seeds)}
+                "diverged_seeds": list(self.diverged_seeds), "origin": self.origin, "uniform": self.uniform}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,11 +163,27 @@ class SearchResult:
     claim: str = ""
     #: the multiple-testing procedure of the certification (``search/certify.py``)
     procedure: str = "fixed_cost"
+    #: how configurations were proposed (:data:`STRATEGIES`)
+    strategy: str = "tpe"
+    #: ``"model"``: the trained models themselves were certified; ``"training"``: models trained afresh
+    claim_kind: str = "training"
+    #: what a configuration's cost measures (:data:`~boundfinder.search.cost.COSTS`), and its value in float32
+    cost_kind: str = "bits"
+    full_cost: float = float(_FULL_WIDTH)
+    per_role: bool = False
+    #: a warning when the full-precision models are near chance (None otherwise)
+    baseline_warning: str | None = None
+    #: the certification's per-item measurements: ``test_correct[k]`` of ``candidates[k]``, (S, N) each, and the
+    #: full-precision models' ``test_baseline`` (S, N); None when not certified (not in ``summary()``)
+    test_correct: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    test_baseline: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def cost_label(self) -> str:
         """What a candidate's cost measures."""
-        return ("mean bits per parameter over training" if self.switch_points else "mean bits per parameter")
+        label = {"bits": "mean bits per parameter", "bops": "bit-operations per item",
+                 "memory": "bytes per item (weights and activations)"}[self.cost_kind]
+        return f"{label} over training" if self.switch_points else label
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description."""
@@ -173,38 +207,51 @@ class SearchResult:
             "confirmation": None if self.confirmation is None else self.confirmation.summary(),
             "chosen": None if self.chosen is None else self.chosen.summary(), "reason": self.reason,
             "experiment": dict(self.experiment), "claim": self.claim, "procedure": self.procedure,
+            "strategy": self.strategy, "claim_kind": self.claim_kind, "cost_kind": self.cost_kind,
+            "full_cost": self.full_cost, "per_role": self.per_role, "baseline_warning": self.baseline_warning,
         }
 
     def report(self) -> str:
         """A plain-text table of the candidates and the verdict."""
         conf = self.confirmation
-        lines = [f"study {self.study_name!r} in {self.storage}: {self.n_configurations} configurations measured "
-                 f"({self.n_complete} trials complete, {self.n_failed} failed); {len(self.groups)} layer groups, "
-                 f"family {self.family}"]
+        lines = [self.baseline_warning, ""] if self.baseline_warning else []
+        lines.append(f"study {self.study_name!r} in {self.storage}: {self.n_configurations} configurations measured "
+                     f"({self.n_complete} trials complete, {self.n_failed} failed; strategy {self.strategy}); "
+                     f"{len(self.groups)} layer groups{', weights and activations apart' if self.per_role else ''}, "
+                     f"family {self.family}, cost: {self.cost_label}")
         if self.switch_points:
             lines.append(f"training: {self.epochs} epochs, each configuration's formats before its switch epoch "
                          f"(one of {list(self.switch_points)}), fp32 from it on; cost: {self.cost_label}")
         if conf is not None:
-            tested = (f"{conf.n_items} test items x {conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} "
-                      f"{list(self.confirm_seeds)}" if self.confirm_seeds else
-                      f"{conf.n_items} test items of the given trained model")
+            if self.confirm_seeds:
+                tested = (f"{conf.n_items} test items x {conf.n_seeds} fresh seed{'s' if conf.n_seeds != 1 else ''} "
+                          f"{list(self.confirm_seeds)}")
+            elif self.experiment.get("trained"):
+                tested = f"{conf.n_items} test items of the given trained model"
+            else:
+                tested = (f"{conf.n_items} test items with the search's {conf.n_seeds} trained model"
+                          + ("s" if conf.n_seeds != 1 else ""))
             how = ("from the most expensive down" if self.procedure == "fixed_cost"
                    else f"by the {self.procedure} procedure")
-            lines.append(f"candidates: the validation Pareto front, tested on {tested} {how} "
-                         f"({conf.method}, "
-                         f"{conf.confidence:.0%} confidence, tolerance {conf.tolerance:g})")
-            lines.append(f"{'bits/param':>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  "
+            lines.append(f"candidates: the uniform configurations and the validation Pareto front, tested on "
+                         f"{tested} {how} ({conf.method}, {conf.confidence:.0%} confidence, tolerance "
+                         f"{conf.tolerance:g})")
+            head = {"bits": "bits/param", "bops": "BOPs", "memory": "bytes"}[self.cost_kind]
+            lines.append(f"{head:>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  {'origin':<11} "
                          "configuration")
             test_diverged = self.confirm_diverged or ((),) * len(self.candidates)
             for cand, lv, failed in reversed(list(zip(self.candidates, conf.levels, test_diverged, strict=True))):
                 seeds = sorted({*cand.diverged_seeds, *failed})
                 mark = f"  [training diverged: seeds {seeds}]" if seeds else ""
-                lines.append(f"{cand.cost:10.3f} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
-                             f"{'yes' if lv.declared_safe else 'no':<4}  {cand.describe()}{mark}")
+                cost = f"{cand.cost:10.3f}" if self.cost_kind == "bits" else f"{cand.cost:10.4g}"
+                lines.append(f"{cost} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
+                             f"{'yes' if lv.declared_safe else 'no':<4}  {cand.origin:<11} {cand.describe()}{mark}")
         if self.chosen is not None:
-            ratio = _FULL_WIDTH / self.chosen.cost
-            lines.append(f"chosen: {self.chosen.describe()}  ({self.chosen.cost:.3f} {self.cost_label}"
-                         + (f", {ratio:.2f}x fewer bits than float32)" if ratio > 1 else ")"))
+            ratio = self.full_cost / self.chosen.cost
+            what = {"bits": "bits", "bops": "bit-operations", "memory": "bytes"}[self.cost_kind]
+            value = f"{self.chosen.cost:.3f}" if self.cost_kind == "bits" else f"{self.chosen.cost:.4g}"
+            lines.append(f"chosen: {self.chosen.describe()}  ({value} {self.cost_label}"
+                         + (f", {ratio:.2f}x fewer {what} than float32)" if ratio > 1 else ")"))
         lines.append(f"reason: {self.reason}")
         if self.claim and conf is not None:
             lines.append(f"claim: {self.claim}")
@@ -264,9 +311,11 @@ def _storage_label(storage: Any) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Space:
-    """The search space: a bit width per layer group, and a switch epoch in a switching search."""
+    """The search space: a bit width per dimension (a layer group, or with ``per_role`` a group's weights and its
+    activations), and a switch epoch in a switching search; and what a configuration costs."""
 
     groups: tuple[str, ...]
+    dims: tuple[str, ...]  # the groups, or "<group> weights" / "<group> activations" with per_role
     bits: tuple[int, ...]
     names: dict[int, str]  # bit width -> format name
     switch: tuple[int, ...]  # () for a rounding search
@@ -274,20 +323,24 @@ class _Space:
     parameters: dict[str, int]
     outside: int  # parameters outside the searched groups, counted at full width
     widths: dict[int, float]  # bit width -> storage bits per element
+    per_role: bool = False
+    cost_kind: str = "bits"
+    layers: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # group -> its layers
+    cost_model: Any = None  # a CostModel (bops, memory)
 
     @property
     def widest(self) -> tuple[dict[str, int], int | None]:
         """The most expensive configuration: the top of the certification chain."""
-        return dict.fromkeys(self.groups, self.bits[-1]), (min(self.switch) if self.switch else None)
+        return dict.fromkeys(self.dims, self.bits[-1]), (min(self.switch) if self.switch else None)
 
     def params(self, choice: dict[str, int], switch: int | None) -> dict[str, int]:
-        out = {_param_name(g): choice[g] for g in self.groups}
+        out = {_param_name(d): choice[d] for d in self.dims}
         return out if switch is None else out | {SWITCH_PARAM: switch}
 
     def parse(self, params: dict[str, Any]) -> tuple[dict[str, int], int | None] | None:
         """A trial's configuration, or None when its parameters are not of this space."""
-        choice = {g: int(params[_param_name(g)]) for g in self.groups if _param_name(g) in params}
-        if len(choice) != len(self.groups) or (SWITCH_PARAM in params) != bool(self.switch):
+        choice = {d: int(params[_param_name(d)]) for d in self.dims if _param_name(d) in params}
+        if len(choice) != len(self.dims) or (SWITCH_PARAM in params) != bool(self.switch):
             return None
         return choice, (int(params[SWITCH_PARAM]) if self.switch else None)
 
@@ -295,31 +348,67 @@ class _Space:
         """Configurations that train and measure alike share a key: with switch epoch 0 the formats never act."""
         if switch == 0:
             choice = self.widest[0]
-        return (*(choice[g] for g in self.groups), switch)
+        return (*(choice[d] for d in self.dims), switch)
+
+    def group_bits(self, choice: dict[str, int], group: str) -> tuple[int, int]:
+        """(weight width, activation width) of a group."""
+        if self.per_role:
+            return choice[f"{group} weights"], choice[f"{group} activations"]
+        return choice[group], choice[group]
+
+    def formats(self, choice: dict[str, int]) -> dict[str, Any]:
+        """``{group: format}``, or with ``per_role`` ``{group: {"weights": format, "activations": format}}``."""
+        if not self.per_role:
+            return {g: self.names[choice[g]] for g in self.groups}
+        return {g: {kind: self.names[choice[f"{g} {kind}"]] for kind in ROLE_KINDS} for g in self.groups}
+
+    def _static_cost(self, choice: dict[str, int] | None) -> float:
+        """The cost of formats applied to the trained model (``None``: everything at 32 bits)."""
+        if self.cost_kind == "bits":
+            if choice is None:
+                return _FULL_WIDTH
+            total = sum(self.parameters.values()) + self.outside
+            return (sum(self.parameters[g] * self.widths[self.group_bits(choice, g)[0]] for g in self.groups)
+                    + self.outside * _FULL_WIDTH) / (total or 1)
+        widths = {}
+        if choice is not None:
+            for g in self.groups:
+                w, a = self.group_bits(choice, g)
+                widths |= dict.fromkeys(self.layers[g], (self.widths[w], self.widths[a]))
+        return self.cost_model.cost(self.cost_kind, widths)
 
     def cost(self, choice: dict[str, int], switch: int | None) -> float:
-        """Mean bits per parameter; in a switching search averaged over the training epochs (fp32 after the
-        switch)."""
-        total = sum(self.parameters.values()) + self.outside
-        low = (sum(self.parameters[g] * self.widths[b] for g, b in choice.items())
-               + self.outside * _FULL_WIDTH) / (total or 1)
+        """The configuration's cost (:data:`~boundfinder.search.cost.COSTS`: mean bits per parameter by default); in
+        a switching search averaged over the training epochs (fp32 after the switch)."""
+        low = self._static_cost(choice)
         if switch is None:
             return low
-        return (switch * low + (self.epochs - switch) * _FULL_WIDTH) / self.epochs
+        return (switch * low + (self.epochs - switch) * self._static_cost(None)) / self.epochs
 
     def size(self) -> int:
-        per_switch = len(self.bits) ** len(self.groups)
+        per_switch = len(self.bits) ** len(self.dims)
         if not self.switch:
             return per_switch
         return per_switch * len([p for p in self.switch if p]) + (0 in self.switch)
 
     def candidate(self, choice: dict[str, int], switch: int | None, val_drop: float,
-                  trial: int | None) -> Candidate:
+                  trial: int | None, origin: str = "sampler") -> Candidate:
         if switch == 0:
             choice = self.widest[0]
-        return Candidate(bits=dict(choice), formats={g: self.names[b] for g, b in choice.items()},
+        return Candidate(bits=dict(choice), formats=self.formats(choice),
                          cost=self.cost(choice, switch), val_drop=val_drop, trial=trial, switch=switch,
-                         epochs=None if switch is None else self.epochs)
+                         epochs=None if switch is None else self.epochs, origin=origin)
+
+
+def _role_formats(formats: dict[str, Any], roles: Sequence[str]) -> dict[str, Any]:
+    """A candidate's formats as a policy spec: per-role widths become ``{role: format}`` for the searched roles."""
+    out = {}
+    for g, f in formats.items():
+        if isinstance(f, str):
+            out[g] = f
+        else:
+            out[g] = {r: f[kind] for kind, members in ROLE_KINDS.items() for r in members if r in roles}
+    return out
 
 
 def _switch_points(switch: Iterable[int] | None, epochs: int) -> tuple[int, ...]:
@@ -366,7 +455,11 @@ def precision_search(
     confirm_seeds: Iterable[int] | None = None,
     score: Score | str | Callable | None = None,
     trainer: dict[str, Any] | None = None,
-    procedure: str = "fixed_cost",
+    procedure: str | None = None,
+    strategy: str | None = None,
+    claim: str | None = None,
+    cost: str = "bits",
+    per_role: bool = False,
 ) -> SearchResult:
     """Search per-layer bit widths of ``family`` with Optuna, then certify the result on the test items.
 
@@ -391,12 +484,24 @@ def precision_search(
     (``roles`` default: every role the ``level`` rounds, gradients included), then measured at full precision.
     Its cost is the mean bits per parameter averaged over the epochs. Each trial trains a model per seed.
 
+    ``strategy``: how configurations are proposed (docs/search.md): ``"path+tpe"`` (default for a rounding
+    search) measures every uniform configuration, each group alone at each narrower width and the
+    sensitivity-ordered greedy path (binary-searched on validation), then TPE; ``"path"`` without TPE; ``"tpe"``
+    the sampler alone (the only one, and the default, of a switching search). With a path strategy ``n_trials``
+    counts configurations beyond the ``groups x (widths - 1)`` of each group alone.
+    ``cost``: ``"bits"`` (mean bits per parameter), ``"bops"`` (weight bits x activation bits x MACs per item) or
+    ``"memory"`` (weights and layer outputs, bytes per item). ``per_role``: each group's weights (weight, bias)
+    and activations (input, activation) get widths of their own.
+
     ``confirm``: certify the result on the test items (a worker that only adds trials passes False).
-    ``procedure``: how the candidates are certified (:func:`certify`; ``"fixed_cost"``, the fixed sequence, by
-    default; ``"fallback_widest"`` has more power where a marginal candidate sits among cheaper safe ones).
-    ``confirm_seeds``: the seeds of the models trained afresh for the certification (default: as many as
-    ``seeds``, numbered after the largest). Models that took part in choosing the candidates would carry
-    their own robustness to the chosen configurations into the test measurement; fresh ones do not.
+    ``claim``: what the certification covers. ``"model"`` (default for a rounding search, the only one for a
+    trained model): the search's own trained models, measured on the test items (selection used validation items
+    only); with several seeds the drop averaged over those models. ``"training"`` (default for a switching
+    search): models trained afresh from ``confirm_seeds`` (default: as many as ``seeds``, numbered after the
+    largest); models that took part in choosing the candidates would carry their own robustness to the chosen
+    configurations into a claim about new ones.
+    ``procedure``: how the candidates are certified (:func:`certify`): ``"graph"`` by default (the uniform chain
+    and the mixed chain), ``"fixed_cost"`` (the fixed sequence) for a switching search.
 
     Returns a :class:`SearchResult`; ``n_trials=0`` only confirms what the storage already holds.
     """
@@ -404,7 +509,7 @@ def precision_search(
 
     from boundfinder.search.certify import PROCEDURES
 
-    if procedure not in PROCEDURES:
+    if procedure is not None and procedure not in PROCEDURES:
         raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     exp = as_experiment(model, datamodule, score=score, trainer=trainer, model_name=model_name)
     bits = sorted({int(b) for b in bits})
@@ -415,21 +520,40 @@ def precision_search(
         raise BoundfinderError(f"`epochs >= 1` must hold (an int), but got epochs={epochs!r}.")
     epochs = int(epochs)
     switch_points = _switch_points(switch, epochs)
+    # the graph's uniform chain is the uniform sweep's, which a switching search has no counterpart of
+    procedure = procedure or ("fixed_cost" if switch_points else "graph")
     if switch_points and exp.trained:
         raise BoundfinderError(exp.needs_training("a switching search (switch=, --switch)"))
     roles = tuple(roles) if roles is not None else (ROLES if switch_points else INFERENCE_ROLES)
     for r in roles:
         if r not in ROLES:
             raise BoundfinderError(f"unknown role {r!r}; valid roles are {ROLES}.")
+    strategy, claim = _strategy_claim(exp, strategy, claim, switch_points)
+    from boundfinder.search.cost import COSTS
+
+    if cost not in COSTS:
+        raise BoundfinderError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}.")
+    if per_role:
+        if switch_points:
+            raise BoundfinderError("per-role widths (per_role=True, --per-role) are searched by rounding trained "
+                                   "models; a switching search gives each group one width for every role.")
+        missing = [kind for kind, members in ROLE_KINDS.items() if not set(members) & set(roles)]
+        if missing:
+            raise BoundfinderError(f"per-role widths need roles of both kinds (weights: weight, bias; activations: "
+                                   f"input, activation), but roles={list(roles)} has no {missing[0]}.")
     if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
         raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
                                f"tolerance={tolerance!r}, confidence={confidence!r}.")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
         raise BoundfinderError(f"`n_trials >= 0` must hold (an int), but got n_trials={n_trials!r}.")
     seeds = _seeds_of(exp, seeds, "a search")
-    if exp.trained:
+    if exp.trained or claim == "model":
         if confirm_seeds is not None:
-            raise BoundfinderError(exp.needs_training(f"confirm_seeds={list(confirm_seeds)}"))
+            raise BoundfinderError(
+                exp.needs_training(f"confirm_seeds={list(confirm_seeds)}") if exp.trained else
+                f"confirm_seeds={list(confirm_seeds)} trains fresh models for the certification, which the claim "
+                "'model' does not: it certifies the search's own trained models on test items. Use "
+                "claim='training' (--claim training) for models trained afresh.")
         confirm_seeds = ()
     else:
         confirm_seeds = (tuple(max(seeds) + 1 + i for i in range(len(seeds))) if confirm_seeds is None
@@ -440,7 +564,7 @@ def precision_search(
             f"items it never saw (choosing and certifying on the same items would overstate the confidence), but "
             f"{exp.data_name} has no val_dataloader(). Add one (a held-out part of the training data), or measure "
             "on the test items alone with `boundfinder sweep` or `boundfinder sensitivity`.")
-    if confirm and not exp.trained and (not confirm_seeds or set(confirm_seeds) & set(seeds)):
+    if confirm and claim == "training" and (not confirm_seeds or set(confirm_seeds) & set(seeds)):
         raise BoundfinderError(f"the certification needs seeds of its own, disjoint from the search's, but got "
                                f"seeds={seeds}, confirm_seeds={confirm_seeds}.")
 
@@ -460,11 +584,22 @@ def precision_search(
     counts = {name: sum(p.numel() for p in m.parameters(recurse=False)) for name, m in modules.items()}
     parameters = {g: sum(counts[n] for n in members) for g, members in groups.items()}
     total = sum(p.numel() for p in probe.parameters())
-    space = _Space(groups=tuple(groups), bits=tuple(bits), names=names, switch=switch_points, epochs=epochs,
-                   parameters=parameters, outside=total - sum(parameters.values()),
-                   widths={b: _width(parse_format(n)) for b, n in names.items()})
+    dims = tuple(f"{g} {kind}" for g in groups for kind in ROLE_KINDS) if per_role else tuple(groups)
 
     loaders = exp.prepare(train=not exp.trained, splits=("val", "test"))
+    cost_model = None
+    if cost != "bits":
+        from boundfinder.experiment import eval_loader
+        from boundfinder.search.cost import CostModel, layer_profile
+
+        batch = next(iter(eval_loader(exp.data, "val")))
+        size = len(exp.score(probe, batch))  # the score checks the batch; its length is the batch's items
+        cost_model = CostModel(layer_profile(probe, run=lambda m: exp.score(m, batch), batch_size=size))
+    space = _Space(groups=tuple(groups), dims=dims, bits=tuple(bits), names=names, switch=switch_points,
+                   epochs=epochs, parameters=parameters, outside=total - sum(parameters.values()),
+                   widths={b: _width(parse_format(n)) for b, n in names.items()}, per_role=per_role,
+                   cost_kind=cost, layers={g: tuple(m) for g, m in groups.items()}, cost_model=cost_model)
+
     described = exp.describe()
     # what a worker must share to join: the model (class, how it was built, its weights when trained), the data
     # (what its loaders yield), the score, and the search settings
@@ -480,8 +615,13 @@ def precision_search(
     }
     if switch_points:
         config["switch"] = list(switch_points)  # absent in a rounding search: its studies keep their settings
+    if per_role:
+        config["per_role"] = True  # (absent by default, as "switch": earlier studies keep their settings)
+    if cost != "bits":
+        config["cost"] = cost
     study_name = study_name or "-".join([config["model"], family.replace("{", "").replace("}", ""), level, rounding]
-                                        + (["switch"] if switch_points else []))
+                                        + (["switch"] if switch_points else []) + (["roles"] if per_role else [])
+                                        + ([cost] if cost != "bits" else []))
     opened = storage if storage is None or not isinstance(storage, str) else open_storage(
         storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
@@ -508,7 +648,8 @@ def precision_search(
 
     if n_trials and not any(is_widest(t.params) or is_widest(t.system_attrs.get("fixed_params"))
                             for t in study.get_trials(deepcopy=False, states=live)):
-        study.enqueue_trial(space.params(*space.widest))  # the top of the certification chain: measured first
+        # the top of the certification chain: measured first
+        study.enqueue_trial(space.params(*space.widest), user_attrs={"origin": "widest"})
 
     models = trained(exp, seeds, epochs)
     val = _measurer(space, exp, models, seeds, "val", level, rounding, roles)
@@ -525,11 +666,11 @@ def precision_search(
 
     def objective(trial: optuna.Trial) -> float:
         choice = {}
-        for g in space.groups:
+        for d in space.dims:
             if spaced is not None:
-                choice[g] = trial.suggest_int(_param_name(g), spaced[0], spaced[1], step=spaced[2])
+                choice[d] = trial.suggest_int(_param_name(d), spaced[0], spaced[1], step=spaced[2])
             else:
-                choice[g] = trial.suggest_categorical(_param_name(g), bits)
+                choice[d] = trial.suggest_categorical(_param_name(d), bits)
         point = None
         if switch_points:
             point = (trial.suggest_int(SWITCH_PARAM, *switch_spaced[:2], step=switch_spaced[2])
@@ -545,8 +686,8 @@ def precision_search(
                     trial.set_user_attr(k, attrs[k])
             trial.set_user_attr("reused_from", same[0].number)
         else:
-            formats = {g: names[b] for g, b in choice.items()}
-            correct = val(formats, point)
+            formats = space.formats(choice)
+            correct = val(_role_formats(formats, roles), point)
             drop = float(val.baseline.mean() - correct.mean())
             trial.set_user_attr("val_drop", drop)
             trial.set_user_attr("val_correct", [_pack(c) for c in correct])
@@ -561,40 +702,115 @@ def precision_search(
         trial.set_constraint("val_drop", drop - tolerance)
         return space.cost(choice, point)
 
-    target = min(n_trials, space.size())
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+    def measure(configs: Sequence[dict[str, int]], origin: str) -> dict[tuple, Candidate]:
+        """Measure these configurations (as queued trials, so that every worker sees them), unless measured."""
+        point = space.widest[1]
+        for _ in range(3):  # another worker may take a queued trial: what is still missing is queued again
+            done = _measured(study, space)
+            todo = list({space.key(c, point): c for c in configs if space.key(c, point) not in done}.values())
+            if not todo or left() == 0.0:
+                break
+            for c in todo:
+                study.enqueue_trial(space.params(c, point), user_attrs={"origin": origin}, skip_if_exists=True)
+            study.optimize(objective, n_trials=len(todo), timeout=left(), gc_after_trial=False)
+        return _measured(study, space)
+
+    alone_count = len(space.dims) * (len(bits) - 1)
+    target = min(n_trials + (alone_count if strategy != "tpe" else 0), space.size())
+    if n_trials and strategy != "tpe":
+        # the uniform configurations are always candidates (the uniform sweep's levels), then the sensitivity path
+        measure(uniform_configurations(space.dims, bits[::-1]), "uniform")
+        _path_phase(space, measure, tolerance)
 
     def enough(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if len(_measured(study, space)) >= target:
             study_.stop()
 
     missing = target - len(_measured(study, space))
-    if missing > 0:
+    if missing > 0 and strategy != "path" and left() != 0.0:
         # Proposals measured before are reused at no cost, but the sampler may keep making them in a small
         # space: a worker starts at most a few times as many trials as configurations are missing.
-        study.optimize(objective, n_trials=4 * missing + 8, timeout=timeout, callbacks=[enough],
+        study.optimize(objective, n_trials=4 * missing + 8, timeout=left(), callbacks=[enough],
                        gc_after_trial=False)
     measured = _measured(study, space)
     if not confirm:
-        return _result(study, study_name, storage, family, space, measured, [], None, None,
-                       "not certified (confirm=False)", confirm_seeds, exp)
-    confirm_models = trained(exp, confirm_seeds, epochs)
-    test = _measurer(space, exp, confirm_models, confirm_seeds, "test", level, rounding, roles)
-    front = _front(measured, tolerance)
-    choice, point = space.widest
-    if not front or space.key(front[-1].bits, front[-1].switch) != space.key(choice, point):
-        front.append(measured.get(space.key(choice, point)) or space.candidate(choice, point, math.nan, None))
+        return dataclasses.replace(
+            _result(study, study_name, storage, family, space, measured, [], None, None,
+                    "not certified (confirm=False)", confirm_seeds, exp), strategy=strategy, claim_kind=claim)
+    if claim == "model":  # the search's own models, on the test items they were not chosen with
+        test = Rounded(exp, models, "test", level, rounding, roles)
+    else:
+        confirm_models = trained(exp, confirm_seeds, epochs)
+        test = _measurer(space, exp, confirm_models, confirm_seeds, "test", level, rounding, roles)
+    front = _candidates(measured, space, tolerance)
     rows, failed = [], []
     for c in front:
-        rows.append(test(c.formats, c.switch))
+        rows.append(test(_role_formats(c.formats, roles), c.switch))
         failed.append(tuple(d["seed"] for d in test.diverged))
         if test.diverged:
             log.warning("certifying %s: the training loss became NaN or infinite for confirm seed(s) %s; those "
                         "models were measured as they were", c.describe(), list(failed[-1]))
     est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence,
-                          procedure=procedure)
+                          procedure=procedure, fixed_models=claim == "model")
     result = _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
                      confirm_seeds, exp)
-    return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else (), procedure=procedure)
+    return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else (), procedure=procedure,
+                               strategy=strategy, claim_kind=claim, claim=_claim_text(exp, claim, seeds, confirm_seeds),
+                               baseline_warning=baseline_warning(exp, "test", test.baseline,
+                                                                 seeds=confirm_seeds or seeds),
+                               test_correct=np.stack(rows), test_baseline=test.baseline)
+
+
+def _path_phase(space: _Space, measure: Callable, tolerance: float) -> None:
+    """The sensitivity-guided candidates (AIMET's AMP order): each dimension alone at each narrower width, the
+    others at the widest; then the greedy path that lowers, step by step, the dimension saving the most cost per
+    unit of validation drop, binary-searched for its last point within the tolerance on validation items."""
+    widest = space.widest[0]
+    top = space.bits[-1]
+    alone_configs = {(d, b): {**widest, d: b} for d in space.dims for b in space.bits[:-1]}
+    measured = measure([widest, *alone_configs.values()], "sensitivity")
+    point = space.widest[1]
+    drops: dict[str, dict[int, float]] = {}
+    for d in space.dims:
+        drops[d] = {top: measured[space.key(widest, point)].val_drop}
+        for b in space.bits[:-1]:
+            got = measured.get(space.key(alone_configs[d, b], point))
+            if got is not None:  # (a timeout may leave some unmeasured: the path skips them)
+                drops[d][b] = got.val_drop
+    path = sensitivity_path(drops, lambda c: space.cost(c, None))
+
+    def feasible(config: dict[str, int]) -> bool:
+        got = measure([config], "path").get(space.key(config, point))
+        return got is not None and got.val_drop <= tolerance
+
+    search_path(path, feasible)
+
+
+def _strategy_claim(exp: Experiment, strategy: str | None, claim: str | None,
+                    switch_points: tuple[int, ...]) -> tuple[str, str]:
+    """The search's strategy and claim, their defaults and what excludes what."""
+    if strategy is None:
+        strategy = "tpe" if switch_points else "path+tpe"
+    if strategy not in STRATEGIES:
+        raise BoundfinderError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}.")
+    if switch_points and strategy != "tpe":
+        raise BoundfinderError(f"strategy {strategy!r} measures each layer group alone by rounding trained models; a "
+                               "switching search trains a model per configuration: use strategy 'tpe'.")
+    if claim is None:
+        claim = "training" if switch_points else "model"
+    if claim not in CLAIMS:
+        raise BoundfinderError(f"claim must be one of {', '.join(CLAIMS)}, got {claim!r}.")
+    if claim == "model" and switch_points:
+        raise BoundfinderError("a switching search certifies a training recipe (models trained under each "
+                               "candidate): its claim is 'training' (--claim training), not 'model'.")
+    if claim == "training" and exp.trained:
+        raise BoundfinderError(exp.needs_training("claim 'training' (models trained afresh from seeds)"))
+    return strategy, claim
 
 
 def _measurer(space: _Space, exp: Experiment, models, seeds, split: str, level, rounding, roles):
@@ -616,9 +832,39 @@ def _measured(study, space: _Space) -> dict[tuple, Candidate]:
         key = space.key(*parsed)
         if key not in seen:
             seen[key] = dataclasses.replace(
-                space.candidate(*parsed, val_drop=float(t.user_attrs["val_drop"]), trial=t.number),
+                space.candidate(*parsed, val_drop=float(t.user_attrs["val_drop"]), trial=t.number,
+                                origin=str(t.user_attrs.get("origin", "sampler"))),
                 diverged_seeds=tuple(int(d["seed"]) for d in t.user_attrs.get("diverged", ())))
     return seen
+
+
+def _candidates(measured: dict[tuple, Candidate], space: _Space, tolerance: float) -> list[Candidate]:
+    """What the certification tests, cheapest first: every uniform configuration measured (the uniform sweep's
+    levels, feasible on validation or not) and the validation Pareto front, topped by the widest configuration."""
+    front = {space.key(c.bits, c.switch): c for c in _front(measured, tolerance)}
+    if not space.switch:
+        uniform = {k: c for k, c in measured.items() if c.uniform}
+        # A mixed configuration dearer than a uniform one that validation puts well inside the tolerance (at most
+        # half of it) would hardly be chosen over it, but tested first it could stop the chain of the cheaper
+        # mixed ones (validation evidence only: the test items play no part in this choice).
+        confident = [c.cost for c in uniform.values() if c.val_drop <= tolerance / 2]
+        if confident:
+            front = {k: c for k, c in front.items() if c.cost < min(confident)}
+        front |= uniform
+    choice, point = space.widest
+    top = space.key(choice, point)
+    if top not in front:
+        front[top] = measured.get(top) or space.candidate(choice, point, math.nan, None, origin="widest")
+    return sorted(front.values(), key=lambda c: (c.cost, c.val_drop if c.val_drop == c.val_drop else -1.0))
+
+
+def _claim_text(exp: Experiment, claim: str, seeds, confirm_seeds) -> str:
+    """What the certification's confidence statement covers."""
+    if claim == "training" or exp.trained:
+        return exp.claim(confirm_seeds)
+    return (f"the {len(seeds)} trained {exp.model_name} model{'s' if len(seeds) != 1 else ''} of seeds "
+            f"{list(seeds)} themselves{', each one' if len(seeds) != 1 else ''}, over the distribution the test "
+            "items were drawn from (not models trained afresh: --claim training)")
 
 
 def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate]:
@@ -644,45 +890,76 @@ def _result(study, study_name, storage, family, space: _Space, measured, candida
                         confirmation=confirmation, chosen=chosen, reason=reason, confirm_seeds=tuple(confirm_seeds),
                         switch_points=space.switch, epochs=space.epochs if space.switch else None,
                         configurations=tuple(sorted(measured.values(), key=lambda c: (c.cost, c.val_drop))),
-                        experiment=exp.describe(), claim=exp.claim(confirm_seeds))
+                        experiment=exp.describe(), claim=exp.claim(confirm_seeds), cost_kind=space.cost_kind,
+                        full_cost=space._static_cost(None), per_role=space.per_role)
 
 
 def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.ndarray, *, tolerance: float,
-            confidence: float, procedure: str = "fixed_cost") -> tuple[BoundEstimate, Candidate | None]:
+            confidence: float, procedure: str = "graph", fixed_models: bool = False
+            ) -> tuple[BoundEstimate, Candidate | None]:
     """Certify ``candidates`` (cheapest first) on test items with a multiple-testing ``procedure``.
 
     ``correct[k]``: per-item results of ``candidates[k]`` on items (and models) the candidates were *not* chosen
     with, shape (S, N) or (N,); ``baseline``: the full-precision models on the same items. ``procedure``: one of
-    :data:`boundfinder.search.certify.PROCEDURES`; ``"fixed_cost"`` is the fixed sequence from the most expensive
-    down (the default), the others test each candidate at its share of the level (see
-    ``search/certify.py``); every one keeps the family-wise error <= 1 - confidence. Returns the estimate (its
-    levels are the candidates' ranks with their test drops and bounds, ``declared_safe`` as the procedure decided;
-    its reason speaks of candidates) and the cheapest candidate declared safe, or None.
+    :data:`boundfinder.search.certify.PROCEDURES`; ``"graph"`` (the default) tests the uniform candidates as the
+    uniform sweep's fixed sequence and the others as a second chain, ``"fixed_cost"`` is the fixed sequence from
+    the most expensive down (see ``search/certify.py``); every one keeps the family-wise error <= 1 - confidence.
+    ``fixed_models``: the S models are the claim (``claim="model"``), not a sample of trainings: a candidate is
+    declared safe when each model's own test (one seed's bound over items) certifies it, an intersection-union
+    test that needs no correction over the models; otherwise several seeds are a sample of trainings (the
+    crossed seeds x items bound). Returns the estimate (its levels are the candidates' ranks with their test
+    drops and bounds, ``declared_safe`` as the procedure decided; its reason speaks of candidates) and the
+    cheapest candidate declared safe, or None.
     """
-    from boundfinder.search.certify import PROCEDURES, declared_safe, drop_p_values
+    from boundfinder.search.certify import PROCEDURES, declared_safe, drop_p_values, model_p_values
 
     if procedure not in PROCEDURES:
         raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     correct = np.asarray(correct)
-    ranks = np.arange(len(candidates))
+    baseline = np.asarray(baseline)
     measured = correct
-    if len(candidates) == 1:
-        # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two
-        # levels, and the same measurement twice leaves its bound and decision unchanged (level 0 is kept).
-        correct, ranks = np.concatenate([correct, correct]), np.arange(2)
-    est = estimate_bound(ranks, correct, baseline, tolerance=tolerance, confidence=confidence, fit_curve=False)
-    levels = est.levels[:len(candidates)]
+    many = fixed_models and correct.ndim == 3 and correct.shape[1] > 1
+    if correct.ndim == 3 and correct.shape[1] == 1:
+        correct, baseline = correct[:, 0], baseline.reshape(-1)
+    pad = len(candidates) == 1
+    # A fixed sequence of one configuration is that configuration's own test; estimate_bound wants two levels,
+    # and the same measurement twice leaves its bound and decision unchanged (level 0 is kept).
+    ranks = np.arange(2 if pad else len(candidates))
+
+    def bound(rows: np.ndarray, base: np.ndarray) -> BoundEstimate:
+        rows = np.concatenate([rows, rows]) if pad else rows
+        return estimate_bound(ranks, rows, base, tolerance=tolerance, confidence=confidence, fit_curve=False)
+
+    if many:
+        # each model alone (one seed's bound); a candidate's upper bound is the largest over the models
+        ests = [bound(correct[:, s], baseline[s]) for s in range(correct.shape[1])]
+        est = ests[0]
+        levels = tuple(dataclasses.replace(
+            lv, accuracy=float(np.mean([e.levels[k].accuracy for e in ests])),
+            drop=float(np.mean([e.levels[k].drop for e in ests])), lower=min(e.levels[k].lower for e in ests),
+            upper=max(e.levels[k].upper for e in ests), noise_floor=max(e.levels[k].noise_floor for e in ests))
+            for k, lv in enumerate(est.levels[:len(candidates)]))
+        est = dataclasses.replace(est, n_seeds=correct.shape[1], baseline_accuracy=float(baseline.mean()),
+                                  min_detectable_drop=min(lv.noise_floor for lv in levels))
+    else:
+        est = bound(correct, baseline)
+        levels = est.levels[:len(candidates)]
     what = "and so is every more expensive candidate"
-    if procedure != "fixed_cost":
-        p = drop_p_values(measured, baseline, tolerance)
+    if procedure != "fixed_cost" or many:
+        p = model_p_values(measured, baseline, tolerance) if many else drop_p_values(measured, baseline, tolerance)
         val = [c.val_drop if c.val_drop == c.val_drop else -np.inf for c in candidates]  # NaN: never measured
-        safe = declared_safe(procedure, p, [c.cost for c in candidates], val, 1.0 - confidence)
+        safe = declared_safe(procedure, p, [c.cost for c in candidates], val, 1.0 - confidence,
+                             uniform=[c.uniform for c in candidates])
         levels = tuple(dataclasses.replace(lv, declared_safe=bool(ok)) for lv, ok in zip(levels, safe, strict=True))
         first = int(np.argmax(safe)) if safe.any() else None
         # the fixed sequence's status would contradict this procedure's decision where the two differ
         status = "ok" if first is not None else ("undetermined" if est.status == "undetermined" else "above_range")
-        est = dataclasses.replace(est, bits=first, status=status)
-        what = f"by the {procedure} procedure (test p-value {p[first]:.3g})" if first is not None else ""
+        est = dataclasses.replace(est, bits=first, status=status, ci=(None, None) if many else est.ci)
+        if first is not None:
+            what = (f"by the {procedure} procedure (test p-value {p[first]:.3g}"
+                    + (f", the largest of the {correct.shape[1]} models')" if many else ")"))
+        else:
+            what = ""
     chosen = candidates[est.bits] if est.bits is not None else None
     if chosen is not None:
         reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test drop "
@@ -694,7 +971,7 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
                   f"items: drop {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
                   + ("more test items or seeds are needed" if est.status == "undetermined"
                      else "search wider bit widths"))
-        if procedure != "fixed_cost":
+        if procedure != "fixed_cost" and levels[len(candidates) - 1].upper <= tolerance:
             reason = (f"no candidate is certified by the {procedure} procedure at {confidence:.0%} confidence; "
                       "more test items or seeds are needed, or search wider bit widths")
     # the estimate's own reason speaks of bit levels; here its levels are candidate ranks

@@ -149,7 +149,18 @@ def test_bad_arguments_fail_before_training_with_the_valid_choices():
     with pytest.raises(BoundfinderError, match="unknown role 'weights'"):
         precision_search(workers.build, dm, roles=["weights"], n_trials=1)
     with pytest.raises(BoundfinderError, match=r"seeds of its own.*seeds=\(0,\), confirm_seeds=\(0,\)"):
-        precision_search(workers.build, dm, seeds=[0], confirm_seeds=[0], n_trials=1)
+        precision_search(workers.build, dm, seeds=[0], confirm_seeds=[0], n_trials=1, claim="training")
+    # the default claim certifies the search's own models: fresh confirm seeds contradict it
+    with pytest.raises(BoundfinderError, match=r"confirm_seeds=\[1\] trains fresh models .* claim='training'"):
+        precision_search(workers.build, dm, seeds=[0], confirm_seeds=[1], n_trials=1)
+    with pytest.raises(BoundfinderError, match=r"strategy must be one of path\+tpe, path, tpe, got 'greedy'"):
+        precision_search(workers.build, dm, strategy="greedy", n_trials=1)
+    with pytest.raises(BoundfinderError, match="claim must be one of model, training, got 'models'"):
+        precision_search(workers.build, dm, claim="models", n_trials=1)
+    with pytest.raises(BoundfinderError, match="cost must be one of bits, bops, memory, got 'flops'"):
+        precision_search(workers.build, dm, cost="flops", n_trials=1)
+    with pytest.raises(BoundfinderError, match=r"per-role widths need roles of both kinds .* has no activations"):
+        precision_search(workers.build, dm, per_role=True, roles=["weight"], n_trials=1)
 
 
 def test_a_small_space_is_covered_once_and_one_candidate_is_its_own_test():
@@ -243,13 +254,17 @@ def test_cli_search_prints_the_choice_and_writes_json(tmp_path, capsys):
     code = main(["search", "--model", "logreg", "--bits", "0-7", "--trials", "4", "--seeds", "0", "--epochs", "2",
                  "--storage", f"sqlite:///{tmp_path}/cli.db", "--seed", "0", "--json", str(out)])
     printed = capsys.readouterr().out
-    assert code == 0 and "study 'logreg-e8mb-layer-nearest'" in printed and "4 configurations measured" in printed
+    # the default strategy measures the one group alone at each of its 8 widths: the whole space, whatever --trials
+    assert code == 0 and "study 'logreg-e8mb-layer-nearest'" in printed and "8 configurations measured" in printed
+    assert "strategy path+tpe" in printed and "claim: the 1 trained logreg model of seeds [0] themselves" in printed
     summary = json.loads(out.read_text())
-    assert summary["n_configurations"] == 4 and summary["groups"] == ["classifier"]
+    assert summary["n_configurations"] == 8 and summary["groups"] == ["classifier"]
     assert summary["candidates"][-1]["bits"] == {"classifier": 7} and summary["reason"]
-    # a worker that only adds trials: two more configurations, no certification
+    assert (summary["strategy"], summary["claim_kind"], summary["procedure"]) == ("path+tpe", "model", "graph")
+    assert summary["confirm_seeds"] == [] and summary["confirmation"]["n_seeds"] == 1
+    # a worker that only adds trials (the sampler alone, in a study of its own): 6 configurations, no certification
     code = main(["search", "--model", "logreg", "--bits", "0-7", "--trials", "6", "--seeds", "0", "--epochs", "2",
-                 "--storage", f"sqlite:///{tmp_path}/cli.db", "--no-confirm"])
+                 "--storage", f"sqlite:///{tmp_path}/cli.db", "--no-confirm", "--strategy", "tpe", "--study", "w"])
     printed = capsys.readouterr().out
     assert code == 0 and "6 configurations measured" in printed and "not certified (confirm=False)" in printed
 

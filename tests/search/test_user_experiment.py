@@ -141,7 +141,7 @@ def test_search_workers_with_another_model_configuration_are_refused(tmp_path):
     kw = {"model": MODEL, "data": DATA, "data_args": {"n_test": 200}}
     first = precision_search(load_experiment(**kw, model_args={"width": 4}), None, "e8m{b}", [2, 8], seeds=[0],
                              epochs=1, n_trials=2, storage=url, study_name="rows", confirm=False)
-    assert first.n_configurations == 2
+    assert first.n_configurations == 4  # 2 groups x 2 widths: the default strategy measures the whole space
     with pytest.raises(BoundfinderError, match=r"other settings \(source: .*'width': 4.*'width': 5"):
         precision_search(load_experiment(**kw, model_args={"width": 5}), None, "e8m{b}", [2, 8], seeds=[0],
                          epochs=1, n_trials=2, storage=url, study_name="rows", confirm=False)
@@ -227,7 +227,7 @@ def test_cli_search_from_a_config_trains_with_its_settings(tmp_path, capsys):
                    f"data:\n  class_path: {DATA.replace(':', '.')}\n  init_args:\n    n_test: 200\n")
     out = tmp_path / "search.json"
     assert main(["search", "--config", str(cfg), "--bits", "2,8", "--trials", "2", "--seeds", "0", "--storage",
-                 f"sqlite:///{tmp_path}/c.db", "--seed", "0", "--json", str(out)]) == 0
+                 f"sqlite:///{tmp_path}/c.db", "--seed", "0", "--json", str(out), "--claim", "training"]) == 0
     printed = capsys.readouterr().out
     assert "study 'RowClassifier-e8mb-layer-nearest'" in printed and "claim: RowClassifier models trained" in printed
     summary = json.loads(out.read_text())
@@ -240,7 +240,7 @@ def test_cli_worker_with_another_model_configuration_is_refused(tmp_path, capsys
               "--trials", "2", "--seeds", "0", "--epochs", "1", "--storage", f"sqlite:///{tmp_path}/w.db",
               "--study", "rows", "--no-confirm"]
     assert main([*common, "--model-args", '{"width": 4}']) == 0
-    assert "2 configurations measured" in capsys.readouterr().out
+    assert "4 configurations measured" in capsys.readouterr().out  # the whole space (2 groups x 2 widths)
     assert main([*common, "--model-args", '{"width": 4}', "--trials", "3"]) == 0  # the same: it joins
     assert main([*common, "--model.width", "5"]) == 2
     err = capsys.readouterr().err

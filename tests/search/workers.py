@@ -35,8 +35,12 @@ def build() -> MLP:
 
 
 def search(storage, study, trials, seed, bits=range(2, 9), **kw):
+    """The storage and worker mechanics are tested with the sampler alone (``trials`` is then exactly the number of
+    configurations), certified on a fresh model by the fixed sequence; the default strategy, claim and procedure
+    have tests of their own (tests/search/test_strategies.py)."""
     from boundfinder.search.study import precision_search
 
+    kw = {"strategy": "tpe", "claim": "training", "procedure": "fixed_cost"} | kw
     return precision_search(build, DigitsDataModule(batch_size=128, seed=0), "e8m{b}", bits, seeds=(0,),
                             epochs=2, n_trials=trials, storage=storage, study_name=study, sampler_seed=seed,
                             heartbeat_interval=HEARTBEAT, grace_period=GRACE, model_name="mlp16", **kw)
