@@ -233,8 +233,10 @@ class SearchResult:
                           + ("s" if conf.n_seeds != 1 else ""))
             how = ("from the most expensive down" if self.procedure == "fixed_cost"
                    else f"by the {self.procedure} procedure")
+            method = (conf.method if self.claim_kind != "model" or conf.n_seeds == 1
+                      else "the models fixed, the items random: t and score tests")
             lines.append(f"candidates: the uniform configurations and the validation Pareto front, tested on "
-                         f"{tested} {how} ({conf.method}, {conf.confidence:.0%} confidence, tolerance "
+                         f"{tested} {how} ({method}, {conf.confidence:.0%} confidence, tolerance "
                          f"{conf.tolerance:g})")
             head = {"bits": "bits/param", "bops": "BOPs", "memory": "bytes"}[self.cost_kind]
             lines.append(f"{head:>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  {'origin':<11} "
@@ -863,8 +865,8 @@ def _claim_text(exp: Experiment, claim: str, seeds, confirm_seeds) -> str:
     if claim == "training" or exp.trained:
         return exp.claim(confirm_seeds)
     return (f"the {len(seeds)} trained {exp.model_name} model{'s' if len(seeds) != 1 else ''} of seeds "
-            f"{list(seeds)} themselves{', each one' if len(seeds) != 1 else ''}, over the distribution the test "
-            "items were drawn from (not models trained afresh: --claim training)")
+            f"{list(seeds)} themselves{' (the drop averaged over them)' if len(seeds) != 1 else ''}, over the "
+            "distribution the test items were drawn from (not models trained afresh: --claim training)")
 
 
 def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate]:
@@ -904,14 +906,14 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
     :data:`boundfinder.search.certify.PROCEDURES`; ``"graph"`` (the default) tests the uniform candidates as the
     uniform sweep's fixed sequence and the others as a second chain, ``"fixed_cost"`` is the fixed sequence from
     the most expensive down (see ``search/certify.py``); every one keeps the family-wise error <= 1 - confidence.
-    ``fixed_models``: the S models are the claim (``claim="model"``), not a sample of trainings: a candidate is
-    declared safe when each model's own test (one seed's bound over items) certifies it, an intersection-union
-    test that needs no correction over the models; otherwise several seeds are a sample of trainings (the
-    crossed seeds x items bound). Returns the estimate (its levels are the candidates' ranks with their test
+    ``fixed_models``: the S models are the claim (``claim="model"``), not a sample of trainings: the drop
+    averaged over those models, with the items as the random unit (``search/certify.py``'s ``model_p_values``
+    and ``model_bounds``); otherwise several seeds are a sample of trainings (the crossed seeds x items bound).
+    Returns the estimate (its levels are the candidates' ranks with their test
     drops and bounds, ``declared_safe`` as the procedure decided; its reason speaks of candidates) and the
     cheapest candidate declared safe, or None.
     """
-    from boundfinder.search.certify import PROCEDURES, declared_safe, drop_p_values, model_p_values
+    from boundfinder.search.certify import PROCEDURES, declared_safe, drop_p_values, model_bounds, model_p_values
 
     if procedure not in PROCEDURES:
         raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
@@ -931,13 +933,15 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
         return estimate_bound(ranks, rows, base, tolerance=tolerance, confidence=confidence, fit_curve=False)
 
     if many:
-        # each model alone (one seed's bound); a candidate's upper bound is the largest over the models
+        # the models are fixed and the items random: bounds on the drop averaged over the models
+        # (search/certify.py's model_bounds); each model's own bound gives the noise floor
         ests = [bound(correct[:, s], baseline[s]) for s in range(correct.shape[1])]
         est = ests[0]
+        lower, upper = model_bounds(measured, baseline, 1.0 - confidence)
         levels = tuple(dataclasses.replace(
             lv, accuracy=float(np.mean([e.levels[k].accuracy for e in ests])),
-            drop=float(np.mean([e.levels[k].drop for e in ests])), lower=min(e.levels[k].lower for e in ests),
-            upper=max(e.levels[k].upper for e in ests), noise_floor=max(e.levels[k].noise_floor for e in ests))
+            drop=float(np.mean([e.levels[k].drop for e in ests])), lower=float(lower[k]), upper=float(upper[k]),
+            noise_floor=float(np.mean([e.levels[k].noise_floor for e in ests])))
             for k, lv in enumerate(est.levels[:len(candidates)]))
         est = dataclasses.replace(est, n_seeds=correct.shape[1], baseline_accuracy=float(baseline.mean()),
                                   min_detectable_drop=min(lv.noise_floor for lv in levels))
@@ -957,7 +961,7 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
         est = dataclasses.replace(est, bits=first, status=status, ci=(None, None) if many else est.ci)
         if first is not None:
             what = (f"by the {procedure} procedure (test p-value {p[first]:.3g}"
-                    + (f", the largest of the {correct.shape[1]} models')" if many else ")"))
+                    + (f", the drop averaged over the {correct.shape[1]} models)" if many else ")"))
         else:
             what = ""
     chosen = candidates[est.bits] if est.bits is not None else None
