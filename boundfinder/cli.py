@@ -136,13 +136,37 @@ def _experiment(args: argparse.Namespace):
     exp = load_experiment(model=args.model, data=args.data, model_args=_json_object(args.model_args, "--model-args"),
                           data_args=_json_object(args.data_args, "--data-args"), config=args.config, ckpt=args.ckpt,
                           model_argv=args.model_argv, data_argv=args.data_argv,
-                          score=args.score, trainer={"accelerator": args.accelerator,
+                          score=_score(args), trainer={"accelerator": args.accelerator,
                                                      "devices": _devices(args.devices), "precision": args.precision})
     if args.epochs is None:
         args.epochs = config_epochs(args.config) or 15
     if args.seeds is None and not exp.trained:
         args.seeds = "0,1,2"
     return exp
+
+
+def _score(args: argparse.Namespace):
+    """The score of --score with its direction (--higher-is-better / --lower-is-better), None for the default."""
+    from boundfinder.experiment import resolve_score
+
+    direction = getattr(args, "higher_is_better", None)
+    return None if args.score is None and direction is None else resolve_score(args.score, higher_is_better=direction)
+
+
+def _check_tolerance(args: argparse.Namespace, exp) -> None:
+    """Before any training: a continuous score needs --tolerance in its units (there is no default); --relative is
+    for continuous scores or accuracy alike."""
+    from boundfinder.search.sweep import check_tolerance
+
+    if not exp.score.continuous:
+        if args.tolerance is None:
+            args.tolerance = 0.01
+        return
+    try:
+        args.relative = check_tolerance(exp.score, args.tolerance, args.relative)
+    except BoundfinderError as exc:
+        flag = f"--score {exp.score.name}"
+        raise BoundfinderError(f"{flag}: {exc}") from None
 
 
 def _seeds(args: argparse.Namespace) -> list[int] | None:
@@ -236,21 +260,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     _check_mlflow(args)
     exp = _experiment(args)
-    title = f"{exp.model_name} on {exp.data_name}: {args.family}, {args.level} level"
+    _check_tolerance(args, exp)
+    title = f"{exp.model_name} on {exp.data_name}: {args.family}, {args.level} level" + (
+        f", {exp.score.metric}" if exp.score.continuous else "")
     with _mlflow_run(args, "sweep", title):
         result = precision_sweep(exp, None, args.family, _int_list(args.bits), level=args.level,
                                  rounding=args.rounding, roles=[r for r in args.roles.split(",") if r],
                                  layers=args.layers, seeds=_seeds(args), epochs=args.epochs,
                                  train_under_emulation=args.train)
-        bound = result.bound(tolerance=args.tolerance, confidence=args.confidence)
+        bound = result.bound(tolerance=args.tolerance, confidence=args.confidence, relative=args.relative)
     if result.baseline_warning:
         print(result.baseline_warning + "\n")
     print(f"{_models_line(exp, result.correct.shape[2], result.seeds)}, "
           f"level {args.level}, roles {','.join(result.roles)}, rounding {args.rounding}")
-    print(f"full precision accuracy: {result.baseline_accuracy:.4f}\n")
-    print(f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}")
-    for b, name, acc in zip(result.bits, result.formats, result.accuracy, strict=True):
-        print(f"{b:>4}  {name:<14} {acc:8.4f} {result.baseline_accuracy - acc:8.4f}")
+    table = result.table()
+    print("\n".join([table[0] + "\n", *table[2:]]))
     for d in result.diverged:
         print(f"training under {d['format']} diverged for seed {d['seed']}: loss {d['loss']} at epoch {d['epoch']}, "
               f"batch {d['batch']}; that fit stopped there and the model was measured as it was")
@@ -293,14 +317,17 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
     _check_mlflow(args)
     exp = _experiment(args)
+    _check_tolerance(args, exp)
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
-    title = f"{exp.model_name} on {exp.data_name}: sensitivity to {args.family}, {args.level} level"
+    title = f"{exp.model_name} on {exp.data_name}: sensitivity to {args.family}, {args.level} level" + (
+        f", {exp.score.metric}" if exp.score.continuous else "")
     with _mlflow_run(args, "sensitivity", title):
         result = precision_sensitivity(
             exp, None, args.family, _int_list(args.bits),
             layers=layers, roles=None if args.roles is None else [r for r in args.roles.split(",") if r],
             level=args.level, rounding=args.rounding, seeds=_seeds(args), epochs=args.epochs,
-            tolerance=args.tolerance, confidence=args.confidence, simultaneous=not args.per_bound)
+            tolerance=args.tolerance, confidence=args.confidence, simultaneous=not args.per_bound,
+            relative=args.relative)
     n_items = result.cells[0].sweep.correct.shape[2]
     print(_models_line(exp, n_items, result.seeds) if exp.trained else
           f"model {exp.model_name} on {exp.data_name} ({n_items} test items)")
@@ -404,9 +431,20 @@ def _model_args(p: argparse.ArgumentParser, *, bits_help: str) -> None:
     g.add_argument("--ckpt", default=None, metavar="PATH", help="a trained model's checkpoint: evaluate that model "
                    "as it is, no training (the confidence statement is then about this one model); needs the "
                    "model's class from --model or --config")
-    g.add_argument("--score", default=None, metavar="FN", help="which items are right: top1 (default, class "
-                   "logits [batch, classes]), top5, or package.module:fn / file.py:fn, a function "
-                   "score(model, batch) -> tensor[batch] of bools")
+    g.add_argument("--score", default=None, metavar="FN", help="what is measured per item: top1 (default, class "
+                   "logits [batch, classes]) or top5, right or wrong; a per-item metric, lower is better: loss "
+                   "(cross-entropy for integer targets, squared error for float targets), nll (mean token negative "
+                   "log-likelihood per sequence, logits [batch, time, vocab]), perplexity (its exp; relative "
+                   "tolerance), squared_error, abs_error (regressors); or package.module:fn / file.py:fn, a function "
+                   "score(model, batch) -> tensor[batch] of bools, or of floats with --lower-is-better / "
+                   "--higher-is-better")
+    direction = g.add_mutually_exclusive_group()
+    direction.add_argument("--higher-is-better", dest="higher_is_better", action="store_const", const=True,
+                           default=None, help="your --score function returns a per-item metric where higher is "
+                           "better (an accuracy-like score): continuous")
+    direction.add_argument("--lower-is-better", dest="higher_is_better", action="store_const", const=False,
+                           help="your --score function returns a per-item metric where lower is better (a loss, "
+                           "an error): continuous")
     g.add_argument("--accelerator", default=None, help="Lightning accelerator for training and evaluation (cpu, "
                    "gpu, auto; default: the config's, else auto, cpu for the built-in models)")
     g.add_argument("--devices", default=None, help="Lightning devices (default 1)")
@@ -421,8 +459,20 @@ def _model_args(p: argparse.ArgumentParser, *, bits_help: str) -> None:
                    "trainer.max_epochs, else 15)")
 
 
-def _bound_args(p: argparse.ArgumentParser, *, confidence_help: str | None = None) -> None:
-    p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default 0.01)")
+def _bound_args(p: argparse.ArgumentParser, *, confidence_help: str | None = None, continuous: bool = False) -> None:
+    """``continuous``: the command takes continuous scores: --tolerance has no default there (the command fills in
+    0.01 for accuracy) and --relative is offered."""
+    if not continuous:
+        p.add_argument("--tolerance", type=float, default=0.01, help="largest acceptable accuracy drop (default "
+                       "0.01)")
+    else:
+        p.add_argument("--tolerance", type=float, default=None, help="largest acceptable drop: accuracy points for "
+                       "top1/top5 (default 0.01); for a per-item metric (--score loss, nll, squared_error, ...) "
+                       "required, in the metric's units (nats for nll, squared target units for squared_error), "
+                       "the largest acceptable mean increase of a loss; with --relative a fraction of the baseline "
+                       "mean")
+        p.add_argument("--relative", action="store_const", const=True, default=None, help="read --tolerance as a "
+                       "fraction of the full-precision mean (accuracy or metric; always so for perplexity)")
     p.add_argument("--confidence", type=float, default=0.95, help=confidence_help)
 
 
@@ -447,9 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="module-name pattern to restrict the precision to")
     p.add_argument("--train", action="store_true", help="train under the precision instead of evaluating "
                    "full-precision models under it")
-    _bound_args(p)
+    _bound_args(p, continuous=True)
     p.add_argument("--json", help="write the sweep and bound summary to this JSON file")
-    p.add_argument("--plot", help="write the accuracy-vs-bits plot to this PNG file")
+    p.add_argument("--plot", help="write the accuracy-vs-bits plot (the metric for a continuous score) to this PNG "
+                   "file")
     _report_args(p)
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("sensitivity", help="minimum safe bits of each layer and role alone (everything else at "
@@ -460,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", default=None, help="roles, each taken alone (default: weight,bias,input,activation, "
                    "those of them the level rounds)")
     _bound_args(p, confidence_help="for the whole table (Bonferroni over its cells), or for each bound with "
-                "--per-bound")
+                "--per-bound", continuous=True)
     p.add_argument("--per-bound", action="store_true", help="each bound at --confidence on its own instead of the "
                    "whole table")
     p.add_argument("--json", help="write the summary to this JSON file")

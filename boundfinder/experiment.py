@@ -6,7 +6,8 @@ special-cases a built-in model or data set:
 * ``model``: a factory (a ``LightningModule`` class, or any callable returning a module), trained afresh from
   each seed; or a trained module instance, evaluated as it is (one model, no training);
 * ``data``: any ``LightningDataModule``; an item is its position in the unshuffled validation / test loader;
-* ``score``: ``score(model, batch) -> tensor[batch]`` saying which items are right (:data:`TOP1` by default);
+* ``score``: ``score(model, batch) -> tensor[batch]`` saying which items are right (:data:`TOP1` by default), or
+  a per-item metric (a loss, an error: :data:`CONTINUOUS_SCORES`, or a function with its direction);
 * ``trainer``: ``accelerator`` / ``devices`` / ``precision`` (and a few more) as ``lightning.Trainer`` takes them.
 
 Import rule: the core does not import Lightning at import time; the functions that need it import it when
@@ -38,6 +39,8 @@ from torch import nn
 from boundfinder.errors import BoundfinderError
 
 __all__ = [
+    "BUILTIN_SCORES",
+    "CONTINUOUS_SCORES",
     "SCORES",
     "TOP1",
     "TOP5",
@@ -47,6 +50,7 @@ __all__ = [
     "as_experiment",
     "eval_loader",
     "evaluate",
+    "first_nonfinite",
     "resolve_object",
     "resolve_score",
     "split_batch",
@@ -67,37 +71,82 @@ TRAINER_KEYS = ("accelerator", "devices", "precision", "strategy", "num_nodes", 
 # -- score functions -------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Score:
-    """What counts as right for one item: ``fn(model, batch) -> tensor[batch_size]``.
+    """What is measured for one item: ``fn(model, batch) -> tensor[batch_size]``.
 
-    ``kind="binary"``: one bool (or 0/1) per item, right or wrong; the paired statistics compare these.
-    ``kind="continuous"`` (a per-item loss or error, with ``higher_is_better``) is the next step of the design and
-    is refused for now.
+    ``kind="binary"``: one bool (or 0/1) per item, right or wrong; the paired statistics compare which items each
+    model gets right. ``kind="continuous"``: one float per item, a per-item metric such as a loss or an error,
+    read in the direction ``higher_is_better`` (a loss: ``False``); the drop is the paired mean difference in that
+    direction, and a tolerance is in the metric's ``units`` (or relative to the baseline mean). ``relative_only``:
+    an absolute tolerance has no fixed meaning for this metric (perplexity), so only a relative one is taken.
+
+    >>> loss = Score(name="my_loss", fn=lambda m, b: m(b[0]).sub(b[1]).abs(), kind="continuous",
+    ...              higher_is_better=False)
+    >>> loss.metric, loss.direction
+    ('my_loss', 'lower is better')
     """
 
     name: str
     fn: Callable[[nn.Module, Any], torch.Tensor]
     kind: str = "binary"
     higher_is_better: bool = True
+    #: what a tolerance is measured in, for messages and reports (e.g. "nats per token")
+    units: str = ""
+    relative_only: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
             raise BoundfinderError(f"unknown score kind {self.kind!r}; valid kinds are {SCORE_KINDS}.")
-        if self.kind == "continuous":
-            raise BoundfinderError(
-                f"score {self.name!r} is continuous (a per-item loss or error): not supported yet. The bounds "
-                "compare right/wrong per item; give a score returning one bool per item (e.g. error <= a "
-                "threshold).")
         if not callable(self.fn):
             raise BoundfinderError(f"a score's fn must be callable fn(model, batch), but got {self.fn!r}.")
+        if not isinstance(self.higher_is_better, bool):
+            raise BoundfinderError(f"higher_is_better must be a bool, but got {self.higher_is_better!r}.")
+        if self.kind == "binary" and (not self.higher_is_better or self.relative_only):
+            raise BoundfinderError(f"score {self.name!r} is binary (right or wrong: higher is better, accuracy "
+                                   "points); higher_is_better=False and relative_only are for continuous scores.")
+
+    @property
+    def continuous(self) -> bool:
+        return self.kind == "continuous"
+
+    @property
+    def metric(self) -> str:
+        """The metric's name in reports and MLflow keys: ``"accuracy"`` for binary scores, else the score's name
+        (a function's own name for an import path: ``pkg.mod:my_loss`` -> ``my_loss``)."""
+        if not self.continuous:
+            return "accuracy"
+        return self.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1] or self.name
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+    def tolerance_hint(self) -> str:
+        """How a tolerance for this score is given (for the messages that ask for one)."""
+        if not self.continuous:
+            return "a tolerance in accuracy points (0.01 = one point)"
+        if self.relative_only:
+            return (f"a relative tolerance, a fraction of the baseline {self.metric} (e.g. 0.02 = 2%)")
+        units = f" ({self.units})" if self.units else ""
+        return (f"a tolerance in the units of {self.metric}{units}, the largest acceptable mean "
+                f"{'drop' if self.higher_is_better else 'increase'} per item, or a relative one (a fraction of the "
+                "baseline mean) with relative=True / --relative")
 
     def __call__(self, model: nn.Module, batch: Any) -> np.ndarray:
-        """The per-item results of one batch, checked: one bool per item of the batch."""
+        """The per-item results of one batch, checked: one bool (binary) or one float (continuous; non-finite
+        values are passed on, for the caller to name the item) per item of the batch."""
         out = self.fn(model, batch)
         size = _batch_size(batch)
         if not isinstance(out, torch.Tensor) or out.ndim != 1 or (size is not None and len(out) != size):
             got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
             raise BoundfinderError(f"score {self.name!r} must return a 1-D tensor with one value per item of the "
                                    f"batch ({size} items), but returned {got}.")
+        if self.continuous:
+            if out.dtype == torch.bool or out.is_complex():
+                raise BoundfinderError(
+                    f"score {self.name!r} is continuous ({self.direction}) but returned {out.dtype} values; a "
+                    "continuous score returns one real number per item (a loss or an error). For right/wrong "
+                    "per item leave the direction out (no --higher-is-better / --lower-is-better).")
+            return out.detach().to(torch.float64).cpu().numpy()
         if out.dtype != torch.bool:
             values = out.detach()
             if values.is_floating_point() and not torch.isfinite(values).all():
@@ -105,11 +154,27 @@ class Score:
             odd = values[(values != 0) & (values != 1)]
             if odd.numel():
                 raise BoundfinderError(
-                    f"score {self.name!r} returned values other than 0/1 (e.g. {float(odd[0]):g}): continuous "
-                    "scores (a per-item loss or error) are not supported yet; return one bool per item, right or "
-                    "wrong.")
+                    f"score {self.name!r} returned values other than 0/1 (e.g. {float(odd[0]):g}): a continuous "
+                    "score (a per-item loss or error). Say which way it is better: --lower-is-better or "
+                    "--higher-is-better (Python: Score(name=..., fn=..., kind='continuous', higher_is_better=...), "
+                    "or set fn.higher_is_better); a binary score returns one bool per item, right or wrong.")
             out = values != 0
         return out.detach().cpu().numpy().astype(bool)
+
+
+def first_nonfinite(values: np.ndarray, score: Score, where: str) -> None:
+    """Refuse NaN / infinite per-item values of a continuous score, naming the first one's item (its position in
+    the loader) and ``where`` it was measured (format, seed)."""
+    values = np.asarray(values)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    item = int(np.argmax(bad.reshape(-1)))
+    raise BoundfinderError(
+        f"score {score.name!r} is {float(values.reshape(-1)[item])} for test item {item} (its position in the loader) "
+        f"{where} ({int(bad.sum())} non-finite value(s) of {values.size}): a mean with a NaN or infinite item says "
+        "nothing. The model overflowed or diverged there; leave that width out (--bits), or use a score that "
+        "stays finite.")
 
 
 def _describe_output(out: Any) -> str:
@@ -121,6 +186,11 @@ def _describe_output(out: Any) -> str:
 def _score_hint() -> str:
     return ("name a score function that says which items are right: --score package.module:fn or "
             "path/to/file.py:fn (Python: score=fn), a function score(model, batch) -> tensor[batch] of bools")
+
+
+def _metric_hint() -> str:
+    return ("or give your own per-item metric: --score package.module:fn (a function score(model, batch) -> "
+            "tensor[batch] of floats) with --lower-is-better or --higher-is-better")
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -164,30 +234,170 @@ def _topk(k: int) -> Callable[[nn.Module, Any], torch.Tensor]:
     return fn
 
 
+#: targets equal to this are left out of ``nll`` / ``perplexity`` / ``loss`` on sequences (PyTorch's
+#: ``cross_entropy`` default: padding, prompt tokens)
+IGNORE_INDEX = -100
+
+
+def _is_int(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _token_nll(name: str, model: nn.Module, out: Any, y: Any) -> torch.Tensor:
+    """Mean negative log-likelihood per sequence: logits ``[N, T, V]`` and integer targets ``[N, T]`` (targets
+    ``IGNORE_INDEX`` left out), or ``[N, C]`` and ``[N]`` (a one-token sequence: the per-item cross-entropy)."""
+    ok = isinstance(out, torch.Tensor) and out.is_floating_point() and _is_int(y) and (
+        (out.ndim == 3 and y.ndim == 2 and tuple(out.shape[:2]) == tuple(y.shape))
+        or (out.ndim == 2 and y.ndim == 1 and out.shape[0] == y.shape[0])) and out.shape[-1] >= 2
+    if not ok:
+        got = f"targets {list(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise BoundfinderError(
+            f"the built-in score {name!r} needs logits [batch, time, vocabulary] with integer targets "
+            f"[batch, time] (or logits [batch, classes] with integer targets [batch]), but "
+            f"{type(model).__name__} returned {_describe_output(out)} for {got}; " + _metric_hint() + ".")
+    y = y.to(out.device)
+    if out.ndim == 2:
+        out, y = out[:, None], y[:, None]
+    nll = nn.functional.cross_entropy(out.float().transpose(1, 2), y, reduction="none",
+                                      ignore_index=IGNORE_INDEX)
+    counted = (y != IGNORE_INDEX).sum(dim=1)
+    if (counted == 0).any():
+        item = int((counted == 0).nonzero()[0])
+        raise BoundfinderError(f"the built-in score {name!r} averages the tokens of each sequence, but item {item} "
+                               f"of a batch has every target = {IGNORE_INDEX} (ignored): no token to score.")
+    return nll.sum(dim=1) / counted
+
+
+def _nll(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = split_batch(batch)
+    return _token_nll("nll", model, model(x), y)
+
+
+def _perplexity(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = split_batch(batch)
+    return _token_nll("perplexity", model, model(x), y).exp()
+
+
+def _regression_pair(name: str, model: nn.Module, out: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs and targets as ``[N, k]`` float pairs: the same number of values per item (``[N]`` and ``[N, 1]``
+    alike), real targets."""
+    ok = (isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim >= 1
+          and isinstance(y, torch.Tensor) and not y.is_complex() and y.dtype != torch.bool and y.ndim >= 1
+          and out.shape[0] == y.shape[0] and out[0].numel() == y[0].numel())
+    if not ok:
+        got = f"targets {list(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise BoundfinderError(
+            f"the built-in score {name!r} compares a regressor's outputs with its targets, the same number of "
+            f"values per item ([batch] or [batch, 1] against [batch], or [batch, k] against [batch, k]), but "
+            f"{type(model).__name__} returned {_describe_output(out)} for {got}; for class logits use 'loss', "
+            "'nll' or 'top1', " + _metric_hint() + ".")
+    n = out.shape[0]
+    return out.float().reshape(n, -1), y.to(out.device).float().reshape(n, -1)
+
+
+def _squared_error(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = split_batch(batch)
+    return _squared_error_of("squared_error", model, model(x), y)
+
+
+def _abs_error(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = split_batch(batch)
+    out, y = _regression_pair("abs_error", model, model(x), y)
+    return (out - y).abs().mean(dim=1)
+
+
+def _loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = split_batch(batch)
+    out = model(x)
+    if _is_int(y):  # class targets: cross-entropy of the logits (per token, averaged per sequence)
+        return _token_nll("loss", model, out, y)
+    if isinstance(y, torch.Tensor) and y.is_floating_point():
+        return _squared_error_of("loss", model, out, y)
+    got = f"targets {y.dtype}" if isinstance(y, torch.Tensor) else f"targets of type {type(y).__name__}"
+    raise BoundfinderError(f"the built-in score 'loss' reads integer class targets (cross-entropy) or float "
+                           f"targets (squared error), but the batches hold {got}; " + _metric_hint() + ".")
+
+
+def _squared_error_of(name: str, model: nn.Module, out: Any, y: torch.Tensor) -> torch.Tensor:
+    out, y = _regression_pair(name, model, out, y)
+    return (out - y).square().mean(dim=1)
+
+
 TOP1 = Score(name="top1", fn=_topk(1))
 TOP5 = Score(name="top5", fn=_topk(5))
-#: built-in scores by name
+#: built-in binary scores by name (right or wrong per item)
 SCORES = {"top1": TOP1, "top5": TOP5}
+#: built-in continuous scores by name, each lower is better (docs/bounds.md, "Built-in per-item metrics"):
+#: ``loss``: cross-entropy of class logits [N, C] with integer targets [N] (per item), of logits [N, T, V] with
+#: integer targets [N, T] (mean over each sequence's tokens, targets -100 left out), or the squared error against
+#: float targets (mean over an item's values); ``nll``: the mean token negative log-likelihood of each sequence;
+#: ``perplexity``: its exp (relative tolerance only); ``squared_error`` / ``abs_error``: a regressor's error per
+#: item, averaged over the item's values
+CONTINUOUS_SCORES = {
+    "loss": Score(name="loss", fn=_loss, kind="continuous", higher_is_better=False,
+                  units="nats for class targets, squared target units for float targets"),
+    "nll": Score(name="nll", fn=_nll, kind="continuous", higher_is_better=False, units="nats per token"),
+    "perplexity": Score(name="perplexity", fn=_perplexity, kind="continuous", higher_is_better=False,
+                        relative_only=True),
+    "squared_error": Score(name="squared_error", fn=_squared_error, kind="continuous", higher_is_better=False,
+                           units="squared target units"),
+    "abs_error": Score(name="abs_error", fn=_abs_error, kind="continuous", higher_is_better=False,
+                       units="target units"),
+}
+BUILTIN_SCORES = {**SCORES, **CONTINUOUS_SCORES}
 
 
-def resolve_score(score: Score | str | Callable | None) -> Score:
-    """A :class:`Score` from a built-in name, an import path (``pkg.mod:fn``, ``file.py:fn``) or a function."""
+def resolve_score(score: Score | str | Callable | None, *, higher_is_better: bool | None = None) -> Score:
+    """A :class:`Score` from a built-in name (:data:`BUILTIN_SCORES`), an import path (``pkg.mod:fn``,
+    ``file.py:fn``, naming a function or a :class:`Score`) or a function.
+
+    A function is binary (one bool per item) unless its direction is known: ``higher_is_better`` given here
+    (``--higher-is-better`` / ``--lower-is-better``) or set on the function as ``fn.higher_is_better``; then it is
+    continuous, one float per item. The built-in scores and :class:`Score` objects carry their own direction: a
+    ``higher_is_better`` that contradicts it is refused.
+
+    >>> resolve_score("nll").direction
+    'lower is better'
+    """
+    if higher_is_better is not None and not isinstance(higher_is_better, bool):
+        raise BoundfinderError(f"higher_is_better must be True, False or None, but got {higher_is_better!r}.")
     if score is None:
-        return TOP1
-    if isinstance(score, Score):
-        return score
+        score = TOP1
     if isinstance(score, str):
-        if score in SCORES:
-            return SCORES[score]
-        if ":" not in score:
-            raise BoundfinderError(f"unknown score {score!r}; the built-in scores are {tuple(SCORES)}, or name a "
-                                   "function as package.module:fn or path/to/file.py:fn.")
-        fn = resolve_object(score, what="score")
-        return Score(name=score, fn=fn)
-    if callable(score):
-        return Score(name=getattr(score, "__qualname__", type(score).__name__), fn=score)
-    raise BoundfinderError(f"a score is a built-in name {tuple(SCORES)}, an import path or a function "
-                           f"score(model, batch), but got {score!r}.")
+        if score in BUILTIN_SCORES:
+            score = BUILTIN_SCORES[score]
+        elif ":" not in score:
+            raise BoundfinderError(f"unknown score {score!r}; the built-in scores are {tuple(BUILTIN_SCORES)}, or "
+                                   "name a function as package.module:fn or path/to/file.py:fn.")
+        else:
+            fn = resolve_object(score, what="score")
+            score = fn if isinstance(fn, Score) else _from_function(fn, score, higher_is_better)
+    elif not isinstance(score, Score):
+        if not callable(score):
+            raise BoundfinderError(f"a score is a built-in name {tuple(BUILTIN_SCORES)}, an import path or a "
+                                   f"function score(model, batch), but got {score!r}.")
+        score = _from_function(score, getattr(score, "__qualname__", type(score).__name__), higher_is_better)
+    if higher_is_better is not None and (not score.continuous or score.higher_is_better != higher_is_better):
+        said = "--higher-is-better" if higher_is_better else "--lower-is-better"
+        if not score.continuous:
+            raise BoundfinderError(f"{said} is for continuous scores, but {score.name!r} is binary (right or "
+                                   "wrong per item: higher is better).")
+        raise BoundfinderError(f"{said} contradicts the score {score.name!r}, which is {score.direction}.")
+    return score
+
+
+def _from_function(fn: Callable, name: str, higher_is_better: bool | None) -> Score:
+    own = getattr(fn, "higher_is_better", None)
+    if own is not None and not isinstance(own, bool):
+        raise BoundfinderError(f"the score function {name!r} sets higher_is_better={own!r}; it must be a bool.")
+    if own is not None and higher_is_better is not None and own != higher_is_better:
+        raise BoundfinderError(f"the score function {name!r} says higher_is_better={own}, but "
+                               f"{'--higher-is-better' if higher_is_better else '--lower-is-better'} says "
+                               "otherwise; drop the flag.")
+    direction = higher_is_better if higher_is_better is not None else own
+    if direction is None:
+        return Score(name=name, fn=fn)
+    return Score(name=name, fn=fn, kind="continuous", higher_is_better=direction)
 
 
 # -- import paths ----------------------------------------------------------------------------------------------
@@ -384,7 +594,7 @@ def evaluate(model: nn.Module, loader, score: Score, device: torch.device | None
                 rows.append(score(model, to_device(batch, device)))
     finally:
         model.train(was_training)  # a user's model is left in the mode it came in
-    return np.concatenate(rows) if rows else np.zeros(0, dtype=bool)
+    return np.concatenate(rows) if rows else np.zeros(0, dtype=float if score.continuous else bool)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -522,14 +732,16 @@ class Experiment:
                 "over the distribution the test items were drawn from")
 
     def describe(self) -> dict[str, Any]:
-        """JSON-safe description for reports: model, data, checkpoint, score, trainer settings."""
+        """JSON-safe description for reports: model, data, checkpoint, score (with its metric and direction),
+        trainer settings."""
         cls = type(self.model) if self.trained else self.model
         model_class = self.source.get("model") or (
             qualified_name(cls) if inspect.isclass(cls) or inspect.isfunction(cls) else self.model_name)
         return {"model": self.model_name, "model_class": model_class,
                 "data": self.data_name, "data_class": self.source.get("data") or qualified_name(self.data),
                 "checkpoint": self.checkpoint,
-                "score": self.score.name, "trainer": dict(self.trainer), "trained": self.trained}
+                "score": self.score.name, "trainer": dict(self.trainer), "trained": self.trained,
+                "metric": self.score.metric, "higher_is_better": self.score.higher_is_better}
 
     def prepare(self, *, train: bool, splits: Iterable[str] = ("test",)) -> dict[str, LoaderData]:
         """Prepare and set up the data, check each evaluation loader's order and the score on a test batch; before

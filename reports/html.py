@@ -81,7 +81,9 @@ def _experiment_html(result) -> str:
     parts = [f"model <b>{html.escape(str(exp.get('model')))}</b> ({html.escape(str(exp.get('model_class')))})",
              f"data {html.escape(str(exp.get('data')))}",
              f"checkpoint {html.escape(ckpt)}" if ckpt else "trained from seeds",
-             f"score {html.escape(str(exp.get('score')))}"]
+             f"score {html.escape(str(exp.get('score')))}"
+             + (f" ({html.escape(str(exp.get('metric')))}, {'higher' if exp.get('higher_is_better') else 'lower'} is "
+                "better)" if exp.get("metric") not in (None, "accuracy") else "")]
     claim = getattr(result, "claim", "")
     return (warned + f'<p class="experiment">{"; ".join(parts)}</p>'
             + (f"<p>the confidence statement covers {html.escape(claim)}</p>" if claim else ""))
@@ -96,20 +98,30 @@ def sweep_html(sweep, bound, *, title: str) -> str:
     lo, hi = bound.ci
     verdict = (f"minimum safe bits: <b>{bound.bits}</b> ({html.escape(bound.status)}; {bound.confidence:.0%} CI "
                f"[{'–' if lo is None else lo}, {'above range' if hi is None else hi}])")
-    rows = [([str(lv.bits), fmt, _num(lv.accuracy), _num(lv.drop), _num(lv.upper), "yes" if lv.declared_safe
-              else "no"], lv.declared_safe) for lv, fmt in zip(bound.levels, sweep.formats, strict=True)]
+    metric = getattr(bound, "metric", "accuracy")
+    continuous = getattr(bound, "continuous", False)
+    num = ".4g" if continuous else ".4f"
+    rows = [([str(lv.bits), fmt, _num(lv.accuracy, num), _num(lv.drop, num), _num(lv.upper, num),
+              "yes" if lv.declared_safe else "no"], lv.declared_safe)
+            for lv, fmt in zip(bound.levels, sweep.formats, strict=True)]
+    if continuous:
+        measured = (f"full-precision {metric} {sweep.baseline_accuracy:.6g} ({bound.direction}); tolerance "
+                    f"{bound.tolerance:g} ({bound.drop_units} {bound.drop_name})")
+    else:
+        measured = f"full-precision accuracy {sweep.baseline_accuracy:.4f}; tolerance {bound.tolerance:g}"
     body = [
         f'<p class="verdict">{verdict}</p>', f"<p>{html.escape(bound.reason)}</p>", _experiment_html(sweep),
         f"<p>family {html.escape(sweep.family)}, level {html.escape(sweep.level)}, roles "
         f"{html.escape(', '.join(sweep.roles))}; {sweep.correct.shape[2]} test items × {_models(sweep.seeds)}; "
-        f"full-precision accuracy {sweep.baseline_accuracy:.4f}; tolerance {bound.tolerance:g}, method "
-        f"{html.escape(bound.method)}</p>",
+        f"{html.escape(measured)}, method {html.escape(bound.method)}</p>",
         *([f"<p>training diverged (NaN or infinite loss; the fit stopped there and the model was measured as it "
            f"was) for {len(sweep.diverged)} model(s): "
            + "; ".join(html.escape(f"{d['format']} seed {d['seed']} at epoch {d['epoch']}, batch {d['batch']}")
                        for d in sweep.diverged) + "</p>"] if sweep.diverged else []),
-        "<h2>Accuracy against bits</h2>", _img(figure_png(bound.plot), "accuracy against bits"),
-        "<h2>Levels</h2>", _table(["bits", "format", "accuracy", "drop", "upper bound", "declared safe"], rows),
+        f"<h2>{html.escape(metric.capitalize())} against bits</h2>", _img(figure_png(bound.plot),
+                                                                          f"{metric} against bits"),
+        "<h2>Levels</h2>", _table(["bits", "format", metric, bound.drop_name if continuous else "drop",
+                                   "upper bound", "declared safe"], rows),
         "<h2>Text report</h2>", f"<pre>{html.escape(bound.report())}</pre>",
     ]
     return _page(title, body)
@@ -201,6 +213,16 @@ def sensitivity_png(result) -> bytes:
     return figure_png(lambda ax: sensitivity_plot(result, ax), figsize=(6.4, 1.2 + 0.32 * len(result.cells)))
 
 
+def _sensitivity_measured(result) -> str:
+    """``full-precision accuracy 0.9621; tolerance 0.01``, or the metric with its direction and tolerance kind."""
+    if not getattr(result, "continuous", False):
+        return (f"full-precision accuracy {result.baseline_accuracy:.4f}; tolerance {result.tolerance:g}"
+                + (" (relative)" if getattr(result, "relative", False) else ""))
+    return (f"full-precision {result.metric} {result.baseline_accuracy:.6g} ({result.direction}); tolerance "
+            f"{result.tolerance:g} ({'relative' if result.relative else 'absolute'} {result.metric} "
+            f"{'drop' if result.higher_is_better else 'increase'})")
+
+
 def sensitivity_html(result, *, title: str) -> str:
     """The report of a per-layer, per-role sensitivity analysis (``SensitivityResult``)."""
     rows = []
@@ -219,8 +241,7 @@ def sensitivity_html(result, *, title: str) -> str:
            if result.simultaneous else "for each bound on its own")
         + f"; {result.level} level; "
         + (f"seeds {html.escape(str(list(result.seeds)))}" if result.seeds else "the given trained model")
-        + "; full-precision accuracy "
-        f"{result.baseline_accuracy:.4f}; tolerance {result.tolerance:g}</p>",
+        + "; " + html.escape(_sensitivity_measured(result)) + "</p>",
         _img(sensitivity_png(result), "minimum safe bits"),
         "<h2>Cells</h2>",
         _table(["layer", "role", "min safe bits", "CI", "status", "format"], rows),

@@ -11,7 +11,13 @@ What a run holds:
   ``drop`` and ``drop_upper`` with the bit width as their step (MLflow's charts then plot them against bits),
   and the bound as metrics ``min_safe_bits``, ``min_safe_bits_ci_low``, ``min_safe_bits_ci_high``,
   ``baseline_accuracy``, ``min_detectable_drop``; tags ``boundfinder.status`` and ``boundfinder.reason``;
-  artifacts ``summary.json``, ``accuracy_vs_bits.png``, ``report.html``.
+  artifacts ``summary.json``, ``accuracy_vs_bits.png``, ``report.html``. For a continuous score the metrics are
+  named for it (``nll`` here): ``nll_at_bits``, ``nll_drop``, ``nll_drop_upper``, ``baseline_nll``,
+  ``min_detectable_nll_drop`` (the drop in the metric's direction: a loss's increase), params ``metric`` and
+  ``higher_is_better``, artifact ``nll_vs_bits.png``; the bound's metrics are as above.
+* sensitivity: ``baseline_accuracy`` and ``accuracy/<layer>/<role>`` per bit width (``baseline_nll``,
+  ``nll_at_bits/<layer>/<role>`` for a continuous score), ``min_safe_bits/<layer>/<role>``, ``ci_low/...``,
+  ``ci_high/...``.
 * search: params (study, storage, family, groups, ...); metrics ``candidate_cost``, ``candidate_val_drop``,
   ``candidate_test_drop`` and ``candidate_test_upper`` with the candidate's rank as step, ``chosen_cost``,
   ``chosen_test_drop``, ``chosen_test_upper``, ``chosen_bits/<group>`` (and ``chosen_switch_epoch`` in a
@@ -204,20 +210,31 @@ def _experiment_params(result) -> dict[str, Any]:
     return out
 
 
+def _metric_names(result) -> dict[str, str]:
+    """MLflow metric names of a sweep or sensitivity result: accuracy's for binary scores, else the continuous
+    metric's (``nll_at_bits``, ``nll_drop``, ``nll_drop_upper``, ``baseline_nll``, ``min_detectable_nll_drop``)."""
+    if not getattr(result, "continuous", False):
+        return {k: k for k in ("accuracy", "drop", "drop_upper", "baseline_accuracy", "min_detectable_drop")}
+    m = _metric_key(result.metric).replace("/", "_")
+    return {"accuracy": f"{m}_at_bits", "drop": f"{m}_drop", "drop_upper": f"{m}_drop_upper",
+            "baseline_accuracy": f"baseline_{m}", "min_detectable_drop": f"min_detectable_{m}_drop"}
+
+
 def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
               run_name: str | None = None, params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
     """Log a ``SweepResult`` and its ``BoundEstimate`` as one MLflow run (``run_id``: the run
     :func:`start_run` opened before the work); returns the run id. The run's description is the verdict line."""
     from boundfinder.reports.html import figure_png, sweep_html
 
+    names = _metric_names(bound)
     metrics: list[tuple[str, float, int]] = []
     for lv in bound.levels:
-        metrics += [("accuracy", lv.accuracy, lv.bits), ("drop", lv.drop, lv.bits)]
+        metrics += [(names["accuracy"], lv.accuracy, lv.bits), (names["drop"], lv.drop, lv.bits)]
         if _finite(lv.upper):
-            metrics.append(("drop_upper", lv.upper, lv.bits))
+            metrics.append((names["drop_upper"], lv.upper, lv.bits))
     for key, value in (("min_safe_bits", bound.bits), ("min_safe_bits_ci_low", bound.ci[0]),
-                       ("min_safe_bits_ci_high", bound.ci[1]), ("baseline_accuracy", bound.baseline_accuracy),
-                       ("min_detectable_drop", bound.min_detectable_drop)):
+                       ("min_safe_bits_ci_high", bound.ci[1]), (names["baseline_accuracy"], bound.baseline_accuracy),
+                       (names["min_detectable_drop"], bound.min_detectable_drop)):
         if _finite(value):
             metrics.append((key, value, 0))
     title = run_name or f"sweep {sweep.family}, {sweep.level} level"
@@ -226,15 +243,17 @@ def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str 
         params={"kind": "sweep", "family": sweep.family, "bits": list(sweep.bits), "level": sweep.level,
                 "roles": ",".join(sweep.roles), "seeds": list(sweep.seeds), "items": int(sweep.correct.shape[2]),
                 "tolerance": bound.tolerance, "confidence": bound.confidence, "method": bound.method,
-                "relative": bound.relative, **_experiment_params(sweep), **(params or {})},
+                "relative": bound.relative,
+                **({"metric": bound.metric, "higher_is_better": bound.higher_is_better} if bound.continuous else {}),
+                **_experiment_params(sweep), **(params or {})},
         metrics=metrics, run_id=run_id,
         tags={"mlflow.note.content": bound.report().splitlines()[0],
               "boundfinder.kind": "sweep", "boundfinder.status": bound.status, "boundfinder.reason": bound.reason,
               "boundfinder.diverged": "; ".join(f"{d['format']} seed {d['seed']} at epoch {d['epoch']} batch "
                                                 f"{d['batch']}" for d in sweep.diverged) or "none"},
         artifacts={"summary.json": json.dumps({"sweep": sweep.summary(), "bound": bound.summary()}, indent=2),
-                   "accuracy_vs_bits.png": figure_png(bound.plot), "report.html": sweep_html(sweep, bound,
-                                                                                             title=title)},
+                   f"{names['accuracy'].removesuffix('_at_bits')}_vs_bits.png": figure_png(bound.plot),
+                   "report.html": sweep_html(sweep, bound, title=title)},
     )
 
 
@@ -340,21 +359,25 @@ def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str 
     from boundfinder.reports.html import sensitivity_html, sensitivity_png
 
     layers = _group_keys(dict.fromkeys(c.layer for c in result.cells))
-    metrics: list[tuple[str, float, int]] = [("baseline_accuracy", result.baseline_accuracy, 0)]
+    names = _metric_names(result)
+    metrics: list[tuple[str, float, int]] = [(names["baseline_accuracy"], result.baseline_accuracy, 0)]
     for c in result.cells:
         key = f"{layers[c.layer]}/{c.role}"
         lo, hi = c.bound.ci
         metrics += [(f"{name}/{key}", v, 0) for name, v in (("min_safe_bits", c.bound.bits), ("ci_low", lo),
                                                             ("ci_high", hi)) if v is not None]
-        metrics += [(f"accuracy/{key}", float(a), int(b)) for b, a in zip(c.sweep.bits, c.sweep.accuracy,
-                                                                           strict=True)]
+        metrics += [(f"{names['accuracy']}/{key}", float(a), int(b)) for b, a in zip(c.sweep.bits, c.sweep.accuracy,
+                                                                                      strict=True)]
     title = run_name or f"sensitivity {result.family}"
     return _log(
         tracking_uri, experiment, run_name,
         params={"kind": "sensitivity", "family": result.family, "bits": list(result.bits), "level": result.level,
                 "seeds": list(result.seeds), "confidence": result.confidence, "simultaneous": result.simultaneous,
                 "per_bound_confidence": result.per_bound_confidence, "tolerance": result.tolerance,
-                "cells": len(result.cells), **_experiment_params(result), **(params or {})},
+                "cells": len(result.cells),
+                **({"metric": result.metric, "higher_is_better": result.higher_is_better,
+                    "relative": result.relative} if result.continuous else {}),
+                **_experiment_params(result), **(params or {})},
         metrics=metrics, run_id=run_id,
         tags={"mlflow.note.content": _sensitivity_verdict(result), "boundfinder.kind": "sensitivity",
               "boundfinder.status": ",".join(sorted({c.bound.status for c in result.cells}))},
@@ -367,4 +390,5 @@ def log_sensitivity(result, *, tracking_uri: str | None = None, experiment: str 
 def _sensitivity_verdict(result) -> str:
     cells = ", ".join(f"{c.layer}/{c.role} {'-' if c.bound.bits is None else c.bound.bits}" for c in result.cells)
     together = "together" if result.simultaneous else "each"
-    return f"minimum safe bits ({result.confidence:.0%} {together}): {cells}"
+    metric = f", {result.metric} {result.direction}" if getattr(result, "continuous", False) else ""
+    return f"minimum safe bits ({result.confidence:.0%} {together}{metric}): {cells}"

@@ -25,13 +25,13 @@ from boundfinder.bounds import BoundEstimate
 from boundfinder.bounds.estimate import METHODS
 from boundfinder.emulation import LEVEL_ROLES
 from boundfinder.errors import BoundfinderError
-from boundfinder.experiment import Experiment, Score, as_experiment
+from boundfinder.experiment import Experiment, Score, as_experiment, first_nonfinite
 from boundfinder.formats import ROUNDING_MODES
 from boundfinder.policy import ROLES
 from boundfinder.search.baseline import baseline_warning
 from boundfinder.search.measure import Rounded, trained
 from boundfinder.search.study import _groups_of
-from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, _seeds_of, expand_family
+from boundfinder.search.sweep import INFERENCE_ROLES, SweepResult, _seeds_of, check_tolerance, expand_family
 
 __all__ = ["Sensitivity", "SensitivityResult", "precision_sensitivity", "sensitivity_table"]
 
@@ -47,7 +47,7 @@ class Sensitivity:
 
     def summary(self) -> dict[str, Any]:
         return {"layer": self.layer, "role": self.role, "accuracy": [float(a) for a in self.sweep.accuracy],
-                "bound": self.bound.summary()}
+                "drop": [float(d) for d in self.sweep.drop], "bound": self.bound.summary()}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,8 +62,13 @@ class SensitivityResult:
     simultaneous: bool
     per_bound_confidence: float
     tolerance: float
-    baseline_accuracy: float
+    baseline_accuracy: float  # the metric's mean for a continuous score
     cells: tuple[Sensitivity, ...]
+    #: what was measured ("accuracy", or a continuous score's metric), its direction, and whether the tolerance is
+    #: relative to the baseline mean
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    relative: bool = False
     #: the experiment measured (``Experiment.describe()``) and what the confidence statement covers
     experiment: dict[str, Any] = dataclasses.field(default_factory=dict)
     claim: str = ""
@@ -77,11 +82,21 @@ class SensitivityResult:
                 return c
         raise KeyError((layer, role))
 
+    @property
+    def continuous(self) -> bool:
+        return bool(self.cells) and self.cells[0].sweep.continuous
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
     def summary(self) -> dict[str, Any]:
-        """JSON-safe description."""
+        """JSON-safe description (``baseline_accuracy`` is the metric's mean for a continuous score)."""
         return {"family": self.family, "bits": list(self.bits), "level": self.level, "seeds": list(self.seeds),
                 "confidence": self.confidence, "simultaneous": self.simultaneous,
                 "per_bound_confidence": self.per_bound_confidence, "tolerance": self.tolerance,
+                "relative": self.relative, "metric": self.metric, "higher_is_better": self.higher_is_better,
+                "continuous": self.continuous,
                 "baseline_accuracy": self.baseline_accuracy, "cells": [c.summary() for c in self.cells],
                 "experiment": dict(self.experiment), "claim": self.claim, "baseline_warning": self.baseline_warning}
 
@@ -94,9 +109,15 @@ class SensitivityResult:
                      "may be wrong together)")
         models = f"seeds {list(self.seeds)}" if self.seeds else "the given trained model"
         lines = [self.baseline_warning, ""] if self.baseline_warning else []
+        if self.continuous:
+            base = f"{self.metric} {self.baseline_accuracy:.6g}, {self.direction}"
+            tol = (f"tolerance {self.tolerance:g} ({'relative' if self.relative else 'absolute'} {self.metric} "
+                   f"{'drop' if self.higher_is_better else 'increase'})")
+        else:
+            base = f"accuracy {self.baseline_accuracy:.4f}"
+            tol = f"tolerance {self.tolerance:g}" + (" (relative)" if self.relative else "")
         lines += [f"sensitivity of each layer and role to {self.family}, bits {list(self.bits)}, {self.level} "
-                  f"level, {models}; everything else at full precision (accuracy "
-                  f"{self.baseline_accuracy:.4f}); tolerance {self.tolerance:g}",
+                  f"level, {models}; everything else at full precision ({base}); {tol}",
                   statement,
                   f"{'layer':<24} {'role':<12} {'min safe bits':>13}  {'CI':<10} {'status':<12} format"]
         for c in self.cells:
@@ -123,12 +144,13 @@ def precision_sensitivity(
     rounding: str = "nearest",
     seeds: Iterable[int] | None = None,
     epochs: int = 20,
-    tolerance: float = 0.01,
+    tolerance: float | None = None,
     confidence: float = 0.95,
     simultaneous: bool = True,
     method: str = "auto",
     score: Score | str | Callable | None = None,
     trainer: dict[str, Any] | None = None,
+    relative: bool | None = None,
 ) -> SensitivityResult:
     """Minimum safe bits of ``family`` for each role of each layer group alone, measured on the test items.
 
@@ -141,6 +163,10 @@ def precision_sensitivity(
     that the ``level`` rounds (default: all of those). Gradient and optimizer-state roles never act at prediction
     and are refused: their cell would read "safe at any width". ``simultaneous``: Bonferroni over the cells, so
     that ``confidence`` covers the whole table (see the module docstring).
+
+    ``tolerance``: for a binary score, accuracy points (default 0.01); for a continuous score (``loss``, ``nll``,
+    ``squared_error``, ...), required, in the metric's units, or a fraction of the baseline mean with
+    ``relative`` (perplexity: relative only). Checked before any training.
     """
     bits = [int(b) for b in bits]
     if len(set(bits)) != len(bits) or len(bits) < 2:
@@ -166,42 +192,63 @@ def precision_sensitivity(
         raise BoundfinderError(f"each role once, please: got roles={list(roles)}.")
     if rounding not in ROUNDING_MODES:
         raise BoundfinderError(f"unknown rounding {rounding!r}; valid modes are {ROUNDING_MODES}.")
-    if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
-        raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
-                               f"tolerance={tolerance!r}, confidence={confidence!r}.")
     exp = as_experiment(model, datamodule, score=score, trainer=trainer)
+    continuous = exp.score.continuous
+    if continuous:
+        relative = check_tolerance(exp.score, tolerance, relative)
+    else:
+        tolerance = 0.01 if tolerance is None else tolerance
+        relative = bool(relative)
+    if not 0.5 <= confidence < 1 or not (continuous or 0 < tolerance < 1):
+        raise BoundfinderError(f"`0 < tolerance < 1` (accuracy points) and `0.5 <= confidence < 1` must hold, but "
+                               f"got tolerance={tolerance!r}, confidence={confidence!r}.")
     seeds = _seeds_of(exp, seeds, "a sensitivity analysis")
     runs = max(len(seeds), 1)
-    if method not in METHODS or (method in ("score", "exact") and runs > 1) or (
-            method in ("t", "bootstrap") and runs < 2):
+    if continuous and method not in ("auto", "studentized", "t", "bootstrap"):
+        raise BoundfinderError(f"method {method!r} does not fit the continuous score {exp.score.name!r}: the "
+                               "methods for per-item metrics are 'auto', 'studentized', 't' and 'bootstrap'.")
+    if method not in METHODS or (method == "studentized" and not continuous) or (not continuous and (
+            (method in ("score", "exact") and runs > 1) or (method in ("t", "bootstrap") and runs < 2))):
         models = f"{runs} seed(s)" if seeds else "one trained model"
         raise BoundfinderError(f"method {method!r} does not fit {models}: 'score' and 'exact' take one "
-                               f"seed, 't' and 'bootstrap' two or more; the methods are {METHODS}.")
+                               f"seed, 't' and 'bootstrap' two or more ('studentized': continuous scores); the "
+                               f"methods are {METHODS}.")
     groups = list(_groups_of(exp.probe(), layers))
 
     exp.prepare(train=not exp.trained)
     test = Rounded(exp, trained(exp, seeds, epochs), "test", level, rounding, roles)
+    names_of_seeds = [f"seed {s}" for s in seeds] or ["the trained model"]
+    if continuous:
+        for s, row in enumerate(test.baseline):
+            first_nonfinite(row, exp.score, f"at full precision with {names_of_seeds[s]}")
     sweeps = []
     for group in groups:
         for role in roles:
             # a role dict names its role itself: only this role of this group is rounded
             correct = np.stack([test({group: {role: name}}) for name in names])
-            sweeps.append((group, role, SweepResult(family=family, bits=tuple(bits), formats=tuple(names),
-                                                    level=level, roles=(role,), seeds=seeds, correct=correct,
-                                                    baseline=test.baseline)))
+            if continuous:
+                for j, name in enumerate(names):
+                    for s, row in enumerate(correct[j]):
+                        first_nonfinite(row, exp.score, f"with the {role} of {group} at {name} ({bits[j]} bits), "
+                                                        f"{names_of_seeds[s]}")
+            sweeps.append((group, role, SweepResult.of_score(
+                exp.score, family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=(role,),
+                seeds=seeds, correct=correct, baseline=test.baseline)))
     table = sensitivity_table(sweeps, tolerance=tolerance, confidence=confidence, simultaneous=simultaneous,
-                              method=method)
+                              method=method, relative=relative)
     return dataclasses.replace(table, experiment=exp.describe(), claim=exp.claim(seeds),
-                               baseline_warning=baseline_warning(exp, "test", test.baseline, seeds=seeds))
+                               baseline_warning=None if continuous else baseline_warning(exp, "test", test.baseline,
+                                                                                         seeds=seeds))
 
 
-def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, tolerance: float = 0.01,
+def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, tolerance: float | None = None,
                       confidence: float = 0.95, simultaneous: bool = True, method: str = "auto",
-                      fit_curve: bool = True) -> SensitivityResult:
+                      fit_curve: bool = True, relative: bool | None = None) -> SensitivityResult:
     """The bounds of measured cells ``(layer, role, sweep)``: each at ``1 - (1 - confidence) / K`` when
     ``simultaneous`` (Bonferroni over the K cells), else at ``confidence``. The sweeps share family, bits, level,
     seeds and baseline. ``fit_curve``: also fit each cell's accuracy-vs-bits curve (for its summary and plot;
-    the bounds do not use it)."""
+    the bounds do not use it). ``tolerance`` / ``relative``: as :meth:`SweepResult.bound` takes them (a continuous
+    score needs a tolerance)."""
     if not sweeps:
         raise BoundfinderError("a sensitivity table needs at least one (layer, role) cell.")
     first = sweeps[0][2]
@@ -214,11 +261,13 @@ def sensitivity_table(sweeps: Sequence[tuple[str, str, SweepResult]], *, toleran
     per_bound = 1 - (1 - confidence) / len(sweeps) if simultaneous else confidence
     cells = tuple(Sensitivity(layer=layer, role=role, sweep=sweep,
                               bound=sweep.bound(tolerance=tolerance, confidence=per_bound, method=method,
-                                                fit_curve=fit_curve))
+                                                fit_curve=fit_curve, relative=relative))
                   for layer, role, sweep in sweeps)
     return SensitivityResult(family=first.family, bits=first.bits, level=first.level, seeds=first.seeds,
                              confidence=confidence, simultaneous=simultaneous, per_bound_confidence=per_bound,
-                             tolerance=tolerance, baseline_accuracy=first.baseline_accuracy, cells=cells)
+                             tolerance=cells[0].bound.tolerance, baseline_accuracy=first.baseline_accuracy,
+                             cells=cells, metric=first.metric, higher_is_better=first.higher_is_better,
+                             relative=cells[0].bound.relative)
 
 
 def _pct(p: float) -> str:

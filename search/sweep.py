@@ -1,10 +1,13 @@
-"""Sensitivity sweep: accuracy of a model at each bit width of a format family, measured per test item.
+"""Sensitivity sweep: accuracy (or a per-item metric) of a model at each bit width of a format family, measured
+per test item.
 
 A sweep trains one full-precision model per seed (or, with ``train_under_emulation=True``, one model per seed
 and bit width, trained under the precision), then records which test items each configuration classifies
-correctly next to which items the full-precision model of the same seed gets right: the paired measurements
-``boundfinder.bounds.estimate_bound`` turns into a minimum safe precision with a confidence statement. A
-full-precision model near chance is flagged first (``SweepResult.baseline_warning``).
+correctly next to which items the full-precision model of the same seed gets right (or, for a continuous score
+such as ``nll`` or ``squared_error``, each item's value next to the full-precision model's): the paired
+measurements ``boundfinder.bounds.estimate_bound`` turns into a minimum safe precision with a confidence
+statement. A full-precision model near chance is flagged first (``SweepResult.baseline_warning``, binary
+built-in scores).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from boundfinder.bounds import BoundEstimate, estimate_bound
 from boundfinder.emulation import emulate
 from boundfinder.errors import BoundfinderError
-from boundfinder.experiment import Experiment, Score, as_experiment, evaluate
+from boundfinder.experiment import Experiment, Score, as_experiment, evaluate, first_nonfinite
 from boundfinder.formats import parse_format
 from boundfinder.policy import ROLES, PrecisionPolicy
 from boundfinder.search.baseline import baseline_warning
@@ -64,7 +67,8 @@ class SweepResult:
     """Paired per-item measurements of one sweep.
 
     ``correct[l, s, i]``: item ``i`` right at bit level ``bits[l]`` with seed ``seeds[s]``;
-    ``baseline[s, i]``: right at full precision with the same seed.
+    ``baseline[s, i]``: right at full precision with the same seed. For a continuous score both hold the score's
+    float value per item (``metric``, read in the direction ``higher_is_better``).
     """
 
     family: str
@@ -86,39 +90,98 @@ class SweepResult:
     #: a model that did not learn says nothing about the architecture), else None; see
     #: :func:`boundfinder.search.baseline.baseline_warning`
     baseline_warning: str | None = None
+    #: what was measured: "accuracy" for a binary score, else the continuous score's metric (``Score.metric``),
+    #: its direction, the units of a tolerance, and whether only a relative tolerance is taken (perplexity)
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    units: str = ""
+    relative_only: bool = False
+
+    @classmethod
+    def of_score(cls, score: Score, **fields: Any) -> SweepResult:
+        """A result whose metric, direction, units and tolerance kind are the score's."""
+        return cls(metric=score.metric, higher_is_better=score.higher_is_better, units=score.units,
+                   relative_only=score.relative_only, **fields)
+
+    @property
+    def continuous(self) -> bool:
+        """True for a continuous score (float per item), False for right/wrong."""
+        return self.correct.dtype != np.bool_
 
     @property
     def accuracy(self) -> np.ndarray:
-        """Accuracy per level, averaged over seeds and items."""
+        """Accuracy per level, averaged over seeds and items (for a continuous score, the metric's mean)."""
         return self.correct.mean(axis=(1, 2))
 
     @property
     def baseline_accuracy(self) -> float:
+        """Full-precision accuracy (for a continuous score, the metric's mean)."""
         return float(self.baseline.mean())
 
-    def bound(self, *, tolerance: float = 0.01, confidence: float = 0.95, relative: bool = False,
+    @property
+    def drop(self) -> np.ndarray:
+        """Mean drop per level in the metric's direction, in its units: baseline minus level when higher is better
+        (accuracy), level minus baseline when lower is better (a loss: the increase)."""
+        diff = self.baseline_accuracy - self.accuracy
+        return diff if self.higher_is_better else -diff
+
+    @property
+    def drop_name(self) -> str:
+        return "drop" if self.higher_is_better else "increase"
+
+    def bound(self, *, tolerance: float | None = None, confidence: float = 0.95, relative: bool | None = None,
               method: str = "auto", fit_curve: bool = True) -> BoundEstimate:
-        """The minimum safe bits of this family (see ``boundfinder.bounds.estimate_bound``)."""
+        """The minimum safe bits of this family (see ``boundfinder.bounds.estimate_bound``).
+
+        ``tolerance``: binary scores, accuracy points (default 0.01); continuous scores, required, in the metric's
+        units (or a fraction of the baseline mean with ``relative``). ``relative`` default: False, True for a
+        relative-only metric (perplexity), which refuses ``relative=False``.
+        """
         correct = self.correct if len(self.seeds) > 1 else self.correct[:, 0, :]
         baseline = self.baseline if len(self.seeds) > 1 else self.baseline[0]
-        return estimate_bound(np.asarray(self.bits), correct, baseline, tolerance=tolerance,
-                              confidence=confidence, relative=relative, method=method, fit_curve=fit_curve)
+        if not self.continuous:
+            return estimate_bound(np.asarray(self.bits), correct, baseline,
+                                  tolerance=0.01 if tolerance is None else tolerance, confidence=confidence,
+                                  relative=bool(relative), method=method, fit_curve=fit_curve)
+        relative = check_tolerance(self, tolerance, relative)
+        return estimate_bound(np.asarray(self.bits), correct, baseline, tolerance=tolerance, confidence=confidence,
+                              relative=relative, higher_is_better=self.higher_is_better, metric=self.metric,
+                              method=method, fit_curve=fit_curve)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-safe description (no per-item arrays)."""
+        """JSON-safe description (no per-item arrays); ``accuracy`` / ``baseline_accuracy`` are the metric's means
+        for a continuous score."""
         return {"family": self.family, "bits": list(self.bits), "formats": list(self.formats), "level": self.level,
                 "roles": list(self.roles), "seeds": list(self.seeds), "items": int(self.correct.shape[2]),
+                "metric": self.metric, "higher_is_better": self.higher_is_better, "continuous": self.continuous,
                 "accuracy": [float(a) for a in self.accuracy], "baseline_accuracy": self.baseline_accuracy,
+                "drop": [float(d) for d in self.drop],
                 "diverged": _json_safe(self.diverged), "experiment": dict(self.experiment), "claim": self.claim,
                 "baseline_warning": self.baseline_warning}
 
+    def table(self) -> list[str]:
+        """The per-level lines of :meth:`report`: metric and drop (in its direction) per bit width."""
+        if not self.continuous:
+            lines = [f"full precision accuracy: {self.baseline_accuracy:.4f}", "",
+                     f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}"]
+            return lines + [f"{b:>4}  {name:<14} {acc:8.4f} {drop:8.4f}"
+                            for b, name, acc, drop in zip(self.bits, self.formats, self.accuracy, self.drop,
+                                                          strict=True)]
+        width = max(10, len(self.metric))
+        lines = [f"full precision {self.metric}: {self.baseline_accuracy:.6g} ({self.direction})", "",
+                 f"{'bits':>4}  {'format':<14} {self.metric:>{width}} {self.drop_name:>10}"]
+        return lines + [f"{b:>4}  {name:<14} {m:>{width}.6g} {drop:>10.4g}"
+                        for b, name, m, drop in zip(self.bits, self.formats, self.accuracy, self.drop, strict=True)]
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
     def report(self) -> str:
-        """Plain text: the near-chance warning first (when there is one), then accuracy and drop per bit width."""
+        """Plain text: the near-chance warning first (when there is one), then the metric and its drop per bit
+        width."""
         lines = [self.baseline_warning, ""] if self.baseline_warning else []
-        lines += [f"full precision accuracy: {self.baseline_accuracy:.4f}", "",
-                  f"{'bits':>4}  {'format':<14} {'accuracy':>8} {'drop':>8}"]
-        lines += [f"{b:>4}  {name:<14} {acc:8.4f} {self.baseline_accuracy - acc:8.4f}"
-                  for b, name, acc in zip(self.bits, self.formats, self.accuracy, strict=True)]
+        lines += self.table()
         lines += [f"training under {d['format']} diverged for seed {d['seed']}: loss {d['loss']} at epoch "
                   f"{d['epoch']}, batch {d['batch']}; that fit stopped there and the model was measured as it was"
                   for d in self.diverged]
@@ -245,6 +308,7 @@ def precision_sweep(
     bits = [int(b) for b in bits]
     if len(set(bits)) != len(bits) or len(bits) < 2:
         raise BoundfinderError(f"a sweep needs at least 2 distinct bit widths, but got bits={bits}.")
+    continuous = exp.score.continuous
     roles = tuple(roles)
     for r in roles:
         if r not in ROLES:
@@ -255,8 +319,9 @@ def precision_sweep(
     names = expand_family(family, bits)
     n = exp.prepare(train=not exp.trained)["test"].n_items
     runs = max(len(seeds), 1)
-    correct = np.zeros((len(bits), runs, n), dtype=bool)
-    baseline = np.zeros((runs, n), dtype=bool)
+    kind = float if continuous else bool
+    correct = np.zeros((len(bits), runs, n), dtype=kind)
+    baseline = np.zeros((runs, n), dtype=kind)
     diverged = []
     device = exp.device
     for s in range(runs):
@@ -268,7 +333,11 @@ def precision_sweep(
             if (failed := _train(model, exp.data, epochs=epochs, seed=seed, trainer=dict(exp.trainer))) is not None:
                 raise _full_precision_diverged(seed, failed)
             exp.verify_items(f"training the model of seed {seed}")
+        seed_text = f"the trained model{'' if exp.checkpoint is None else ' from ' + exp.checkpoint}" \
+            if exp.trained else f"seed {seeds[s]}"
         baseline[s] = _measure(model, exp, device)
+        if continuous:
+            first_nonfinite(baseline[s], exp.score, f"at full precision with {seed_text}")
         for level_idx, name in enumerate(names):
             spec = name if layers is None else {layers: name}
             policy = PrecisionPolicy.from_spec(spec, rounding=rounding, roles=roles)
@@ -283,10 +352,42 @@ def precision_sweep(
             else:
                 trained = model
             correct[level_idx, s] = _measure_under(trained, policy, level, exp, device)
-    return SweepResult(family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=roles,
-                       seeds=seeds, correct=correct, baseline=baseline, diverged=tuple(diverged),
-                       experiment=exp.describe(), claim=exp.claim(seeds),
-                       baseline_warning=baseline_warning(exp, "test", baseline, seeds=seeds))
+            if continuous:
+                first_nonfinite(correct[level_idx, s], exp.score,
+                                f"at {name} ({bits[level_idx]} bits, level {level_idx}) with {seed_text}")
+    return SweepResult.of_score(
+        exp.score, family=family, bits=tuple(bits), formats=tuple(names), level=level, roles=roles, seeds=seeds,
+        correct=correct, baseline=baseline, diverged=tuple(diverged), experiment=exp.describe(),
+        claim=exp.claim(seeds),
+        baseline_warning=None if continuous else baseline_warning(exp, "test", baseline, seeds=seeds))
+
+
+def check_tolerance(what: Any, tolerance: float | None, relative: bool | None) -> bool:
+    """The ``relative`` flag a continuous score's bound is computed with, after checking the tolerance: required,
+    finite and > 0; relative by default for a relative-only metric (perplexity), which refuses an absolute one.
+    ``what``: a :class:`Score` or a :class:`SweepResult` (``metric``, ``units``, ``relative_only``, direction)."""
+    metric, units = what.metric, what.units
+    if what.relative_only:
+        if relative is False:
+            raise BoundfinderError(
+                f"the tolerance of {metric} is relative (a fraction of the baseline {metric}, e.g. 0.02 = 2%), "
+                f"but relative=False was given: an absolute {metric} difference means different things at "
+                f"different {metric}s. Leave relative out (or give --relative), or score by 'nll' for an absolute "
+                "tolerance in nats.")
+        relative = True
+    relative = bool(relative)
+    if tolerance is None or isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
+            math.isfinite(tolerance) and tolerance > 0):
+        if relative:
+            how = f"a fraction of the baseline {metric} (e.g. 0.02 = 2%)"
+        else:
+            how = f"{metric}'s units" + (f", {units}" if units else "") + (
+                ", the largest acceptable mean " + ("drop" if what.higher_is_better else "increase") + " per item")
+        raise BoundfinderError(f"{metric} is a continuous score ({what.direction}): a tolerance > 0 is required, in "
+                               f"{how}; there is no default (accuracy's 0.01 means nothing in another metric's "
+                               f"units), but got tolerance={tolerance!r}. Give --tolerance (Python: tolerance=)"
+                               + ("" if relative else ", or --relative with a fraction of the baseline mean") + ".")
+    return relative
 
 
 def _seeds_of(exp: Experiment, seeds: Iterable[int] | None, what: str) -> tuple[int, ...]:

@@ -37,3 +37,33 @@ def test_transformer_example_trains_with_lightningcli_and_is_measured_from_its_c
     assert search.returncode == 0, search.stderr[-2000:]
     assert "study 'RowTransformer-e8mb-layer-nearest'" in search.stdout and "claim: RowTransformer models" in \
         search.stdout
+
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("model", "data", "score", "tolerance", "metric"), [
+    ("regression/regression.py:Regressor", "regression/regression.py:Diabetes", "squared_error", "0.02",
+     "squared_error"),
+    ("sequence/sequence.py:PixelLM", "sequence/sequence.py:DigitTokens", "nll", "0.01", "nll"),
+])
+def test_continuous_examples_run_through_sweep_and_sensitivity(tmp_path, capsys, model, data, score, tolerance,
+                                                                 metric):
+    """The regression and sequence examples on bundled data, shortened (two epochs, one seed, three widths), in
+    this process (the README's commands, without a second interpreter's imports)."""
+    from boundfinder.cli import main
+
+    common = ["--model", f"{ROOT}/examples/{model}", "--data", f"{ROOT}/examples/{data}", "--score", score,
+              "--tolerance", tolerance, "--seeds", "0", "--epochs", "2", "--bits", "0,4,10"]
+    assert main(["sweep", *common, "--json", str(tmp_path / "sweep.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"full precision {metric}:" in out and f"metric: {metric} (lower is better)" in out
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert summary["bound"]["metric"] == metric and summary["bound"]["continuous"]
+    assert summary["sweep"]["drop"][-1] == pytest.approx(0.0, abs=1e-3)  # 10 fraction bits change little
+    assert main(["sensitivity", *common, "--roles", "weight", "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"({metric} " in out and f"(absolute {metric} increase)" in out
+    table = json.loads((tmp_path / "s.json").read_text())
+    assert table["metric"] == metric and len(table["cells"]) >= 3

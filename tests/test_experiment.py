@@ -68,7 +68,7 @@ def test_batches_without_known_keys_name_the_keys_and_score():
         split_batch(torch.zeros(3))
 
 
-def test_score_results_are_checked_and_continuous_scores_refused():
+def test_score_results_are_checked_and_float_results_need_a_direction():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     assert resolve_score(None) is TOP1 and resolve_score("top5") is TOP5
     ones = resolve_score(lambda m, b: torch.ones(len(b["label"])))
@@ -78,13 +78,21 @@ def test_score_results_are_checked_and_continuous_scores_refused():
     with pytest.raises(BoundfinderError, match=r"one value per item of the batch \(6 items\), but returned shape "
                        r"\[3\]"):
         Score(name="short", fn=lambda m, b: torch.ones(3, dtype=torch.bool))(model, _batch())
-    with pytest.raises(BoundfinderError, match=r"continuous.*not supported yet"):
-        Score(name="loss", fn=lambda m, b: None, kind="continuous", higher_is_better=False)
-    with pytest.raises(BoundfinderError, match=r"unknown score 'top3'.*'top1', 'top5'"):
+    half = Score(name="half", fn=lambda m, b: torch.full((6,), 0.5), kind="continuous", higher_is_better=False)
+    assert half(model, _batch()).dtype == np.float64 and (half(model, _batch()) == 0.5).all()
+    with pytest.raises(BoundfinderError, match=r"'bools' is continuous \(lower is better\) but returned torch.bool"):
+        Score(name="bools", fn=lambda m, b: torch.ones(6, dtype=torch.bool), kind="continuous",
+              higher_is_better=False)(model, _batch())
+    with pytest.raises(BoundfinderError, match=r"binary.*higher_is_better=False and relative_only are for continuous"):
+        Score(name="loss", fn=lambda m, b: None, higher_is_better=False)
+    with pytest.raises(BoundfinderError, match=r"unknown score 'top3'.*'top1', 'top5', 'loss', 'nll'"):
         resolve_score("top3")
     cont = resolve_score("tests.user_project.scores:loss")
-    with pytest.raises(BoundfinderError, match="continuous scores"):
+    with pytest.raises(BoundfinderError, match=r"continuous score .* --lower-is-better or --higher-is-better"):
         cont(RowClassifier(), _batch())
+    loss = resolve_score("tests.user_project.scores:loss", higher_is_better=False)
+    assert (loss.kind, loss.metric, loss.direction) == ("continuous", "loss", "lower is better")
+    assert loss(RowClassifier(), _batch()).shape == (6,)
 
 
 def test_import_paths_as_module_and_as_file():

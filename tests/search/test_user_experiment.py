@@ -87,7 +87,7 @@ def test_refusals_before_training(no_training):
     with pytest.raises(BoundfinderError, match=r"needs validation items.*NoValDigits has no val_dataloader\(\).*"
                                                r"boundfinder sweep"):
         precision_search(RowClassifier, NoValDigits(), "e8m{b}", [0, 23], epochs=1, n_trials=1)
-    with pytest.raises(BoundfinderError, match="continuous scores"):
+    with pytest.raises(BoundfinderError, match=r"continuous score .* --lower-is-better"):
         precision_sweep(RowClassifier(), DictDigits(), "e8m{b}", [0, 23], score="tests.user_project.scores:loss")
     trained = RowClassifier()
     with pytest.raises(BoundfinderError, match="the model given is the trained RowClassifier"):

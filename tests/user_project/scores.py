@@ -16,5 +16,5 @@ def top2(model, batch) -> torch.Tensor:
 
 
 def loss(model, batch) -> torch.Tensor:
-    """A continuous per-item score (cross-entropy): not supported yet."""
+    """A continuous per-item score (cross-entropy): lower is better, which the function does not say."""
     return torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"], reduction="none")
