@@ -6,9 +6,10 @@ Each 8x8 digit is read row by row as a sequence of 64 pixel tokens, each pixel's
 from a start token).
 
     boundfinder sweep --model examples/sequence/sequence.py:PixelLM --data examples/sequence/sequence.py:DigitTokens \
-        --score nll --tolerance 0.01 --seeds 0,1,2
+        --score nll --tolerance 0.01 --seeds 0,1,2 --epochs 5
     boundfinder sensitivity --model examples/sequence/sequence.py:PixelLM \
-        --data examples/sequence/sequence.py:DigitTokens --score nll --tolerance 0.01 --seeds 0,1,2
+        --data examples/sequence/sequence.py:DigitTokens --score nll --tolerance 0.01 --seeds 0,1,2 \
+        --epochs 5
 
 ``nll`` is each digit's mean token negative log-likelihood in nats: ``--tolerance 0.01`` accepts a mean increase
 of 0.01 nats per token (``--score perplexity --tolerance 0.01``: 1% of the perplexity, relative). Batches are
@@ -38,7 +39,7 @@ class PixelLM(pl.LightningModule):
     """A causal convolutional language model: token and position embeddings, a convolution over the ``context``
     tokens before each position (the row above included), a pointwise layer, and next-token logits."""
 
-    def __init__(self, embed: int = 16, hidden: int = 64, context: int = 9, lr: float = 1e-2) -> None:
+    def __init__(self, embed: int = 16, hidden: int = 32, context: int = 9, lr: float = 1e-2) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.embed = nn.Embedding(LEVELS + 1, embed)
@@ -73,7 +74,7 @@ class DigitTokens(pl.LightningDataModule):
     """The 1797 digits as token sequences, split 1047 / 300 / 450 (train / validation / test) by a generator
     seeded with ``seed``. Inputs are the start token then the first 63 tokens; targets are the 64 tokens."""
 
-    def __init__(self, batch_size: int = 64, val: int = 300, test: int = 450, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 128, val: int = 300, test: int = 450, seed: int = 0) -> None:
         super().__init__()
         self.batch_size = batch_size
         targets = digit_tokens()
