@@ -43,14 +43,14 @@ class PixelLM(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.embed = nn.Embedding(LEVELS + 1, embed)
-        self.position = nn.Parameter(torch.zeros(1, embed, 64))
+        self.position = nn.Embedding(64, embed)  # a module of its own: every parameter belongs to a named layer
         self.pad = nn.ConstantPad1d((context - 1, 0), 0.0)  # left padding only: position t sees inputs <= t
         self.conv = nn.Conv1d(embed, hidden, context)
         self.mix = nn.Conv1d(hidden, hidden, 1)
         self.head = nn.Linear(hidden, LEVELS)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.embed(tokens).transpose(1, 2) + self.position[:, :, : tokens.shape[1]]
+        h = (self.embed(tokens) + self.position(torch.arange(tokens.shape[1], device=tokens.device))).transpose(1, 2)
         h = F.relu(self.mix(F.relu(self.conv(self.pad(h)))))
         return self.head(h.transpose(1, 2))
 
