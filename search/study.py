@@ -514,6 +514,12 @@ def precision_search(
     if procedure is not None and procedure not in PROCEDURES:
         raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     exp = as_experiment(model, datamodule, score=score, trainer=trainer, model_name=model_name)
+    if exp.score.continuous:
+        raise BoundfinderError(
+            f"score {exp.score.name!r} is continuous (a per-item {exp.score.name}); the search's trials, candidates "
+            "and certification compare right/wrong per item so far. Use `boundfinder sweep` or `boundfinder "
+            "sensitivity` for continuous scores, or give the search a score returning one bool per item (e.g. the "
+            "error below a threshold).")
     bits = sorted({int(b) for b in bits})
     if len(bits) < 2:
         raise BoundfinderError(f"a search needs at least 2 distinct bit widths, but got bits={bits}.")

@@ -160,3 +160,10 @@ def test_per_role_widths_search_weights_and_activations_apart():
         assert spec[g]["weight"] == spec[g]["bias"] == f"e8m{c.bits[f'{g} weights']}"
         assert spec[g]["input"] == spec[g]["activation"] == f"e8m{c.bits[f'{g} activations']}"
     assert "w:e8m" in c.describe() and "a:e8m" in c.describe()
+
+
+def test_a_continuous_score_is_refused_by_the_search_before_training():
+    from boundfinder.errors import BoundfinderError
+
+    with pytest.raises(BoundfinderError, match=r"score .loss. is continuous .* `boundfinder sweep`"):
+        precision_search(load_experiment(model="logreg", score="loss"), None, "e8m{b}", BITS, n_trials=1)
