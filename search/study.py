@@ -235,9 +235,10 @@ class SearchResult:
                    else f"by the {self.procedure} procedure")
             method = (conf.method if self.claim_kind != "model" or conf.n_seeds == 1
                       else "the models fixed, the items random: t and score tests")
-            lines.append(f"candidates: the uniform configurations and the validation Pareto front, tested on "
-                         f"{tested} {how} ({method}, {conf.confidence:.0%} confidence, tolerance "
-                         f"{conf.tolerance:g})")
+            which = "the validation Pareto front" if self.switch_points else \
+                "the uniform configurations and the validation Pareto front"
+            lines.append(f"candidates: {which}, tested on {tested} {how} ({method}, {conf.confidence:.0%} "
+                         f"confidence, tolerance {conf.tolerance:g})")
             head = {"bits": "bits/param", "bops": "BOPs", "memory": "bytes"}[self.cost_kind]
             lines.append(f"{head:>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  {'origin':<11} "
                          "configuration")
