@@ -144,6 +144,7 @@ def test_bit_operation_and_memory_costs_price_each_layer():
     mem = precision_search(workers.build, dm, "e8m{b}", BITS, seeds=[0], epochs=1, n_trials=0, cost="memory",
                            confirm=False)
     assert mem.cost_label == "bytes per item (weights and activations)"
+    assert mem.full_cost == pytest.approx(model.memory_bytes({}), rel=1e-12)  # everything at 32 bits
 
 
 def test_per_role_widths_search_weights_and_activations_apart():
