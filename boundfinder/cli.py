@@ -363,6 +363,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_mlflow(args)
     exp = _experiment(args)
+    _check_tolerance(args, exp)
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
     try:
         with _mlflow_run(args, "search", f"search {exp.model_name} {args.family}, {args.level} level"):
@@ -374,7 +375,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 epochs=args.epochs, tolerance=args.tolerance, confidence=args.confidence, n_trials=args.trials,
                 timeout=args.timeout, storage=args.storage or None, study_name=args.study, sampler_seed=args.seed,
                 heartbeat_interval=args.heartbeat, confirm=not args.no_confirm, procedure=args.procedure,
-                strategy=args.strategy, claim=args.claim, cost=args.cost, per_role=args.per_role)
+                strategy=args.strategy, claim=args.claim, cost=args.cost, per_role=args.per_role,
+                relative=args.relative)
     except KeyboardInterrupt:
         where = args.storage or "memory (lost)"
         print(f"boundfinder: interrupted; every finished trial is in {where}: run the same command to go on.",
@@ -557,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (give each worker its own)")
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between a running trial's heartbeats; a "
                    "trial silent for twice as long is failed and retried (database storages)")
-    _bound_args(p)
+    _bound_args(p, continuous=True)
     p.add_argument("--no-confirm", action="store_true", help="only add trials to the study (a worker); do not "
                    "certify on the test items")
     from boundfinder.search.certify import PROCEDURES

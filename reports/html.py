@@ -139,12 +139,13 @@ def search_plot(result, ax) -> Any:
     ax.scatter(cost[safe], drop[safe], color="C2", zorder=3, label="declared safe")
     ax.scatter(cost[~safe], drop[~safe], color="C3", zorder=3, label="not certified")
     val = np.array([c.val_drop for c in result.candidates])
-    ax.scatter(cost, val, marker="x", color="C0", label="validation drop")
+    word = result.drop_name if getattr(result, "continuous", False) else "drop"
+    ax.scatter(cost, val, marker="x", color="C0", label=f"validation {word}")
     ax.axhline(conf.tolerance, color="C3", lw=1, ls="--", label=f"tolerance {conf.tolerance:g}")
     if result.chosen is not None:
         ax.axvline(result.chosen.cost, color="C2", lw=1.2, label="chosen")
     ax.set_xlabel(result.cost_label)
-    ax.set_ylabel("accuracy drop")
+    ax.set_ylabel(f"{result.metric} {word}" if getattr(result, "continuous", False) else "accuracy drop")
     ax.legend(fontsize=8)
     return ax
 
@@ -163,8 +164,12 @@ def search_html(result, *, title: str) -> str:
             + (f"; switch epochs {list(result.switch_points)} of {result.epochs}" if result.switch_points else "")
             + "</p>"]
     if conf is not None:
-        rows = [([_num(c.cost, ".3f" if result.cost_kind == "bits" else ".4g"), _num(c.val_drop), _num(lv.drop),
-                  _num(lv.upper), "yes" if lv.declared_safe else "no", c.origin, c.describe()], lv.declared_safe)
+        continuous = getattr(result, "continuous", False)
+        num = ".4g" if continuous else ".4f"
+        word = (f"{result.metric} {result.drop_name}" if continuous else "drop")
+        rows = [([_num(c.cost, ".3f" if result.cost_kind == "bits" else ".4g"), _num(c.val_drop, num),
+                  _num(lv.drop, num), _num(lv.upper, num), "yes" if lv.declared_safe else "no", c.origin,
+                  c.describe()], lv.declared_safe)
                 for c, lv in reversed(list(zip(result.candidates, conf.levels, strict=True)))]
         if result.confirm_seeds:
             models = f"{conf.n_seeds} fresh seeds"
@@ -178,10 +183,12 @@ def search_html(result, *, title: str) -> str:
                                                           "test drop against cost"),
                  f"<h2>Candidates</h2><p>the uniform configurations and the validation Pareto front (strategy "
                  f"{html.escape(result.strategy)}), tested on {conf.n_items} test items × {html.escape(models)}, "
-                 f"{how} ({html.escape(conf.method)}, {conf.confidence:.0%} confidence); cost: "
-                 f"{html.escape(result.cost_label)}</p>",
-                 _table(["cost", "val drop", "test drop", "upper bound", "declared safe", "origin", "configuration"],
-                        rows, text_columns=2)]
+                 f"{how} ({html.escape(conf.method)}, {conf.confidence:.0%} confidence"
+                 + (f"; {html.escape(result.metric)}, {'higher' if result.higher_is_better else 'lower'} is better, "
+                    f"tolerance {conf.tolerance:g} {html.escape(result.drop_name)}" if continuous else "")
+                 + f"); cost: {html.escape(result.cost_label)}</p>",
+                 _table(["cost", f"val {word}", f"test {word}", "upper bound", "declared safe", "origin",
+                         "configuration"], rows, text_columns=2)]
     body += ["<h2>Text report</h2>", f"<pre>{html.escape(result.report())}</pre>"]
     return _page(title, body)
 

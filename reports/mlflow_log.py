@@ -24,7 +24,9 @@ What a run holds:
   switching search); the same tags and artifacts. Nested under it, one run per configuration the study measured:
   params ``bits/<group>`` (``switch_epoch``) and ``configuration``; metrics ``cost``, ``val_drop``, and for the
   candidates ``candidate_rank``, ``test_drop``, ``test_upper``, ``declared_safe``; tags ``boundfinder.trial``,
-  ``boundfinder.candidate``, ``boundfinder.chosen``.
+  ``boundfinder.candidate``, ``boundfinder.chosen``. A continuous score's search names them for its metric
+  (``candidate_val_nll_drop``, ``candidate_test_nll_drop``, ``candidate_test_nll_drop_upper``, ``val_nll_drop``,
+  ...) and logs params ``metric``, ``higher_is_better`` and ``relative``.
 """
 
 from __future__ import annotations
@@ -257,6 +259,15 @@ def log_sweep(sweep, bound, *, tracking_uri: str | None = None, experiment: str 
     )
 
 
+def _search_key(result, key: str) -> str:
+    """A search metric's MLflow name: as given for accuracy; for a continuous score named for its metric
+    (``candidate_test_drop`` -> ``candidate_test_nll_drop``, ``test_upper`` -> ``test_nll_drop_upper``)."""
+    if not getattr(result, "continuous", False):
+        return key
+    m = _metric_key(result.metric).replace("/", "_")
+    return key.replace("_upper", f"_{m}_drop_upper") if key.endswith("_upper") else key.replace("drop", f"{m}_drop")
+
+
 def log_search(result, *, tracking_uri: str | None = None, experiment: str = "boundfinder",
                run_name: str | None = None, params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
     """Log a ``SearchResult`` as one MLflow run (``run_id``: the run :func:`start_run` opened before the work);
@@ -268,14 +279,17 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
     artifacts: dict[str, bytes | str] = {"summary.json": json.dumps(result.summary(), indent=2)}
     if conf is not None:
         for rank, (cand, lv) in enumerate(zip(result.candidates, conf.levels, strict=True)):
-            metrics += [("candidate_cost", cand.cost, rank), ("candidate_test_drop", lv.drop, rank)]
-            metrics += [(k, v, rank) for k, v in (("candidate_val_drop", cand.val_drop),
-                                                  ("candidate_test_upper", lv.upper)) if _finite(v)]
+            metrics += [("candidate_cost", cand.cost, rank), (_search_key(result, "candidate_test_drop"), lv.drop,
+                                                               rank)]
+            metrics += [(_search_key(result, k), v, rank) for k, v in (("candidate_val_drop", cand.val_drop),
+                                                                       ("candidate_test_upper", lv.upper))
+                        if _finite(v)]
         artifacts["candidates.png"] = figure_png(lambda ax: search_plot(result, ax))
     if result.chosen is not None:
         k = result.candidates.index(result.chosen)
-        metrics += [("chosen_cost", result.chosen.cost, 0), ("chosen_test_drop", conf.levels[k].drop, 0),
-                    ("chosen_test_upper", conf.levels[k].upper, 0)]
+        metrics += [("chosen_cost", result.chosen.cost, 0),
+                    (_search_key(result, "chosen_test_drop"), conf.levels[k].drop, 0),
+                    (_search_key(result, "chosen_test_upper"), conf.levels[k].upper, 0)]
         keys = _group_keys(result.chosen.bits)
         metrics += [(f"chosen_bits/{keys[g]}", b, 0) for g, b in result.chosen.bits.items()]
         if result.chosen.switch is not None:
@@ -290,7 +304,10 @@ def log_search(result, *, tracking_uri: str | None = None, experiment: str = "bo
                 **({"switch_points": list(result.switch_points), "epochs": result.epochs}
                    if result.switch_points else {}),
                 **({"tolerance": conf.tolerance, "confidence": conf.confidence, "method": conf.method}
-                   if conf is not None else {}), **_experiment_params(result), **(params or {})},
+                   if conf is not None else {}),
+                **({"metric": result.metric, "higher_is_better": result.higher_is_better,
+                    "relative": result.relative} if getattr(result, "continuous", False) else {}),
+                **_experiment_params(result), **(params or {})},
         metrics=metrics, run_id=run_id,
         tags={"mlflow.note.content": _search_verdict(result),
               "boundfinder.kind": "search", "boundfinder.reason": result.reason,
@@ -335,12 +352,14 @@ def _configuration_runs(result) -> list[dict[str, Any]]:
         names = _group_keys(c.bits)
         params = {f"bits/{names[g]}": b for g, b in c.bits.items()} | (
             {} if c.switch is None else {"switch_epoch": c.switch}) | {"configuration": c.describe()}
-        metrics = [("cost", c.cost, 0)] + ([("val_drop", c.val_drop, 0)] if _finite(c.val_drop) else [])
+        metrics = [("cost", c.cost, 0)] + ([(_search_key(result, "val_drop"), c.val_drop, 0)]
+                                           if _finite(c.val_drop) else [])
         rank = ranks.get(key(c))
         lv = levels[rank] if rank is not None and rank < len(levels) else None
         if lv is not None:
-            metrics += [("candidate_rank", rank, 0), ("test_drop", lv.drop, 0), ("declared_safe", lv.declared_safe, 0)]
-            metrics += [("test_upper", lv.upper, 0)] if _finite(lv.upper) else []
+            metrics += [("candidate_rank", rank, 0), (_search_key(result, "test_drop"), lv.drop, 0),
+                        ("declared_safe", lv.declared_safe, 0)]
+            metrics += [(_search_key(result, "test_upper"), lv.upper, 0)] if _finite(lv.upper) else []
         chosen = result.chosen is not None and key(c) == key(result.chosen)
         name = f"trial {c.trial}" if c.trial is not None else "not measured on validation"
         runs.append({"run_name": f"{result.study_name} {name}", "params": params, "metrics": metrics,

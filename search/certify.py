@@ -88,6 +88,7 @@ is the one-model test; the item score test costs power only where few items flip
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,6 +101,7 @@ __all__ = [
     "GRAPH_UNIFORM_WEIGHT",
     "MODEL_COMBINES",
     "PROCEDURES",
+    "continuous_p_values",
     "declared_safe",
     "drop_p_values",
     "model_bounds",
@@ -355,6 +357,76 @@ def model_bounds(correct: np.ndarray, baseline: np.ndarray, alpha: float,
     items = _item_score_bounds(*_item_counts(diff), alpha)
     return np.minimum(np.minimum(mean - half, pooled[0]), items[0]), np.maximum(
         np.maximum(mean + half, pooled[1]), items[1])
+
+
+def continuous_p_values(scores: np.ndarray, baseline: np.ndarray, tolerance: float, *, higher_is_better: bool = True,
+                        relative: bool = False, fixed_models: bool = False, n_boot: int = 2000, random_state: int = 0,
+                        iters: int = 50) -> np.ndarray:
+    """One-sided p-values of ``H_k: drop_k > tolerance`` for continuous per-item scores (a loss, an error).
+
+    ``scores``: (K, S, N) or (K, N) float per-item scores of the candidates; ``baseline``: (S, N) or (N,) of the
+    full-precision model(s) on the same items. The drop is the paired mean difference in the metric's direction
+    (``higher_is_better=False``: the increase of a loss), in its units, or a fraction of the baseline mean with
+    ``relative``. ``p_k`` is the smallest ``alpha`` at which the upper bound
+    :func:`~boundfinder.bounds.estimate_bound` computes for continuous scores (``method="studentized"``: the wider
+    of the bootstrap-t bound over items and the t bound; ``n_boot`` and ``random_state`` as there) is at most the
+    tolerance, found by ``iters`` halvings of ``alpha`` (the bound falls as ``alpha`` grows): ``p_k <= alpha``
+    is the bound's own decision at every level, to ``2**-iters``.
+
+    ``fixed_models`` (the search's claim ``model``, S > 1): the S models are fixed and the items random, the claim
+    is about the drop averaged over the models; each item's scores are averaged over the models first, and the
+    bound is the one-seed bound over those N item means (the t part over items, df N - 1, as
+    :func:`model_p_values`). Otherwise several seeds are a sample of trainings: the crossed seeds x items t part.
+
+    >>> rng = np.random.default_rng(0)
+    >>> base = rng.lognormal(0.0, 1.0, 500)
+    >>> cand = np.stack([base + 0.001, base + 0.5])  # a loss that rises by 0.001, and by 0.5
+    >>> p = continuous_p_values(cand, base, 0.05, higher_is_better=False)
+    >>> bool(p[0] < 1e-6), bool(p[1] == 1.0)
+    (True, True)
+    """
+    from boundfinder.bounds.estimate import _continuous_bounds
+
+    scores = np.asarray(scores, dtype=float)
+    baseline = np.asarray(baseline, dtype=float)
+    if scores.ndim == 2:
+        scores = scores[:, None, :]
+    if baseline.ndim == 1:
+        baseline = baseline[None]
+    if scores.ndim != 3 or baseline.shape != scores.shape[1:]:
+        raise BoundfinderError(
+            f"scores must be (K, N) or (K, S, N) and baseline (N,) or (S, N) on the same items, got shapes "
+            f"{scores.shape} and {baseline.shape}.")
+    if not (np.isfinite(scores).all() and np.isfinite(baseline).all()):
+        raise BoundfinderError("continuous scores must be finite: a NaN or infinite per-item score has no mean.")
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise BoundfinderError(f"tolerance must be a finite number > 0, but got {tolerance!r}.")
+    if fixed_models and scores.shape[1] > 1:
+        scores, baseline = scores.mean(axis=1, keepdims=True), baseline.mean(axis=0, keepdims=True)
+    if relative and not baseline.mean() > 0:
+        raise BoundfinderError(f"a relative tolerance needs a baseline mean > 0, but the full-precision models' mean "
+                               f"is {baseline.mean():.6g}; give an absolute tolerance in the metric's units.")
+    diff = (1.0 if higher_is_better else -1.0) * (baseline[None] - scores)  # (K, S, N): the drop per item
+    k = diff.shape[0]
+
+    def upper(alphas: np.ndarray) -> np.ndarray:
+        """Candidate j's upper bound at alphas[j] (one set of bootstrap replicates, the estimate's)."""
+        bounds = _continuous_bounds("studentized", diff, baseline, list(alphas), relative, n_boot, random_state)
+        return np.array([bounds[j][1][j] for j in range(k)])
+
+    # p is 1 where not even alpha -> 1 certifies; otherwise the halvings close on the smallest alpha that does
+    top = 1.0 - 2.0**-iters
+    p = np.where(upper(np.full(k, top)) <= tolerance, top, 1.0)
+    lo, hi = np.zeros(k), p.copy()
+    todo = p < 1.0
+    for _ in range(iters):
+        if not todo.any():
+            break
+        mid = 0.5 * (lo + hi)
+        ok = upper(np.where(todo, mid, top)) <= tolerance
+        hi = np.where(todo & ok, mid, hi)
+        lo = np.where(todo & ~ok, mid, lo)
+    return np.where(todo, hi, p)
 
 
 def _graph_rejections(p: np.ndarray, weights: np.ndarray, transitions: np.ndarray, alpha: float) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from boundfinder.bounds import BoundEstimate, estimate_bound
+from boundfinder.bounds.estimate import _seeds_note
 from boundfinder.errors import BoundfinderError
 from boundfinder.experiment import Experiment, Score, as_experiment, has_loader, qualified_name, weights_digest
 from boundfinder.formats import parse_format
@@ -46,7 +47,7 @@ from boundfinder.search.baseline import baseline_warning
 from boundfinder.search.candidates import search_path, sensitivity_path, uniform_configurations
 from boundfinder.search.measure import Rounded, Switched, trained
 from boundfinder.search.storage import mask_url, open_storage
-from boundfinder.search.sweep import INFERENCE_ROLES, _json_safe, _seeds_of, expand_family
+from boundfinder.search.sweep import INFERENCE_ROLES, _json_safe, _seeds_of, check_tolerance, expand_family
 
 __all__ = ["Candidate", "SearchResult", "certify", "precision_search"]
 
@@ -72,12 +73,26 @@ def _param_name(group: str) -> str:
 
 
 def _pack(correct: np.ndarray) -> str:
-    """Per-item booleans as base64 of their packed bits (a few hundred bytes for thousands of items)."""
-    return base64.b64encode(np.packbits(correct.astype(bool)).tobytes()).decode("ascii")
+    """Per-item booleans as base64 of their packed bits (a few hundred bytes for thousands of items); continuous
+    scores as base64 of their little-endian float64 bytes."""
+    if correct.dtype != bool:
+        return base64.b64encode(np.asarray(correct, dtype="<f8").tobytes()).decode("ascii")
+    return base64.b64encode(np.packbits(correct).tobytes()).decode("ascii")
 
 
-def _unpack(text: str, n: int) -> np.ndarray:
+def _unpack(text: str, n: int, continuous: bool = False) -> np.ndarray:
+    if continuous:
+        return np.frombuffer(base64.b64decode(text), dtype="<f8")[:n].astype(float)
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def _drop(baseline: np.ndarray, measured: np.ndarray, score: Score, relative: bool) -> float:
+    """The mean drop of ``measured`` against ``baseline`` (same shape), in the score's direction; a fraction of
+    the baseline mean with ``relative``."""
+    drop = float(baseline.mean() - measured.mean())
+    if not score.higher_is_better:
+        drop = -drop
+    return drop / float(baseline.mean()) if relative else drop
 
 
 def _width(fmt) -> float:
@@ -177,6 +192,18 @@ class SearchResult:
     #: full-precision models' ``test_baseline`` (S, N); None when not certified (not in ``summary()``)
     test_correct: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     test_baseline: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: what was measured per item: "accuracy" (right/wrong) or a continuous score's metric, its direction, and
+    #: whether drops and the tolerance are fractions of the baseline mean
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    relative: bool = False
+    continuous: bool = False
+
+    @property
+    def drop_name(self) -> str:
+        """What a drop is: ``drop`` (accuracy, or a metric where higher is better) or ``increase`` (a loss);
+        ``rel.`` in front of a relative one."""
+        return ("rel. " if self.relative else "") + ("drop" if self.higher_is_better else "increase")
 
     @property
     def cost_label(self) -> str:
@@ -209,6 +236,8 @@ class SearchResult:
             "experiment": dict(self.experiment), "claim": self.claim, "procedure": self.procedure,
             "strategy": self.strategy, "claim_kind": self.claim_kind, "cost_kind": self.cost_kind,
             "full_cost": self.full_cost, "per_role": self.per_role, "baseline_warning": self.baseline_warning,
+            "metric": self.metric, "higher_is_better": self.higher_is_better, "relative": self.relative,
+            "continuous": self.continuous,
         }
 
     def report(self) -> str:
@@ -237,17 +266,28 @@ class SearchResult:
                       else "the models fixed, the items random: t and score tests")
             which = "the validation Pareto front" if self.switch_points else \
                 "the uniform configurations and the validation Pareto front"
+            if self.continuous:
+                method = ("the models fixed, the items random: " if self.claim_kind == "model" and conf.n_seeds > 1
+                          else "") + "studentized bounds"
+                metric = (f"{self.metric} ({'higher' if self.higher_is_better else 'lower'} is better), full "
+                          f"precision {conf.baseline_accuracy:.6g}, ")
+            else:
+                metric = ""
             lines.append(f"candidates: {which}, tested on {tested} {how} ({method}, {conf.confidence:.0%} "
-                         f"confidence, tolerance {conf.tolerance:g})")
+                         f"confidence, {metric}tolerance {conf.tolerance:g}"
+                         + (f" {self.drop_name}" if self.continuous else "") + ")")
             head = {"bits": "bits/param", "bops": "BOPs", "memory": "bytes"}[self.cost_kind]
-            lines.append(f"{head:>10} {'val drop':>9} {'test drop':>9} {'upper':>8}  {'safe':<4}  {'origin':<11} "
-                         "configuration")
+            word = self.drop_name.split()[-1] if self.continuous else "drop"
+            width = max(9, len(word) + 5)
+            lines.append(f"{head:>10} {'val ' + word:>{width}} {'test ' + word:>{width}} {'upper':>8}  {'safe':<4}  "
+                         f"{'origin':<11} configuration")
+            num = ".4g" if self.continuous else ".4f"
             test_diverged = self.confirm_diverged or ((),) * len(self.candidates)
             for cand, lv, failed in reversed(list(zip(self.candidates, conf.levels, test_diverged, strict=True))):
                 seeds = sorted({*cand.diverged_seeds, *failed})
                 mark = f"  [training diverged: seeds {seeds}]" if seeds else ""
                 cost = f"{cand.cost:10.3f}" if self.cost_kind == "bits" else f"{cand.cost:10.4g}"
-                lines.append(f"{cost} {cand.val_drop:9.4f} {lv.drop:9.4f} {lv.upper:8.4f}  "
+                lines.append(f"{cost} {cand.val_drop:{width}{num}} {lv.drop:{width}{num}} {lv.upper:8{num}}  "
                              f"{'yes' if lv.declared_safe else 'no':<4}  {cand.origin:<11} {cand.describe()}{mark}")
         if self.chosen is not None:
             ratio = self.full_cost / self.chosen.cost
@@ -444,7 +484,7 @@ def precision_search(
     switch: Iterable[int] | None = None,
     seeds: Iterable[int] | None = None,
     epochs: int = 20,
-    tolerance: float = 0.01,
+    tolerance: float | None = None,
     confidence: float = 0.95,
     n_trials: int = 40,
     timeout: float | None = None,
@@ -463,6 +503,7 @@ def precision_search(
     claim: str | None = None,
     cost: str = "bits",
     per_role: bool = False,
+    relative: bool | None = None,
 ) -> SearchResult:
     """Search per-layer bit widths of ``family`` with Optuna, then certify the result on the test items.
 
@@ -496,6 +537,12 @@ def precision_search(
     ``"memory"`` (weights and layer outputs, bytes per item). ``per_role``: each group's weights (weight, bias)
     and activations (input, activation) get widths of their own.
 
+    ``score`` may be continuous (a per-item loss or error, ``Score(kind="continuous")`` or a built-in such as
+    ``"nll"`` / ``"squared_error"``): drops are then paired mean differences in the metric's direction,
+    ``tolerance`` is required in its units (or a fraction of the baseline mean with ``relative``; perplexity is
+    relative only), and the certification uses the continuous (studentized) bounds. ``tolerance`` for a binary
+    score: accuracy points, default 0.01.
+
     ``confirm``: certify the result on the test items (a worker that only adds trials passes False).
     ``claim``: what the certification covers. ``"model"`` (default for a rounding search, the only one for a
     trained model): the search's own trained models, measured on the test items (selection used validation items
@@ -516,11 +563,15 @@ def precision_search(
         raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     exp = as_experiment(model, datamodule, score=score, trainer=trainer, model_name=model_name)
     if exp.score.continuous:
-        raise BoundfinderError(
-            f"score {exp.score.name!r} is continuous (a per-item {exp.score.name}); the search's trials, candidates "
-            "and certification compare right/wrong per item so far. Use `boundfinder sweep` or `boundfinder "
-            "sensitivity` for continuous scores, or give the search a score returning one bool per item (e.g. the "
-            "error below a threshold).")
+        relative = check_tolerance(exp.score, tolerance, relative)
+    else:
+        if relative:
+            raise BoundfinderError(
+                "a relative tolerance (relative=True, --relative) is for a continuous score's metric in a search; "
+                f"score {exp.score.name!r} is right/wrong per item: give the tolerance in accuracy points "
+                "(e.g. 0.01).")
+        relative = False
+        tolerance = 0.01 if tolerance is None else tolerance
     bits = sorted({int(b) for b in bits})
     if len(bits) < 2:
         raise BoundfinderError(f"a search needs at least 2 distinct bit widths, but got bits={bits}.")
@@ -550,7 +601,7 @@ def precision_search(
         if missing:
             raise BoundfinderError(f"per-role widths need roles of both kinds (weights: weight, bias; activations: "
                                    f"input, activation), but roles={list(roles)} has no {missing[0]}.")
-    if not 0 < tolerance < 1 or not 0.5 <= confidence < 1:
+    if not (exp.score.continuous or 0 < tolerance < 1) or not 0.5 <= confidence < 1:
         raise BoundfinderError(f"`0 < tolerance < 1` and `0.5 <= confidence < 1` must hold, but got "
                                f"tolerance={tolerance!r}, confidence={confidence!r}.")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
@@ -617,7 +668,7 @@ def precision_search(
         "source": json.loads(json.dumps(dict(exp.source), default=str)),
         "checkpoint": weights_digest(exp.model) if exp.trained else None, "parameters": parameters,
         "family": family, "bits": bits, "roles": list(roles), "level": level, "rounding": rounding,
-        "seeds": list(seeds), "epochs": None if exp.trained else epochs, "tolerance": tolerance,
+        "seeds": list(seeds), "epochs": None if exp.trained else epochs, "tolerance": float(tolerance),
         "data": described["data_class"], "score": exp.score.name,
         "val_items": f"{loaders['val'].n_items}:{loaders['val'].digest}",
         "test_items": f"{loaders['test'].n_items}:{loaders['test'].digest}",
@@ -628,6 +679,8 @@ def precision_search(
         config["per_role"] = True  # (absent by default, as "switch": earlier studies keep their settings)
     if cost != "bits":
         config["cost"] = cost
+    if relative:
+        config["relative"] = True
     study_name = study_name or "-".join([config["model"], family.replace("{", "").replace("}", ""), level, rounding]
                                         + (["switch"] if switch_points else []) + (["roles"] if per_role else [])
                                         + ([cost] if cost != "bits" else []))
@@ -662,6 +715,10 @@ def precision_search(
 
     models = trained(exp, seeds, epochs)
     val = _measurer(space, exp, models, seeds, "val", level, rounding, roles)
+    if relative and not val.baseline.mean() > 0:
+        raise BoundfinderError(
+            f"a relative tolerance needs a full-precision mean {exp.score.metric} > 0 on the validation items, but "
+            f"it is {val.baseline.mean():.6g}; give an absolute tolerance in the metric's units.")
     packed = [_pack(b) for b in val.baseline]
     if study.user_attrs.get(BASELINE_KEY) is None:
         study.set_user_attr(BASELINE_KEY, packed)
@@ -697,7 +754,7 @@ def precision_search(
         else:
             formats = space.formats(choice)
             correct = val(_role_formats(formats, roles), point)
-            drop = float(val.baseline.mean() - correct.mean())
+            drop = _drop(val.baseline, correct, exp.score, relative)
             trial.set_user_attr("val_drop", drop)
             trial.set_user_attr("val_correct", [_pack(c) for c in correct])
             trial.set_user_attr("formats", formats)
@@ -750,7 +807,8 @@ def precision_search(
     if not confirm:
         return dataclasses.replace(
             _result(study, study_name, storage, family, space, measured, [], None, None,
-                    "not certified (confirm=False)", confirm_seeds, exp), strategy=strategy, claim_kind=claim)
+                    "not certified (confirm=False)", confirm_seeds, exp, relative), strategy=strategy,
+            claim_kind=claim)
     if claim == "model":  # the search's own models, on the test items they were not chosen with
         test = Rounded(exp, models, "test", level, rounding, roles)
     else:
@@ -765,13 +823,14 @@ def precision_search(
             log.warning("certifying %s: the training loss became NaN or infinite for confirm seed(s) %s; those "
                         "models were measured as they were", c.describe(), list(failed[-1]))
     est, chosen = certify(front, np.stack(rows), test.baseline, tolerance=tolerance, confidence=confidence,
-                          procedure=procedure, fixed_models=claim == "model")
+                          procedure=procedure, fixed_models=claim == "model", metric=exp.score.metric,
+                          higher_is_better=exp.score.higher_is_better, relative=relative)
     result = _result(study, study_name, storage, family, space, measured, front, est, chosen, est.reason,
-                     confirm_seeds, exp)
+                     confirm_seeds, exp, relative)
     return dataclasses.replace(result, confirm_diverged=tuple(failed) if any(failed) else (), procedure=procedure,
                                strategy=strategy, claim_kind=claim, claim=_claim_text(exp, claim, seeds, confirm_seeds),
-                               baseline_warning=baseline_warning(exp, "test", test.baseline,
-                                                                 seeds=confirm_seeds or seeds),
+                               baseline_warning=None if exp.score.continuous else baseline_warning(
+                                   exp, "test", test.baseline, seeds=confirm_seeds or seeds),
                                test_correct=np.stack(rows), test_baseline=test.baseline)
 
 
@@ -888,7 +947,7 @@ def _front(measured: dict[tuple, Candidate], tolerance: float) -> list[Candidate
 
 
 def _result(study, study_name, storage, family, space: _Space, measured, candidates, confirmation, chosen, reason,
-            confirm_seeds, exp: Experiment) -> SearchResult:
+            confirm_seeds, exp: Experiment, relative: bool = False) -> SearchResult:
     import optuna
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -900,12 +959,14 @@ def _result(study, study_name, storage, family, space: _Space, measured, candida
                         switch_points=space.switch, epochs=space.epochs if space.switch else None,
                         configurations=tuple(sorted(measured.values(), key=lambda c: (c.cost, c.val_drop))),
                         experiment=exp.describe(), claim=exp.claim(confirm_seeds), cost_kind=space.cost_kind,
-                        full_cost=space._static_cost(None), per_role=space.per_role)
+                        full_cost=space._static_cost(None), per_role=space.per_role, metric=exp.score.metric,
+                        higher_is_better=exp.score.higher_is_better, relative=relative,
+                        continuous=exp.score.continuous)
 
 
 def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.ndarray, *, tolerance: float,
-            confidence: float, procedure: str = "graph", fixed_models: bool = False
-            ) -> tuple[BoundEstimate, Candidate | None]:
+            confidence: float, procedure: str = "graph", fixed_models: bool = False, metric: str | None = None,
+            higher_is_better: bool = True, relative: bool = False) -> tuple[BoundEstimate, Candidate | None]:
     """Certify ``candidates`` (cheapest first) on test items with a multiple-testing ``procedure``.
 
     ``correct[k]``: per-item results of ``candidates[k]`` on items (and models) the candidates were *not* chosen
@@ -916,6 +977,11 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
     ``fixed_models``: the S models are the claim (``claim="model"``), not a sample of trainings: the drop
     averaged over those models, with the items as the random unit (``search/certify.py``'s ``model_p_values``
     and ``model_bounds``); otherwise several seeds are a sample of trainings (the crossed seeds x items bound).
+    Continuous per-item scores (floats: a loss, an error; ``metric`` names it, ``higher_is_better`` its
+    direction, ``relative`` a tolerance that is a fraction of the baseline mean) are certified on the drop in the
+    metric's direction with the ``studentized`` bounds of :func:`~boundfinder.bounds.estimate_bound` and the
+    p-values inverting them (``search/certify.py``'s ``continuous_p_values``); with ``fixed_models`` each item's
+    scores are averaged over the models first (the items the random unit).
     Returns the estimate (its levels are the candidates' ranks with their test
     drops and bounds, ``declared_safe`` as the procedure decided; its reason speaks of candidates) and the
     cheapest candidate declared safe, or None.
@@ -926,6 +992,10 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
         raise BoundfinderError(f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}.")
     correct = np.asarray(correct)
     baseline = np.asarray(baseline)
+    if correct.dtype != bool:
+        return _certify_continuous(candidates, correct, baseline, tolerance=tolerance, confidence=confidence,
+                                   procedure=procedure, fixed_models=fixed_models, metric=metric or "score",
+                                   higher_is_better=higher_is_better, relative=relative)
     measured = correct
     many = fixed_models and correct.ndim == 3 and correct.shape[1] > 1
     if correct.ndim == 3 and correct.shape[1] == 1:
@@ -985,5 +1055,62 @@ def certify(candidates: Sequence[Candidate], correct: np.ndarray, baseline: np.n
         if procedure != "fixed_cost" and levels[len(candidates) - 1].upper <= tolerance:
             reason = (f"no candidate is certified by the {procedure} procedure at {confidence:.0%} confidence; "
                       "more test items or seeds are needed, or search wider bit widths")
+    if not many and est.n_seeds > 1 and chosen is not None:
+        reason += _seeds_note(0, est.n_seeds)
     # the estimate's own reason speaks of bit levels; here its levels are candidate ranks
+    return dataclasses.replace(est, levels=levels, reason=reason), chosen
+
+
+def _certify_continuous(candidates: Sequence[Candidate], scores: np.ndarray, baseline: np.ndarray, *,
+                        tolerance: float, confidence: float, procedure: str, fixed_models: bool, metric: str,
+                        higher_is_better: bool, relative: bool) -> tuple[BoundEstimate, Candidate | None]:
+    """:func:`certify` for continuous per-item scores: every procedure runs on the p-values of
+    ``continuous_p_values``, which invert the bounds shown (the fixed sequence's decision included)."""
+    from boundfinder.search.certify import continuous_p_values, declared_safe
+
+    scores = scores.astype(float)
+    if scores.ndim == 2:
+        scores = scores[:, None, :]
+    baseline = baseline.astype(float).reshape(scores.shape[1:])
+    s = scores.shape[1]
+    many = fixed_models and s > 1
+    # the models fixed: each item's mean over them is one paired observation (S = 1 in the estimate's terms)
+    rows, base = (scores.mean(axis=1), baseline.mean(axis=0)) if many else (scores, baseline)
+    if rows.ndim == 3 and rows.shape[1] == 1:
+        rows, base = rows[:, 0], base[0]
+    pad = len(candidates) == 1
+    ranks = np.arange(2 if pad else len(candidates))
+    est = estimate_bound(ranks, np.concatenate([rows, rows]) if pad else rows, base, tolerance=tolerance,
+                         relative=relative, higher_is_better=higher_is_better, metric=metric,
+                         confidence=confidence, fit_curve=False)
+    p = continuous_p_values(scores, baseline, tolerance, higher_is_better=higher_is_better, relative=relative,
+                            fixed_models=fixed_models)
+    val = [c.val_drop if c.val_drop == c.val_drop else -np.inf for c in candidates]  # NaN: never measured
+    safe = declared_safe(procedure, p, [c.cost for c in candidates], val, 1.0 - confidence,
+                         uniform=[c.uniform for c in candidates])
+    levels = tuple(dataclasses.replace(lv, declared_safe=bool(ok))
+                   for lv, ok in zip(est.levels[:len(candidates)], safe, strict=True))
+    first = int(np.argmax(safe)) if safe.any() else None
+    status = "ok" if first is not None else ("undetermined" if est.status == "undetermined" else "above_range")
+    est = dataclasses.replace(est, bits=first, status=status, n_seeds=s, ci=(None, None),
+                              min_detectable_drop=min(lv.noise_floor for lv in levels))
+    what = (("relative " if relative else "") + f"{metric} {'drop' if higher_is_better else 'increase'}")
+    chosen = candidates[first] if first is not None else None
+    if chosen is not None:
+        lv = levels[first]
+        reason = (f"{chosen.describe()} is the cheapest configuration declared safe: test {what} {lv.drop:.4g}, "
+                  f"upper bound {lv.upper:.4g} <= tolerance {tolerance:g} at {confidence:.0%} confidence, by the "
+                  f"{procedure} procedure (test p-value {p[first]:.3g}"
+                  + (f", the {what} averaged over the {s} models)" if many else ")"))
+        if not many:
+            reason += _seeds_note(0, s)
+    else:
+        top = levels[-1]
+        reason = (f"not even the most expensive candidate ({candidates[-1].describe()}) is certified on the test "
+                  f"items: {what} {top.drop:.4g}, upper bound {top.upper:.4g} > tolerance {tolerance:g}; "
+                  + ("more test items or seeds are needed" if est.status == "undetermined"
+                     else "search wider bit widths"))
+        if top.upper <= tolerance:
+            reason = (f"no candidate is certified by the {procedure} procedure at {confidence:.0%} confidence; "
+                      "more test items or seeds are needed, or search wider bit widths")
     return dataclasses.replace(est, levels=levels, reason=reason), chosen

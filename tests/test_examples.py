@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
      "squared_error"),
     ("sequence/sequence.py:PixelLM", "sequence/sequence.py:DigitTokens", "nll", "0.01", "nll"),
 ])
-def test_continuous_examples_run_through_sweep_and_sensitivity(tmp_path, capsys, model, data, score, tolerance,
+def test_continuous_examples_run_through_sweep_sensitivity_and_search(tmp_path, capsys, model, data, score, tolerance,
                                                                  metric):
     """The regression and sequence examples on bundled data, shortened (two epochs, one seed, three widths), in
-    this process (the README's commands, without a second interpreter's imports)."""
+    this process (the README's commands, without a second interpreter's imports): sweep, sensitivity, search."""
     from boundfinder.cli import main
 
     common = ["--model", f"{ROOT}/examples/{model}", "--data", f"{ROOT}/examples/{data}", "--score", score,
@@ -67,3 +67,10 @@ def test_continuous_examples_run_through_sweep_and_sensitivity(tmp_path, capsys,
     assert f"({metric} " in out and f"(absolute {metric} increase)" in out
     table = json.loads((tmp_path / "s.json").read_text())
     assert table["metric"] == metric and len(table["cells"]) >= 3
+    assert main(["search", *common, "--trials", "2", "--storage", "", "--seed", "0",
+                 "--json", str(tmp_path / "search.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"{metric} (lower is better)" in out and "val increase" in out and f"test {metric} increase" in out
+    found = json.loads((tmp_path / "search.json").read_text())
+    assert (found["metric"], found["continuous"], found["higher_is_better"]) == (metric, True, False)
+    assert found["chosen"] is not None and found["confirmation"]["continuous"]

@@ -163,8 +163,8 @@ def test_per_role_widths_search_weights_and_activations_apart():
     assert "w:e8m" in c.describe() and "a:e8m" in c.describe()
 
 
-def test_a_continuous_score_is_refused_by_the_search_before_training():
+def test_a_continuous_score_without_its_tolerance_is_refused_by_the_search_before_training():
     from boundfinder.errors import BoundfinderError
 
-    with pytest.raises(BoundfinderError, match=r"score .loss. is continuous .* `boundfinder sweep`"):
+    with pytest.raises(BoundfinderError, match=r"loss is a continuous score .* a tolerance > 0 is required"):
         precision_search(load_experiment(model="logreg", score="loss"), None, "e8m{b}", BITS, n_trials=1)
