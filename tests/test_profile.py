@@ -88,9 +88,9 @@ def test_float32_agrees_with_float64_to_float32_precision():
     ref = prof.rows["float32"]
     assert ref[0].max == 0.0  # Flatten of exact inputs: nothing computed
     for row in ref[1:]:
-        # one rounding of each output plus float32 sums of <= 64 terms: a few u32, never more than 8 (measured:
-        # medians 0.9-1.8 u32, maxima <= 4 u32); > 0: the reference really is float64
-        assert 0 < row.median <= 3 * U32, (row.layer, row.median / U32)
+        # one rounding of each output plus float32 sums of <= 64 terms: a few u32 (measured: medians 1.2-2.5
+        # u32, maxima 2.6-4.5 u32); > 0: the reference really is float64
+        assert 0 < row.median <= 4 * U32, (row.layer, row.median / U32)
         assert row.max <= 8 * U32, (row.layer, row.max / U32)
     # and the formats' errors are far above that floor (e8m3: relative spacing 2^-3)
     assert all(r.median > 1e-3 for r in prof.rows["e8m3"][1:])
