@@ -573,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the result summary to this JSON file")
     _report_args(p)
     p.set_defaults(func=_cmd_search)
+    from boundfinder.profile_cli import add_parser as _profile_parser
+
+    _profile_parser(sub)
     return ap
 
 
@@ -585,7 +588,7 @@ def _dotted(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: li
     while i < len(extra):
         token = extra[i]
         key = token.split(".", 1)[0] if token.startswith(("--model.", "--data.")) else None
-        if key is None or args.command not in ("sweep", "sensitivity", "search"):
+        if key is None or args.command not in ("sweep", "sensitivity", "search", "profile"):
             parser.error(f"unrecognized arguments: {' '.join(extra[i:])}")
         target = args.model_argv if key == "--model" else args.data_argv
         if "=" in token or i + 1 == len(extra):

@@ -80,8 +80,12 @@ def load() -> Any:
             from torch.utils.cpp_extension import load as build
 
             for flags in ([_OPENMP, []] if _openmp_available() else [[]]):
+                # One name per flag set: a process that has loaded another OpenMP runtime (scikit-learn's
+                # renamed libgomp, say) builds without -fopenmp, and under one shared name the two builds would
+                # replace each other in torch's extension cache, a 60-90 s rebuild at every alternation.
+                name = "boundfinder_round_omp" if flags else "boundfinder_round"
                 try:
-                    _module = build(name="boundfinder_round", sources=_SOURCES,
+                    _module = build(name=name, sources=_SOURCES,
                                     extra_cflags=_CFLAGS + flags, extra_ldflags=flags, verbose=False)
                     break
                 except Exception as exc:  # noqa: BLE001 - any build failure means: no native path, say so once
