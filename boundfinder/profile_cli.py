@@ -9,18 +9,17 @@
 The model comes from the same options as ``sweep`` (``--model``/``--data``/``--config``/``--ckpt``, through
 :func:`boundfinder.experiment.load_experiment`); a model without ``--ckpt`` is built and trained from ``--seed``
 for ``--epochs`` (0: profile the initial weights). :func:`add_parser` registers the command on the ``boundfinder``
-parser; :func:`main` runs it on its own (``python -m boundfinder.profile_cli ...``).
+parser (``boundfinder.cli.build_parser``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from boundfinder.errors import BoundfinderError
 from boundfinder.formats import ROUNDING_MODES
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "run"]
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -203,20 +202,3 @@ def add_parser(sub) -> argparse.ArgumentParser:
     _report_args(p)
     p.set_defaults(func=run)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``boundfinder profile ...`` on its own: the same parser and errors (exit status 2) as the main command."""
-    parser = argparse.ArgumentParser(prog="boundfinder")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["profile", *(sys.argv[1:] if argv is None else argv)])
-    args.model_argv, args.data_argv = [], []
-    try:
-        return args.func(args)
-    except BoundfinderError as exc:
-        print(f"boundfinder: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from boundfinder import BoundfinderError, FormatError, quantize
+from boundfinder.cli import main as cli_main
 from boundfinder.profile import (
     DEFAULT_FORMATS,
     OUTPUT,
@@ -23,7 +24,6 @@ from boundfinder.profile import (
     cost_profile,
     error_profile,
 )
-from boundfinder.profile_cli import main as profile_main
 
 # float32's unit roundoff: the relative error of one rounding to float32
 U32 = 2.0**-24
@@ -259,7 +259,7 @@ def test_the_cost_table_has_one_row_per_depth_width_and_level():
 # -- the command ----------------------------------------------------------------------------------------------------
 def test_command_prints_both_tables_and_writes_json_and_html(tmp_path, capsys):
     out_json, out_html = tmp_path / "p.json", tmp_path / "p.html"
-    code = profile_main(["--model", "mlp", "--epochs", "0", "--formats", "e8m3,e5m2", "--items", "40",
+    code = cli_main(["profile", "--model", "mlp", "--epochs", "0", "--formats", "e8m3,e5m2", "--items", "40",
                          "--kinds", "mlp", "--depths", "1", "--widths", "8", "--repeats", "1", "--steps", "1",
                          "--json", str(out_json), "--html", str(out_html)])
     assert code == 0
@@ -274,13 +274,13 @@ def test_command_prints_both_tables_and_writes_json_and_html(tmp_path, capsys):
 
 
 def test_command_refuses_bad_values_before_any_work(capsys):
-    assert profile_main(["--depths", "0,1"]) == 2
+    assert cli_main(["profile", "--depths", "0,1"]) == 2
     assert "depths=[0, 1]" in capsys.readouterr().err
-    assert profile_main(["--widths", ""]) == 2
+    assert cli_main(["profile", "--widths", ""]) == 2
     assert "--widths needs at least one value" in capsys.readouterr().err
-    assert profile_main(["--formats", "e8m3,float7", "--no-cost"]) == 2
+    assert cli_main(["profile", "--formats", "e8m3,float7", "--no-cost"]) == 2
     assert "unknown format name 'float7'" in capsys.readouterr().err
-    assert profile_main(["--no-cost", "--no-error"]) == 2
+    assert cli_main(["profile", "--no-cost", "--no-error"]) == 2
     assert "leave nothing to do" in capsys.readouterr().err
 
 
@@ -296,15 +296,7 @@ def test_defaults_are_the_documented_ones():
     assert (args.depths, args.widths, args.kinds, args.threads) == ("1,2,4", "32,128", "mlp,cnn", 1)
 
 
-def test_boundfinder_cli_runs_profile_once_registered(capsys):
-    # For the lead: passes once boundfinder/cli.py registers the command (add_parser(sub) in build_parser);
-    # skipped, saying so, before that.
-    from boundfinder.cli import build_parser
-
-    if "profile" not in build_parser()._subparsers._group_actions[0].choices:
-        pytest.skip("boundfinder.cli does not register 'profile' yet (boundfinder.profile_cli.add_parser)")
-    from boundfinder.cli import main
-
-    assert main(["profile", "--model", "logreg", "--epochs", "0", "--formats", "e5m2", "--items", "16",
-                 "--no-cost"]) == 0
+def test_boundfinder_profile_of_a_trained_logreg_prints_its_layers(capsys):
+    assert cli_main(["profile", "--model", "logreg", "--epochs", "0", "--formats", "e5m2", "--items", "16",
+                     "--no-cost"]) == 0
     assert "classifier" in capsys.readouterr().out
