@@ -49,7 +49,8 @@ def rounding_table(rounds: int = 15) -> list[str]:
     x = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-40, 41, (n,), generator=gen).float())
     x[:1000] = 0.0
     x[1000:1010] = float("inf")
-    lines = ["| format | differ (of 2^20) | QPyTorch ms | boundfinder ms | boundfinder / QPyTorch |", "|---|---:|---:|---:|---:|"]
+    lines = ["| format | differ (of 2^20) | QPyTorch ms | boundfinder ms | boundfinder / QPyTorch |",
+             "|---|---:|---:|---:|---:|"]
     for man in (2, 7, 10):
         ours = quantize(x, f"e8m{man}")
         theirs = qq.float_quantize(x, exp=8, man=man, rounding="nearest")
@@ -129,7 +130,7 @@ def training_table(rounds: int = 15, steps: int = 10) -> list[str]:
 def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
-    lines = rounding_table() + [""] + training_table()
+    lines = [*rounding_table(), "", *training_table()]
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, 1 thread; took {time.perf_counter() - start:.0f} s")
     print("\n".join(lines))

@@ -314,7 +314,7 @@ def test_a_continuous_search_needs_its_tolerance_and_a_positive_mean_for_a_relat
     # the exact model's squared error is 0 on every item: a fraction of it means nothing
     with pytest.raises(BoundfinderError, match=r"relative tolerance needs a full-precision mean squared_error > 0"):
         _search(relative=True, tolerance=0.05)
-    with pytest.raises(BoundfinderError, match="relative tolerance .* is for a continuous score"):
+    with pytest.raises(BoundfinderError, match=r"relative tolerance .* is for a continuous score"):
         _search(score=lambda m, b: (m(b[0]) - b[1]).abs() < 0.01, relative=True)
 
 
