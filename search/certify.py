@@ -122,8 +122,9 @@ def drop_p_values(correct: np.ndarray, baseline: np.ndarray, tolerance: float) -
     full-precision model(s) on the same items. ``p_k`` is the smallest ``alpha`` at which the candidate's
     one-sided upper bound (as :func:`~boundfinder.bounds.estimate_bound` computes it with ``method="auto"``) is
     at most ``tolerance``: for one seed the score test of ``drop = tolerance`` (Tango's statistic, whose inversion
-    is the ``score`` bound), ``Phi(z(tolerance))``; for several seeds the larger of the crossed-variance ``t``
-    test's and the score test's on the pooled pairs (the ``t`` bound is floored at that score bound).
+    is the ``score`` bound), ``Phi(z(tolerance))``; for several seeds the largest of the crossed-variance ``t``
+    test's, the score test's on the pooled pairs and the score test's on the items' mean differences (the ``t``
+    bound is floored at both score bounds).
 
     >>> base = np.ones(400, dtype=bool)
     >>> cand = np.stack([base, np.arange(400) % 10 != 0])  # no drop; a drop of 0.1
@@ -155,7 +156,8 @@ def _drop_p_values_of(diff: np.ndarray, tolerance: float) -> np.ndarray:
         grand, var, df = paired._crossed_mean(diff)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(var > 0, (tolerance - grand) / np.sqrt(var), np.where(grand < tolerance, np.inf, -np.inf))
-        p = np.maximum(p, stats.t.sf(t, df))
+        items = paired._item_score_z(*paired._item_counts(np.rint(diff).astype(np.int8)), tolerance)
+        p = np.maximum(np.maximum(p, stats.t.sf(t, df)), stats.norm.cdf(items))
     return p
 
 
@@ -174,57 +176,6 @@ def _model_diff(correct: np.ndarray, baseline: np.ndarray) -> np.ndarray:
 def _check_combine(combine: str) -> None:
     if combine not in MODEL_COMBINES:
         raise BoundfinderError(f"combine must be one of {', '.join(MODEL_COMBINES)}, got {combine!r}.")
-
-
-def _item_counts(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Counts (K, 2S + 1) of the items' mean differences over the models, and those values ``-1, ..., 1`` in
-    steps of ``1 / S``."""
-    k, s, _n = diff.shape
-    j = 2 * s + 1
-    cells = diff.sum(axis=1, dtype=np.int64) + s + j * np.arange(k)[:, None]  # row r's value v at r j + v + s
-    return np.bincount(cells.ravel(), minlength=k * j).reshape(k, j).astype(float), np.arange(-s, s + 1) / s
-
-
-def _score_z_below(counts: np.ndarray, values: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """:func:`_item_score_z` where the sample mean is at most ``delta`` (the restricted fit moves mass up)."""
-    n = counts.sum(axis=1)
-    w = values[None, :] - delta[:, None]  # (K, J)
-    w_end = 1.0 - delta  # the support's top, 1, where a fit that the observed values cannot reach puts mass
-    seen = counts > 0
-    # Lagrange multiplier of the mean constraint, in [-n / w_end, 0]: p_j = c_j / (n + lam w_j). g(lam) =
-    # sum_j c_j w_j / (n + lam w_j) decreases in lam; no root above -n / w_end means the fit needs mass at 1.
-    lo, hi = -n / np.where(w_end > 0, w_end, 1.0), np.zeros_like(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for _ in range(80):
-            mid = 0.5 * (lo + hi)
-            g = np.where(seen, counts * w / (n[:, None] + mid[:, None] * w), 0.0).sum(axis=1)
-            lo, hi = np.where(g > 0, mid, lo), np.where(g > 0, hi, mid)
-        p = np.where(seen, counts / (n[:, None] + hi[:, None] * w), 0.0)
-    p_end = np.maximum(1.0 - p.sum(axis=1), 0.0)
-    var = (p * w**2).sum(axis=1) + p_end * w_end**2  # the restricted fit's variance about delta
-    num = counts @ values - n * delta
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = num / np.sqrt(n * var)
-    # delta = 1 (no room above) or a fit concentrated on delta: the sign decides, as in paired._tango_z
-    return np.where((var > 0) & (w_end > 0), z, np.where(num < 0, -np.inf, np.where(num > 0, np.inf, 0.0)))
-
-
-def _item_score_z(counts: np.ndarray, values: np.ndarray, delta) -> np.ndarray:
-    """Score statistic of ``H0: E[d] = delta`` for i.i.d. item values ``d`` on a finite support in [-1, 1].
-
-    ``counts`` (K, J) of the ``values`` (J,), ascending, ``-1`` and ``1`` among them; ``delta`` scalar or (K,).
-    The multinomial score test with the variance at the restricted maximum-likelihood fit (mean ``delta``): the
-    empirical-likelihood tilt of the observed values, plus mass at the support's end (1 above the sample mean, -1
-    below) where the tilt cannot reach ``delta``. On the support {-1, 0, 1} (one model) it is Tango's statistic
-    (:func:`boundfinder.bounds.paired._tango_z`, to rounding), whose restricted fit is the same; decreasing in
-    ``delta``.
-    """
-    n = counts.sum(axis=1)
-    delta = np.broadcast_to(np.asarray(delta, dtype=float), n.shape)
-    mean = counts @ values / n
-    below = _score_z_below(counts, values, delta)
-    above = -_score_z_below(counts[:, ::-1], -values[::-1], -delta)  # mirrored: the fit moves mass down
-    return np.where(mean < delta, below, np.where(mean > delta, above, 0.0))
 
 
 def _mean_t(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,9 +197,10 @@ def model_p_values(correct: np.ndarray, baseline: np.ndarray, tolerance: float, 
     (in [-1, 1], i.i.d. over items), ``p_k`` is the largest of three one-sided tests of ``E[d] = tolerance``: the
     t test over the N items (df N - 1); the score test on the S N pooled pairs (the floor of
     :func:`boundfinder.bounds.paired.t_bounds`); the score test on the N items' values ``d_i``
-    (:func:`_item_score_z`, Tango's statistic on the support ``-1, -1 + 1/S, ..., 1``), which counts items, not
-    pairs, so it holds whatever the flips' correlation across models is (the other two fail when the same few
-    items flip in every model). With S = 1 it is the one-seed score test, :func:`drop_p_values`, exactly.
+    (:func:`boundfinder.bounds.paired._item_score_z`, Tango's statistic on the support ``-1, -1 + 1/S, ..., 1``),
+    which counts items, not pairs, so it holds whatever the flips' correlation across models is (the other two
+    fail when the same few items flip in every model). With S = 1 it is the one-seed score test,
+    :func:`drop_p_values`, exactly.
 
     ``combine="each"``: ``H_k: some model s has drop_ks > tolerance``, every model within the tolerance. The claim
     is an intersection of S one-model claims, so the intersection-union test (Berger 1982) applies: ``p_k`` is the
@@ -288,28 +240,8 @@ def _model_p_values_of(diff: np.ndarray, tolerance: float, combine: str) -> np.n
     b10 = (diff > 0).sum(axis=(1, 2)).astype(float)
     b01 = (diff < 0).sum(axis=(1, 2)).astype(float)
     p_pooled = stats.norm.cdf(paired._tango_z(b10, b01, float(s * n), tolerance))
-    p_items = stats.norm.cdf(_item_score_z(*_item_counts(diff), tolerance))
+    p_items = stats.norm.cdf(paired._item_score_z(*paired._item_counts(diff), tolerance))
     return np.maximum(np.maximum(p_t, p_pooled), p_items)
-
-
-def _item_score_bounds(counts: np.ndarray, values: np.ndarray, alpha: float,
-                       iters: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) one-sided bounds inverting :func:`_item_score_z` at ``alpha``: 60 halvings, as
-    :func:`boundfinder.bounds.paired.score_bounds` does for Tango's statistic."""
-    zc = stats.norm.ppf(1.0 - alpha)
-    mean = counts @ values / counts.sum(axis=1)
-    lo, hi = mean.copy(), np.ones_like(mean)  # upper: the largest delta with z(delta) >= -zc
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        inside = _item_score_z(counts, values, mid) >= -zc
-        lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid)
-    upper = hi
-    lo, hi = -np.ones_like(mean), mean.copy()  # lower: the smallest delta with z(delta) <= zc
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        inside = _item_score_z(counts, values, mid) <= zc
-        lo, hi = np.where(inside, lo, mid), np.where(inside, mid, hi)
-    return lo, upper
 
 
 def model_bounds(correct: np.ndarray, baseline: np.ndarray, alpha: float,
@@ -354,7 +286,7 @@ def model_bounds(correct: np.ndarray, baseline: np.ndarray, alpha: float,
     mean, se = _mean_t(diff)
     half = stats.t.ppf(1.0 - alpha, max(n - 1, 1)) * se
     pooled = paired.score_bounds((diff > 0).sum(axis=(1, 2)), (diff < 0).sum(axis=(1, 2)), s * n, alpha)
-    items = _item_score_bounds(*_item_counts(diff), alpha)
+    items = paired._item_score_bounds(*paired._item_counts(diff), alpha)
     return np.minimum(np.minimum(mean - half, pooled[0]), items[0]), np.maximum(
         np.maximum(mean + half, pooled[1]), items[1])
 

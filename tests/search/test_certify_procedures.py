@@ -16,7 +16,6 @@ from boundfinder.search.certify import (
     GRAPH_UNIFORM_WEIGHT,
     MODEL_COMBINES,
     PROCEDURES,
-    _item_score_z,
     declared_safe,
     drop_p_values,
     model_bounds,
@@ -288,7 +287,7 @@ def test_item_score_is_tangos_statistic_on_one_models_support():
     counts = np.stack([b01, 449 - b10 - b01, b10], axis=1)
     for delta in (-0.05, -0.01, 0.0, 0.005, 0.01, 0.05, 0.3):
         # rtol: the 80 halvings of the multiplier leave the variance exact to rounding; measured 1e-14
-        np.testing.assert_allclose(_item_score_z(counts, np.array([-1.0, 0.0, 1.0]), delta),
+        np.testing.assert_allclose(paired._item_score_z(counts, np.array([-1.0, 0.0, 1.0]), delta),
                                    paired._tango_z(b10, b01, 449.0, delta), rtol=1e-10, atol=1e-12)
 
 
@@ -298,7 +297,7 @@ def test_item_score_decreases_in_delta(s):
     rng = np.random.default_rng([SEED, s])
     counts = rng.multinomial(rng.integers(5, 500), rng.dirichlet(np.full(2 * s + 1, 0.3)), size=40).astype(float)
     grid = np.linspace(-0.999, 0.999, 401)
-    z = _item_score_z(np.repeat(counts, grid.size, axis=0), np.arange(-s, s + 1) / s, np.tile(grid, 40))
+    z = paired._item_score_z(np.repeat(counts, grid.size, axis=0), np.arange(-s, s + 1) / s, np.tile(grid, 40))
     assert (np.diff(z.reshape(40, grid.size), axis=1) <= 1e-9).all()
 
 
