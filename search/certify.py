@@ -329,8 +329,13 @@ def continuous_p_values(scores: np.ndarray, baseline: np.ndarray, tolerance: flo
         raise BoundfinderError(
             f"scores must be (K, N) or (K, S, N) and baseline (N,) or (S, N) on the same items, got shapes "
             f"{scores.shape} and {baseline.shape}.")
-    if not (np.isfinite(scores).all() and np.isfinite(baseline).all()):
-        raise BoundfinderError("continuous scores must be finite: a NaN or infinite per-item score has no mean.")
+    for name, values in (("scores", scores), ("baseline", baseline)):
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            where = ", ".join(f"{axis} {int(i)}" for axis, i in zip(
+                ("candidate", "seed", "item") if name == "scores" else ("seed", "item"), bad[0], strict=True))
+            raise BoundfinderError(f"continuous scores must be finite (a NaN or infinite per-item score has no mean), "
+                                   f"but {name} holds {values[tuple(bad[0])]} at {where}.")
     if not (math.isfinite(tolerance) and tolerance > 0):
         raise BoundfinderError(f"tolerance must be a finite number > 0, but got {tolerance!r}.")
     if fixed_models and scores.shape[1] > 1:

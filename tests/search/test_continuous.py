@@ -386,3 +386,15 @@ def test_a_certified_training_claim_on_few_seeds_says_its_guarantee_is_approxima
     assert chosen is cands[0] and "multi-seed guarantee is approximate" in est.reason and "S >= 20" in est.reason
     est, chosen = certify(cands, rows, base, fixed_models=True, **kw)
     assert chosen is cands[0] and "approximate" not in est.reason
+
+
+def test_continuous_per_item_values_are_stored_exactly_and_non_finite_ones_refused_with_their_position():
+    from boundfinder.search import study as study_mod
+    from boundfinder.search.certify import continuous_p_values
+
+    values = np.random.default_rng(3).lognormal(0.0, 2.0, 269)
+    assert np.array_equal(study_mod._unpack(study_mod._pack(values), 269, continuous=True), values)
+    scores = np.ones((2, 3, 50))
+    scores[1, 2, 17] = np.nan
+    with pytest.raises(BoundfinderError, match=r"scores holds nan at candidate 1, seed 2, item 17"):
+        continuous_p_values(scores, np.ones((3, 50)), 0.1)
